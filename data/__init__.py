@@ -1,0 +1,1 @@
+"""Input pipeline for CIFAR-10 and CIFAR-shaped image folders."""

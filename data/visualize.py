@@ -1,0 +1,103 @@
+"""Pictures of the data and of predictions, as PNG bytes (for files and TensorBoard).
+
+Runnable on its own to look at a dataset before training:
+
+  python -m data.visualize --dataset=folder:../shared/data/cifar10-jpeg75 --output=/tmp/grid.png
+"""
+
+import io
+
+import numpy as np
+from matplotlib.figure import Figure  # No pyplot: no global state, no display backend.
+
+
+def figure_to_png(figure):
+  """Renders a matplotlib Figure to PNG bytes."""
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+  return buffer.getvalue()
+
+
+def class_grid_png(images, labels, class_names, per_class=8, seed=0):
+  """A grid with one row per class of `per_class` random examples of it.
+
+  Args:
+    images: uint8 [N, 32, 32, 3]; labels: int [N]; class_names: list of C names.
+
+  Returns:
+    PNG bytes.
+  """
+  rng = np.random.default_rng(seed)
+  figure = Figure(figsize=(per_class * 0.8 + 1.2, len(class_names) * 0.8))
+  axes = figure.subplots(len(class_names), per_class, squeeze=False)
+  for label, name in enumerate(class_names):
+    members = np.flatnonzero(labels == label)
+    chosen = rng.choice(members, size=min(per_class, len(members)), replace=False)
+    for column, axis in enumerate(axes[label]):
+      axis.set_xticks([])
+      axis.set_yticks([])
+      axis.set_frame_on(False)
+      if column < len(chosen):
+        axis.imshow(images[chosen[column]], interpolation="nearest")
+    axes[label][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+  figure.subplots_adjust(wspace=0.05, hspace=0.05)
+  return figure_to_png(figure)
+
+
+def confusion_matrix_png(confusion_matrix, class_names, title="Confusion matrix"):
+  """A labelled heat map of a confusion matrix (rows true, columns predicted), with counts.
+
+  Returns:
+    PNG bytes.
+  """
+  confusion_matrix = np.asarray(confusion_matrix)
+  size = len(class_names)
+  figure = Figure(figsize=(1.0 + 0.6 * size, 0.8 + 0.55 * size))
+  axis = figure.subplots()
+  row_totals = np.maximum(confusion_matrix.sum(axis=1, keepdims=True), 1)
+  normalized = confusion_matrix / row_totals  # Colour by recall so rare classes stay visible.
+  image = axis.imshow(normalized, cmap="Blues", vmin=0.0, vmax=1.0)
+  figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of true class")
+  for row in range(size):
+    for column in range(size):
+      axis.text(
+        column,
+        row,
+        str(confusion_matrix[row, column]),
+        ha="center",
+        va="center",
+        fontsize=7,
+        color="white" if normalized[row, column] > 0.5 else "black",
+      )
+  axis.set_xticks(range(size), class_names, rotation=45, ha="right", fontsize=8)
+  axis.set_yticks(range(size), class_names, fontsize=8)
+  axis.set_xlabel("predicted")
+  axis.set_ylabel("true")
+  accuracy = np.trace(confusion_matrix) / max(confusion_matrix.sum(), 1)
+  axis.set_title(f"{title} (accuracy {accuracy:.2%}, n={confusion_matrix.sum()})", fontsize=10)
+  return figure_to_png(figure)
+
+
+def main(argv):
+  """Writes the class grid of a dataset's training split to --output."""
+  from absl import flags
+
+  from data import pipeline
+
+  del argv
+  images, labels, class_names = pipeline.load_split(
+    flags.FLAGS.dataset, flags.FLAGS.split, flags.FLAGS.tfds_data_dir
+  )
+  with open(flags.FLAGS.output, "wb") as file:
+    file.write(class_grid_png(images, labels, class_names))
+  print(f"Wrote {flags.FLAGS.output} ({len(labels)} images, {len(class_names)} classes).")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  flags.DEFINE_string("dataset", "cifar10", "cifar10 (TFDS) or folder:PATH.")
+  flags.DEFINE_string("split", "train", "Split to draw from.")
+  flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory.")
+  flags.DEFINE_string("output", "class_samples.png", "PNG file to write.")
+  app.run(main)

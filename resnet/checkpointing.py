@@ -1,0 +1,97 @@
+"""Manual checkpointing: the latest state for resuming, the best model by validation accuracy.
+
+MODEL_DIR/checkpoints/  latest training state (model, optimizer, step, epoch,
+                        best validation accuracy), a few kept for safety.
+MODEL_DIR/best/         rewritten only when validation accuracy improves; the
+                        best accuracy is stored inside the checkpoint and in
+                        best/best.json for people and scripts.
+MODEL_DIR/run.json      what eval.py needs to rebuild the model, and the record
+                        of the run (resolved flags, versions, restarts).
+"""
+
+import json
+import os
+import tempfile
+
+import tensorflow as tf
+
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+RUN_RECORD = "run.json"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint or model directory that cannot be used, with a message for the user."""
+
+
+def create_training_state():
+  """Step, epoch and best-accuracy variables (create them inside strategy.scope())."""
+  return {
+    "step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
+    "epoch": tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch"),
+    # -1 until the first validation, so that any accuracy is an improvement.
+    "best_accuracy": tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_accuracy"),
+  }
+
+
+def create_managers(checkpoint, model_dir):
+  """(latest, best) tf.train.CheckpointManagers for one tf.train.Checkpoint."""
+  latest = tf.train.CheckpointManager(
+    checkpoint, os.path.join(model_dir, LATEST_DIR), max_to_keep=3
+  )
+  best = tf.train.CheckpointManager(
+    checkpoint, os.path.join(model_dir, BEST_DIR), max_to_keep=1, checkpoint_name="best"
+  )
+  return latest, best
+
+
+def write_json(path, payload):
+  """Writes JSON atomically: a reader sees the old file or the new one, never half of one."""
+  directory = os.path.dirname(path) or "."
+  os.makedirs(directory, exist_ok=True)
+  with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as file:
+    json.dump(payload, file, indent=2, sort_keys=True, default=_to_builtin)
+    file.write("\n")
+  os.replace(file.name, path)
+
+
+def _to_builtin(value):
+  """JSON fallback for numpy scalars and arrays."""
+  return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def read_run_record(model_dir):
+  """The run record of a training run, or None when `model_dir` has none."""
+  path = os.path.join(model_dir, RUN_RECORD)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as file:
+      return json.load(file)
+  except (OSError, json.JSONDecodeError) as error:
+    raise CheckpointError(f"Cannot read the run record {path}: {error}") from None
+
+
+def best_checkpoint_path(model_dir):
+  """The path of MODEL_DIR's best checkpoint; CheckpointError when there is none."""
+  path = tf.train.latest_checkpoint(os.path.join(model_dir, BEST_DIR))
+  if path is None:
+    raise CheckpointError(
+      f"No best checkpoint in {os.path.join(model_dir, BEST_DIR)}: train "
+      f"with --model_dir={model_dir} for at least one epoch first."
+    )
+  return path
+
+
+def restore_model(model, path):
+  """Restores only the model weights from a training checkpoint at `path`.
+
+  Raises:
+    CheckpointError: the checkpoint is missing, unreadable, or of another model.
+  """
+  try:
+    status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    status.assert_existing_objects_matched()
+  except (tf.errors.NotFoundError, tf.errors.DataLossError, AssertionError, ValueError) as error:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise CheckpointError(f"Cannot restore {model.name} from {path}: {first_line}") from None

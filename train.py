@@ -1,0 +1,408 @@
+r"""Trains a CIFAR ResNet with a custom tf.distribute loop; keeps the best checkpoint.
+
+  python train.py --flagfile=configs/resnet20.cfg --model_dir=runs/resnet20
+  python train.py --flagfile=configs/debug.cfg --dataset=folder:../shared/data/cifar10-jpeg75
+  tensorboard --logdir runs/resnet20
+  python eval.py --model_dir=runs/resnet20 --split=validation
+
+Re-running the same command with the same --model_dir resumes from the latest
+checkpoint and stops at the same total number of epochs.
+"""
+
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's warnings, drop its info lines.
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from data import pipeline, visualize  # noqa: E402
+from resnet import checkpointing, train_lib  # noqa: E402
+from resnet import model as model_lib
+
+# Config keys that define the model or the data: resuming with other values is refused.
+RUN_DEFINING_KEYS = ("model", "dataset", "validation_size", "batch_size", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Resolved training configuration (the flags, as plain data)."""
+
+  model: str = "resnet20"
+  dataset: str = "cifar10"
+  tfds_data_dir: str | None = None
+  validation_size: int = 5000
+  epochs: int = 30
+  batch_size: int = 128  # Global, over all replicas.
+  learning_rate: float = 2e-3
+  lr_schedule: str = "cosine"
+  warmup_epochs: float = 1.0
+  weight_decay: float = 5e-4
+  label_smoothing: float = 0.0
+  seed: int = 0
+  strategy: str = "auto"
+  steps_per_epoch: int = 0  # 0: a full pass over the training examples.
+  log_every_steps: int = 50
+  checkpoint_every_steps: int = 0  # 0: only at the end of each epoch.
+
+
+class RunError(ValueError):
+  """A problem with the requested run, with a message for the user."""
+
+
+def _validate(config):
+  for name in ("epochs", "batch_size", "learning_rate", "log_every_steps"):
+    if getattr(config, name) <= 0:
+      raise RunError(f"--{name} must be positive, got {getattr(config, name)}.")
+  for name in ("weight_decay", "warmup_epochs", "steps_per_epoch", "checkpoint_every_steps"):
+    if getattr(config, name) < 0:
+      raise RunError(f"--{name} must not be negative, got {getattr(config, name)}.")
+  if not 0 <= config.label_smoothing < 1:
+    raise RunError(f"--label_smoothing must be in [0, 1), got {config.label_smoothing}.")
+
+
+def _git_commit():
+  try:
+    return subprocess.run(
+      ["git", "rev-parse", "HEAD"],
+      capture_output=True,
+      text=True,
+      check=True,
+      cwd=os.path.dirname(os.path.abspath(__file__)),
+    ).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def _start_run_record(model_dir, config, **facts):
+  """Creates or extends MODEL_DIR/run.json; refuses a resume that changes the run."""
+  record = checkpointing.read_run_record(model_dir)
+  now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+  if record is None:
+    record = {"config": dataclasses.asdict(config), "starts": []}
+  else:
+    previous = record["config"]
+    changed = [key for key in RUN_DEFINING_KEYS if previous.get(key) != getattr(config, key)]
+    if changed:
+      details = ", ".join(
+        f"--{k}={previous.get(k)!r} there, {getattr(config, k)!r} now" for k in changed
+      )
+      raise RunError(
+        f"{model_dir} holds a run with other settings ({details}). Use a new "
+        f"--model_dir, or the same flags to resume it."
+      )
+    if previous != dataclasses.asdict(config):
+      logging.warning(
+        "Resuming with changed flags: %s",
+        {k: v for k, v in dataclasses.asdict(config).items() if previous.get(k) != v},
+      )
+    record["config"] = dataclasses.asdict(config)
+  record.update(
+    facts,
+    git_commit=_git_commit(),
+    python=platform.python_version(),
+    versions={"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
+  )
+  record["starts"].append(now)
+  checkpointing.write_json(os.path.join(model_dir, checkpointing.RUN_RECORD), record)
+  return record
+
+
+def _write_scalars(writer, step, scalars):
+  with writer.as_default(step=step):
+    for name, value in scalars.items():
+      tf.summary.scalar(name, value)
+
+
+def _write_png(writer, step, name, png_bytes):
+  with writer.as_default(step=step):
+    tf.summary.image(name, tf.io.decode_png(png_bytes)[None], step=step)
+
+
+def train_and_evaluate(config, model_dir):
+  """Trains `config.model` to `config.epochs`, validating every epoch.
+
+  Returns:
+    {"step", "epoch", "best_accuracy", "validation": last validation metrics}.
+  """
+  # --- Setup -------------------------------------------------------------------------
+  _validate(config)
+  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    raise RunError(f"--model_dir={model_dir} is a file, not a directory.")
+  keras.utils.set_random_seed(config.seed)  # Initial weights (the data order uses it too).
+
+  # --- Strategy ----------------------------------------------------------------------
+  strategy = train_lib.create_strategy(config.strategy)
+  pipeline.check_global_batch_size(strategy, config.batch_size)
+  logging.info(
+    "Strategy %s with %d replica(s).", type(strategy).__name__, strategy.num_replicas_in_sync
+  )
+
+  # --- Data --------------------------------------------------------------------------
+  (train_images, train_labels), (val_images, val_labels), class_names, val_source = (
+    pipeline.load_train_and_validation(config.dataset, config.validation_size, config.tfds_data_dir)
+  )
+  steps_per_epoch = config.steps_per_epoch or len(train_labels) // config.batch_size
+  if steps_per_epoch * config.batch_size > len(train_labels):
+    raise RunError(
+      f"--steps_per_epoch={steps_per_epoch} x --batch_size={config.batch_size} "
+      f"exceeds the {len(train_labels)} training examples."
+    )
+  total_steps = config.epochs * steps_per_epoch
+  logging.info(
+    "%d training examples, %d validation examples (%s), %d steps per epoch.",
+    len(train_labels),
+    len(val_labels),
+    val_source,
+    steps_per_epoch,
+  )
+  os.makedirs(model_dir, exist_ok=True)
+  _start_run_record(
+    model_dir,
+    config,
+    class_names=class_names,
+    num_classes=len(class_names),
+    num_train_examples=len(train_labels),
+    validation_source=val_source,
+    num_validation_examples=len(val_labels),
+    steps_per_epoch=steps_per_epoch,
+    devices=[d.name for d in tf.config.list_logical_devices()],
+  )
+
+  # --- Model, optimizer and checkpoint, all under the strategy's scope -------------------
+  with strategy.scope():
+    model = model_lib.create_model(config.model, num_classes=len(class_names))
+    schedule = train_lib.LearningRateSchedule(
+      config.lr_schedule,
+      config.learning_rate,
+      total_steps,
+      warmup_steps=int(config.warmup_epochs * steps_per_epoch),
+    )
+    optimizer = train_lib.create_optimizer(schedule)
+    optimizer.build(model.trainable_variables)  # Slots exist before a restore fills them.
+    state = checkpointing.create_training_state()
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state)
+  latest_manager, best_manager = checkpointing.create_managers(checkpoint, model_dir)
+
+  # --- Restore -----------------------------------------------------------------------
+  if latest_manager.latest_checkpoint:
+    checkpoint.restore(latest_manager.latest_checkpoint).assert_existing_objects_matched()
+    logging.info(
+      "Resumed from %s at step %d (best validation accuracy %.4f).",
+      latest_manager.latest_checkpoint,
+      int(state["step"]),
+      float(state["best_accuracy"]),
+    )
+  start_step = int(state["step"])
+  if start_step >= total_steps:
+    logging.info(
+      "Already trained for %d steps (%d epochs); nothing to do.", start_step, config.epochs
+    )
+
+  # --- Steps and input -----------------------------------------------------------------
+  train_steps = train_lib.make_train_steps(
+    strategy,
+    model,
+    optimizer,
+    global_batch_size=config.batch_size,
+    num_classes=len(class_names),
+    label_smoothing=config.label_smoothing,
+    weight_decay=config.weight_decay,
+  )
+  eval_step = train_lib.make_eval_step(strategy, model, len(class_names))
+  train_iterator = iter(
+    pipeline.distribute_train_dataset(
+      strategy,
+      train_images,
+      train_labels,
+      global_batch_size=config.batch_size,
+      steps_per_epoch=steps_per_epoch,
+      start_step=start_step,
+      total_steps=total_steps,
+      seed=config.seed,
+    )
+  )
+  val_dataset = pipeline.distribute_eval_dataset(
+    strategy, val_images, val_labels, global_batch_size=config.batch_size
+  )
+
+  # --- Summaries -----------------------------------------------------------------------
+  train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", "train"))
+  val_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", "validation"))
+  grid = visualize.class_grid_png(train_images, train_labels, class_names, seed=config.seed)
+  with open(os.path.join(model_dir, "class_samples.png"), "wb") as file:
+    file.write(grid)
+  _write_png(train_writer, start_step, "class_samples", grid)
+
+  # --- Training loop -------------------------------------------------------------------
+  step = start_step
+  validation = None
+  window = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}  # Since the last log line.
+  epoch_totals = dict(window)  # Since the start of the epoch (or of this process).
+  window_start = epoch_start = time.perf_counter()
+  while step < total_steps:
+    # Run until the next log line, checkpoint or epoch end, whichever comes first.
+    boundaries = [config.log_every_steps, steps_per_epoch, config.checkpoint_every_steps]
+    num_steps = min([b - step % b for b in boundaries if b] + [total_steps - step])
+    sums = train_steps(train_iterator, tf.constant(num_steps))
+    step += num_steps
+    state["step"].assign(step)
+    for key, value in sums.items():
+      window[key] += float(value)
+      epoch_totals[key] += float(value)
+    epoch, step_in_epoch = divmod(step, steps_per_epoch)
+
+    if step % config.log_every_steps == 0 or step_in_epoch == 0:
+      seconds = time.perf_counter() - window_start
+      scalars = {
+        "loss": window["loss_sum"] / window["count"],
+        "accuracy": window["correct"] / window["count"],
+        "learning_rate": float(schedule(step - 1)),
+        "images_per_second": window["count"] / seconds,
+      }
+      _write_scalars(train_writer, step, scalars)
+      logging.info(
+        "epoch %d/%d step %d/%d (%.0f%%) loss %.4f accuracy %.4f lr %.2e %.0f img/s",
+        epoch + (step_in_epoch > 0),
+        config.epochs,
+        step,
+        total_steps,
+        100 * step / total_steps,
+        scalars["loss"],
+        scalars["accuracy"],
+        scalars["learning_rate"],
+        scalars["images_per_second"],
+      )
+      window = dict.fromkeys(window, 0.0)
+      window_start = time.perf_counter()
+
+    if step_in_epoch == 0:
+      validation = train_lib.evaluate(eval_step, val_dataset)
+      state["epoch"].assign(epoch)
+      improved = validation["accuracy"] > float(state["best_accuracy"])
+      if improved:
+        state["best_accuracy"].assign(validation["accuracy"])
+        best_manager.save(checkpoint_number=step)
+        checkpointing.write_json(
+          os.path.join(model_dir, checkpointing.BEST_DIR, "best.json"),
+          {
+            "accuracy": validation["accuracy"],
+            "loss": validation["loss"],
+            "epoch": epoch,
+            "step": step,
+            "checkpoint": os.path.basename(best_manager.latest_checkpoint),
+          },
+        )
+      latest_manager.save(checkpoint_number=step)
+      _write_scalars(
+        val_writer, step, {"loss": validation["loss"], "accuracy": validation["accuracy"]}
+      )
+      _write_png(
+        val_writer,
+        step,
+        "confusion_matrix",
+        visualize.confusion_matrix_png(
+          validation["confusion_matrix"], class_names, title=f"Validation, epoch {epoch}"
+        ),
+      )
+      seconds = time.perf_counter() - epoch_start
+      print(
+        f"epoch {epoch:3d}/{config.epochs}  "
+        f"train loss {epoch_totals['loss_sum'] / epoch_totals['count']:.4f} "
+        f"acc {epoch_totals['correct'] / epoch_totals['count']:.4f}  "
+        f"val loss {validation['loss']:.4f} acc {validation['accuracy']:.4f}"
+        f"{' (best)' if improved else ''}  lr {float(schedule(step - 1)):.2e}  "
+        f"{seconds:.0f}s  {epoch_totals['count'] / seconds:.0f} img/s",
+        flush=True,
+      )
+      epoch_totals = dict.fromkeys(epoch_totals, 0.0)
+      epoch_start = time.perf_counter()
+    elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+      latest_manager.save(checkpoint_number=step)
+
+  train_writer.flush()
+  val_writer.flush()
+  return {
+    "step": step,
+    "epoch": step // steps_per_epoch,
+    "best_accuracy": float(state["best_accuracy"]),
+    "validation": validation,
+  }
+
+
+# --- Flags (defined only when run as a script, so tests can import this file) -----------
+
+
+def define_flags():
+  """Defines the command-line flags; defaults come from Config."""
+  defaults = Config()
+  # Model and data.
+  flags.DEFINE_enum("model", defaults.model, list(model_lib.DEPTHS), "ResNet depth.")
+  flags.DEFINE_string(
+    "dataset", defaults.dataset, "cifar10 (TFDS) or folder:PATH with PATH/<split>/<class>/<image>."
+  )
+  flags.DEFINE_string("tfds_data_dir", defaults.tfds_data_dir, "TFDS data directory.")
+  flags.DEFINE_integer(
+    "validation_size",
+    defaults.validation_size,
+    "Training examples held out for validation; 0 validates on the test split.",
+  )
+  # Optimisation.
+  flags.DEFINE_integer("epochs", defaults.epochs, "Epochs to train for in total.")
+  flags.DEFINE_integer("batch_size", defaults.batch_size, "Global batch size (all replicas).")
+  flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam's peak learning rate.")
+  flags.DEFINE_enum(
+    "lr_schedule", defaults.lr_schedule, list(train_lib.LR_SCHEDULES), "Decay after warm-up."
+  )
+  flags.DEFINE_float("warmup_epochs", defaults.warmup_epochs, "Linear warm-up, in epochs.")
+  flags.DEFINE_float("weight_decay", defaults.weight_decay, "L2 coefficient on kernels.")
+  flags.DEFINE_float("label_smoothing", defaults.label_smoothing, "Label smoothing in [0, 1).")
+  flags.DEFINE_integer("seed", defaults.seed, "Seed of initial weights, data order, augmentation.")
+  # Hardware.
+  flags.DEFINE_enum(
+    "strategy",
+    defaults.strategy,
+    list(train_lib.STRATEGIES),
+    "auto: mirrored over several GPUs, else one device.",
+  )
+  # Loop and outputs.
+  flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries and records.")
+  flags.DEFINE_integer(
+    "steps_per_epoch",
+    defaults.steps_per_epoch,
+    "Steps per epoch; 0 is a full pass (smaller for smoke runs).",
+  )
+  flags.DEFINE_integer("log_every_steps", defaults.log_every_steps, "Steps between log lines.")
+  flags.DEFINE_integer(
+    "checkpoint_every_steps",
+    defaults.checkpoint_every_steps,
+    "Steps between mid-epoch checkpoints; 0 saves only each epoch.",
+  )
+  flags.mark_flag_as_required("model_dir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  config = Config(
+    **{field.name: flags.FLAGS[field.name].value for field in dataclasses.fields(Config)}
+  )
+  try:
+    result = train_and_evaluate(config, flags.FLAGS.model_dir)
+  except (RunError, pipeline.DataError, checkpointing.CheckpointError) as error:
+    sys.exit(f"train.py: error: {error}")
+  logging.info(
+    "Done at step %d; best validation accuracy %.4f.", result["step"], result["best_accuracy"]
+  )
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
