@@ -340,52 +340,64 @@ def train_and_evaluate(config, model_dir):
 # --- Flags (defined only when run as a script, so tests can import this file) -----------
 
 
-def define_flags():
-  """Defines the command-line flags; defaults come from Config."""
-  defaults = Config()
+def define_flags(flag_values=flags.FLAGS):
+  """Defines the command-line flags in `flag_values`; defaults come from Config."""
+  d = Config()
+  fv = dict(flag_values=flag_values)
   # Model and data.
-  flags.DEFINE_enum("model", defaults.model, list(model_lib.DEPTHS), "ResNet depth.")
+  flags.DEFINE_enum("model", d.model, list(model_lib.DEPTHS), "ResNet depth.", **fv)
   flags.DEFINE_string(
-    "dataset", defaults.dataset, "cifar10 (TFDS) or folder:PATH with PATH/<split>/<class>/<image>."
+    "dataset", d.dataset, "cifar10 (TFDS) or folder:PATH with PATH/<split>/<class>/<image>.", **fv
   )
-  flags.DEFINE_string("tfds_data_dir", defaults.tfds_data_dir, "TFDS data directory.")
+  flags.DEFINE_string("tfds_data_dir", d.tfds_data_dir, "TFDS data directory.", **fv)
   flags.DEFINE_integer(
     "validation_size",
-    defaults.validation_size,
+    d.validation_size,
     "Training examples held out for validation; 0 validates on the test split.",
+    **fv,
   )
   # Optimisation.
-  flags.DEFINE_integer("epochs", defaults.epochs, "Epochs to train for in total.")
-  flags.DEFINE_integer("batch_size", defaults.batch_size, "Global batch size (all replicas).")
-  flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam's peak learning rate.")
+  flags.DEFINE_integer("epochs", d.epochs, "Epochs to train for in total.", **fv)
+  flags.DEFINE_integer("batch_size", d.batch_size, "Global batch size (all replicas).", **fv)
+  flags.DEFINE_float("learning_rate", d.learning_rate, "Adam's peak learning rate.", **fv)
   flags.DEFINE_enum(
-    "lr_schedule", defaults.lr_schedule, list(train_lib.LR_SCHEDULES), "Decay after warm-up."
+    "lr_schedule", d.lr_schedule, list(train_lib.LR_SCHEDULES), "Decay after the warm-up.", **fv
   )
-  flags.DEFINE_float("warmup_epochs", defaults.warmup_epochs, "Linear warm-up, in epochs.")
-  flags.DEFINE_float("weight_decay", defaults.weight_decay, "L2 coefficient on kernels.")
-  flags.DEFINE_float("label_smoothing", defaults.label_smoothing, "Label smoothing in [0, 1).")
-  flags.DEFINE_integer("seed", defaults.seed, "Seed of initial weights, data order, augmentation.")
+  flags.DEFINE_float("warmup_epochs", d.warmup_epochs, "Linear warm-up, in epochs.", **fv)
+  flags.DEFINE_float("weight_decay", d.weight_decay, "L2 coefficient on kernels.", **fv)
+  flags.DEFINE_float("label_smoothing", d.label_smoothing, "Label smoothing, in [0, 1).", **fv)
+  flags.DEFINE_integer("seed", d.seed, "Seed of initial weights, data order, augmentation.", **fv)
   # Hardware.
   flags.DEFINE_enum(
     "strategy",
-    defaults.strategy,
+    d.strategy,
     list(train_lib.STRATEGIES),
-    "auto: mirrored over several GPUs, else one device.",
+    "auto: mirrored over several GPUs, else the default device.",
+    **fv,
   )
   # Loop and outputs.
-  flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries and records.")
+  flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries, records.", **fv)
   flags.DEFINE_integer(
     "steps_per_epoch",
-    defaults.steps_per_epoch,
-    "Steps per epoch; 0 is a full pass (smaller for smoke runs).",
+    d.steps_per_epoch,
+    "Steps per epoch; 0 is a full pass over the training examples (smaller for smoke runs).",
+    **fv,
   )
-  flags.DEFINE_integer("log_every_steps", defaults.log_every_steps, "Steps between log lines.")
+  flags.DEFINE_integer("log_every_steps", d.log_every_steps, "Steps between log lines.", **fv)
   flags.DEFINE_integer(
     "checkpoint_every_steps",
-    defaults.checkpoint_every_steps,
-    "Steps between mid-epoch checkpoints; 0 saves only each epoch.",
+    d.checkpoint_every_steps,
+    "Steps between mid-epoch checkpoints; 0 saves only at the end of each epoch.",
+    **fv,
   )
-  flags.mark_flag_as_required("model_dir")
+  flags.mark_flag_as_required("model_dir", **fv)
+
+
+def config_from_flags(flag_values):
+  """The Config whose fields are the parsed flags of the same names."""
+  return Config(
+    **{field.name: flag_values[field.name].value for field in dataclasses.fields(Config)}
+  )
 
 
 def main(argv):

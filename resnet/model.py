@@ -77,18 +77,21 @@ class ResNet(keras.Model):
     blocks_per_stage = (depth - 2) // 6
     self.stem_conv = _conv3x3(STAGE_FILTERS[0])
     self.stem_bn = layers.BatchNormalization(**_BN)
-    self.blocks = [
-      BasicBlock(filters, strides=2 if stage > 0 and index == 0 else 1)
-      for stage, filters in enumerate(STAGE_FILTERS)
-      for index in range(blocks_per_stage)
-    ]
+    # Blocks are attributes (stage1_block1, ...), not a list: tf.train.Checkpoint
+    # does not see layers inside a Keras 3 list, and would silently skip them.
+    self.block_names = []
+    for stage, filters in enumerate(STAGE_FILTERS):
+      for index in range(blocks_per_stage):
+        name = f"stage{stage + 1}_block{index + 1}"
+        setattr(self, name, BasicBlock(filters, strides=2 if stage > 0 and index == 0 else 1))
+        self.block_names.append(name)
     self.pool = layers.GlobalAveragePooling2D()
     self.classifier = layers.Dense(num_classes, kernel_initializer="he_normal", dtype="float32")
 
   def call(self, images, training=False):
     x = keras.ops.relu(self.stem_bn(self.stem_conv(images), training=training))
-    for block in self.blocks:
-      x = block(x, training=training)
+    for name in self.block_names:
+      x = getattr(self, name)(x, training=training)
     return self.classifier(self.pool(x))
 
 

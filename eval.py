@@ -1,0 +1,222 @@
+r"""Evaluates the best checkpoint of a training run on a whole split.
+
+  python eval.py --model_dir=runs/resnet20                      # the test split
+  python eval.py --model_dir=runs/resnet20 --split=validation   # the run's held-out examples
+  python eval.py --model_dir=runs/resnet20 --dataset=folder:/data/heldout --split=test
+
+The model is rebuilt from MODEL_DIR/run.json, not from training flags. Writes
+MODEL_DIR/eval/<split>/metrics.json, confusion_matrix.png and predictions.npz,
+and TensorBoard summaries under MODEL_DIR/tensorboard/eval_<split>.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's warnings, drop its info lines.
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from sklearn import metrics as sk_metrics  # noqa: E402
+
+from data import pipeline, visualize  # noqa: E402
+from resnet import checkpointing, train_lib  # noqa: E402
+from resnet import model as model_lib  # noqa: E402
+
+SPLITS = ("test", "validation", "train")
+
+
+def load_eval_split(record, split, dataset, tfds_data_dir):
+  """Loads the examples of `split` as the training run defined them.
+
+  For the run's own dataset, "train" and "validation" are the run's partition
+  of the training split (validation_size=0 means validation is the test
+  split). Any other dataset's split is read whole.
+
+  Returns:
+    (images uint8 [N, 32, 32, 3], labels int32 [N], description str).
+  """
+  config = record["config"]
+  if dataset == config["dataset"] and split in ("train", "validation"):
+    train, validation, class_names, source = pipeline.load_train_and_validation(
+      dataset, config["validation_size"], tfds_data_dir
+    )
+    images, labels = train if split == "train" else validation
+    description = f"{dataset} {split} ({source})" if split == "validation" else f"{dataset} train"
+  else:
+    images, labels, class_names = pipeline.load_split(dataset, split, tfds_data_dir)
+    description = f"{dataset} {split} (whole split)"
+  if list(class_names) != list(record["class_names"]):
+    raise pipeline.DataError(
+      f"{dataset} has classes {class_names}, but the model was trained on "
+      f"{record['class_names']}: labels would not line up."
+    )
+  return images, labels, description
+
+
+def compute_metrics(probabilities, labels, class_names):
+  """Accuracy, loss, confusion matrix and per-class scores with scikit-learn.
+
+  Args:
+    probabilities: float [N, C] predicted class probabilities; labels: int [N].
+
+  Returns:
+    A JSON-ready dict: accuracy, loss (mean cross-entropy, nats), num_examples,
+    confusion_matrix (rows true, columns predicted), per_class, macro_avg.
+  """
+  predictions = probabilities.argmax(axis=1)
+  class_ids = list(range(len(class_names)))
+  precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+    labels, predictions, labels=class_ids, zero_division=0
+  )
+  return {
+    "accuracy": float(sk_metrics.accuracy_score(labels, predictions)),
+    "loss": float(sk_metrics.log_loss(labels, probabilities, labels=class_ids)),
+    "num_examples": int(len(labels)),
+    "confusion_matrix": sk_metrics.confusion_matrix(labels, predictions, labels=class_ids).tolist(),
+    "per_class": {
+      name: {
+        "precision": float(precision[i]),
+        "recall": float(recall[i]),
+        "f1": float(f1[i]),
+        "support": int(support[i]),
+      }
+      for i, name in enumerate(class_names)
+    },
+    "macro_avg": {
+      "precision": float(precision.mean()),
+      "recall": float(recall.mean()),
+      "f1": float(f1.mean()),
+    },
+  }
+
+
+def format_table(metrics):
+  """A plain-text table of per-class precision, recall and F1, and the totals."""
+  lines = [f"{'class':<12} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+  for name, scores in metrics["per_class"].items():
+    lines.append(
+      f"{name:<12} {scores['precision']:>9.4f} {scores['recall']:>9.4f} "
+      f"{scores['f1']:>9.4f} {scores['support']:>8d}"
+    )
+  macro = metrics["macro_avg"]
+  lines.append(
+    f"{'macro avg':<12} {macro['precision']:>9.4f} {macro['recall']:>9.4f} "
+    f"{macro['f1']:>9.4f} {metrics['num_examples']:>8d}"
+  )
+  lines.append(
+    f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   "
+    f"examples {metrics['num_examples']}"
+  )
+  return "\n".join(lines)
+
+
+def evaluate_model_dir(
+  model_dir,
+  split="test",
+  dataset=None,
+  tfds_data_dir=None,
+  checkpoint_path=None,
+  batch_size=256,
+  strategy_name="auto",
+):
+  """Evaluates a checkpoint of the run in `model_dir` on every example of a split.
+
+  Args:
+    model_dir: a train.py model directory (holds run.json and best/).
+    split: "test", "validation" or "train".
+    dataset: dataset to read (default: the run's); tfds_data_dir as in train.py.
+    checkpoint_path: checkpoint to restore (default: the best one).
+    batch_size: global evaluation batch size.
+    strategy_name: as train.py's --strategy.
+
+  Returns:
+    The metrics dict that is also written to MODEL_DIR/eval/<split>/metrics.json.
+  """
+  record = checkpointing.read_run_record(model_dir)
+  if record is None:
+    raise checkpointing.CheckpointError(
+      f"{model_dir} is not a training run: it has no {checkpointing.RUN_RECORD}."
+    )
+  checkpoint_path = checkpoint_path or checkpointing.best_checkpoint_path(model_dir)
+  config, class_names = record["config"], record["class_names"]
+  dataset = dataset or config["dataset"]
+  tfds_data_dir = tfds_data_dir or config["tfds_data_dir"]
+
+  strategy = train_lib.create_strategy(strategy_name)
+  with strategy.scope():
+    model = model_lib.create_model(config["model"], num_classes=len(class_names))
+  checkpointing.restore_model(model, checkpoint_path)
+  images, labels, description = load_eval_split(record, split, dataset, tfds_data_dir)
+  logging.info("Evaluating %s on %d examples of %s.", checkpoint_path, len(labels), description)
+
+  eval_dataset = pipeline.distribute_eval_dataset(
+    strategy, images, labels, global_batch_size=batch_size
+  )
+  predict_step = train_lib.make_predict_step(strategy, model)
+  probabilities, seen_labels = train_lib.predict(predict_step, eval_dataset, len(labels))
+  metrics = compute_metrics(probabilities, seen_labels, class_names)
+  metrics.update(
+    split=split,
+    dataset=dataset,
+    description=description,
+    checkpoint=checkpoint_path,
+    model=config["model"],
+  )
+
+  output_dir = os.path.join(model_dir, "eval", split)
+  checkpointing.write_json(os.path.join(output_dir, "metrics.json"), metrics)
+  np.savez_compressed(
+    os.path.join(output_dir, "predictions.npz"), labels=seen_labels, probabilities=probabilities
+  )
+  png = visualize.confusion_matrix_png(
+    metrics["confusion_matrix"], class_names, title=f"{config['model']} on {description}"
+  )
+  with open(os.path.join(output_dir, "confusion_matrix.png"), "wb") as file:
+    file.write(png)
+  step = int(tf.train.load_variable(checkpoint_path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+  writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", f"eval_{split}"))
+  with writer.as_default(step=step):
+    tf.summary.scalar("accuracy", metrics["accuracy"])
+    tf.summary.scalar("loss", metrics["loss"])
+    tf.summary.image("confusion_matrix", tf.io.decode_png(png)[None])
+  writer.flush()
+  return metrics
+
+
+def define_flags():
+  """Defines the command-line flags."""
+  flags.DEFINE_string("model_dir", None, "Model directory written by train.py.")
+  flags.DEFINE_enum("split", "test", list(SPLITS), "Split to evaluate, every example once.")
+  flags.DEFINE_string("dataset", None, "cifar10 or folder:PATH (default: the run's dataset).")
+  flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (default: the run's).")
+  flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate (default: MODEL_DIR/best).")
+  flags.DEFINE_integer("batch_size", 256, "Global evaluation batch size.")
+  flags.DEFINE_enum("strategy", "auto", list(train_lib.STRATEGIES), "As in train.py.")
+  flags.mark_flag_as_required("model_dir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  FLAGS = flags.FLAGS
+  try:
+    metrics = evaluate_model_dir(
+      FLAGS.model_dir,
+      FLAGS.split,
+      FLAGS.dataset,
+      FLAGS.tfds_data_dir,
+      FLAGS.checkpoint,
+      FLAGS.batch_size,
+      FLAGS.strategy,
+    )
+  except (pipeline.DataError, checkpointing.CheckpointError) as error:
+    sys.exit(f"eval.py: error: {error}")
+  print(f"{metrics['model']} ({metrics['checkpoint']}) on {metrics['description']}")
+  print(format_table(metrics))
+  print(f"Wrote {os.path.join(FLAGS.model_dir, 'eval', FLAGS.split)}/metrics.json")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,191 @@
+"""The input pipeline: loading, the validation split, augmentation, exact counting."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data import pipeline
+from tests.conftest import CLASS_NAMES, TEST_PER_CLASS, TRAIN_PER_CLASS, write_image_folder
+
+
+def random_split(num_examples, seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (num_examples, 32, 32, 3), dtype=np.uint8)
+  return images, np.arange(num_examples, dtype=np.int32) % 10
+
+
+# --- Loading ---------------------------------------------------------------------
+
+
+def test_image_folder_loads_every_image_with_sorted_classes(image_folder):
+  images, labels, class_names = pipeline.load_split(f"folder:{image_folder}", "train")
+  assert class_names == CLASS_NAMES
+  assert images.shape == (len(CLASS_NAMES) * TRAIN_PER_CLASS, 32, 32, 3)
+  assert images.dtype == np.uint8 and labels.dtype == np.int32
+  np.testing.assert_array_equal(np.bincount(labels), [TRAIN_PER_CLASS] * len(CLASS_NAMES))
+  # The fixture colours each class: its own channel is the brightest on average.
+  channel_means = images.reshape(len(labels), -1, 3).mean(axis=1)
+  np.testing.assert_array_equal(channel_means.argmax(axis=1), labels)
+  _, test_labels, _ = pipeline.load_split(f"folder:{image_folder}", "test")
+  assert len(test_labels) == len(CLASS_NAMES) * TEST_PER_CLASS
+
+
+def test_tfds_cifar10_loads_under_mock_data(mock_cifar10):
+  images, labels, class_names = pipeline.load_split("cifar10", "train")
+  assert images.shape == (300, 32, 32, 3) and images.dtype == np.uint8
+  assert len(class_names) == 10 and labels.max() < 10
+
+
+def test_offline_tfds_gives_one_clear_paragraph(tmp_path, monkeypatch):
+  monkeypatch.setattr(pipeline, "download_host_reachable", lambda host: False)
+  with pytest.raises(pipeline.DataError, match="--tfds_data_dir") as error:
+    pipeline.load_split("cifar10", "train", str(tmp_path))
+  assert "--dataset=folder:PATH" in str(error.value)
+
+
+@pytest.mark.parametrize(
+  "break_folder, message",
+  [
+    (lambda root: None, "holds no PNG or JPEG images"),
+    (lambda root: os.makedirs(os.path.join(root, "train", "zebra")), "without images.*zebra"),
+    (
+      lambda root: open(os.path.join(root, "train", "cat", "bad.png"), "wb").write(b"not a png"),
+      "Unreadable image file.*bad.png",
+    ),
+  ],
+  ids=["no-images", "empty-class", "corrupt-file"],
+)
+def test_broken_folders_are_named(tmp_path, break_folder, message):
+  root = str(tmp_path)
+  if message.startswith("holds no"):
+    os.makedirs(os.path.join(root, "train", "cat"))
+  else:
+    write_image_folder(root, {"train": 2})
+  break_folder(root)
+  with pytest.raises(pipeline.DataError, match=message):
+    pipeline.load_split(f"folder:{root}", "train")
+
+
+def test_missing_split_names_the_splits_found(image_folder):
+  with pytest.raises(pipeline.DataError, match="no 'validation' split.*'test', 'train'"):
+    pipeline.load_split(f"folder:{image_folder}", "validation")
+
+
+# --- Validation split ---------------------------------------------------------------
+
+
+def test_validation_split_is_disjoint_complete_and_fixed():
+  train_index, validation_index = pipeline.split_off_validation(50_000, 5_000)
+  assert len(train_index) == 45_000 and len(validation_index) == 5_000
+  assert not np.intersect1d(train_index, validation_index).size
+  np.testing.assert_array_equal(np.union1d(train_index, validation_index), np.arange(50_000))
+  again = pipeline.split_off_validation(50_000, 5_000)
+  np.testing.assert_array_equal(again[1], validation_index)
+  with pytest.raises(pipeline.DataError, match="validation_size"):
+    pipeline.split_off_validation(100, 100)
+
+
+# --- Preprocessing --------------------------------------------------------------------
+
+
+def test_normalize_eagerly_and_inside_tf_data_agree():
+  images, _ = random_split(8)
+  eager = pipeline.normalize(images).numpy()
+  in_data = next(iter(tf.data.Dataset.from_tensors(images).map(pipeline.normalize))).numpy()
+  np.testing.assert_allclose(eager, in_data, rtol=1e-6)
+  assert eager.dtype == np.float32
+  expected = (images / 255.0 - np.array(pipeline.CIFAR10_MEAN)) / np.array(pipeline.CIFAR10_STD)
+  np.testing.assert_allclose(eager, expected, atol=1e-5)
+
+
+def test_crop_and_flip():
+  images, _ = random_split(3)
+  centre = tf.fill([3, 2], pipeline.CROP_PADDING)
+  no_flip = tf.zeros([3], tf.bool)
+  np.testing.assert_array_equal(pipeline.crop_and_flip(images, centre, no_flip), images)
+  flipped = pipeline.crop_and_flip(images, centre, tf.ones([3], tf.bool)).numpy()
+  np.testing.assert_array_equal(flipped, images[:, :, ::-1])
+  corner = pipeline.crop_and_flip(images, tf.zeros([3, 2], tf.int32), no_flip).numpy()
+  assert (corner[:, :4, :, :] == 0).all() and (corner[:, :, :4, :] == 0).all()
+  np.testing.assert_array_equal(corner[:, 4:, 4:], images[:, :28, :28])
+
+
+# --- Datasets ---------------------------------------------------------------------------
+
+
+def train_batches(images, labels, **kwargs):
+  args = dict(global_batch_size=8, steps_per_epoch=5, start_step=0, total_steps=10, seed=3)
+  args.update(kwargs)
+  return list(pipeline.make_train_dataset(images, labels, **args).as_numpy_iterator())
+
+
+def test_train_dataset_shapes_ranges_and_step_count():
+  images, labels = random_split(45)
+  batches = train_batches(images, labels)
+  assert len(batches) == 10  # 2 epochs x 5 steps; the last 5 examples of each epoch dropped.
+  for batch_images, batch_labels in batches:
+    assert batch_images.shape == (8, 32, 32, 3) and batch_images.dtype == np.float32
+    assert batch_labels.shape == (8,) and batch_labels.dtype == np.int32
+    low = (0 - np.array(pipeline.CIFAR10_MEAN)) / np.array(pipeline.CIFAR10_STD)
+    high = (1 - np.array(pipeline.CIFAR10_MEAN)) / np.array(pipeline.CIFAR10_STD)
+    assert (batch_images >= low - 1e-5).all() and (batch_images <= high + 1e-5).all()
+  first_epoch = np.concatenate([labels for _, labels in batches[:5]])
+  assert len(np.unique(first_epoch)) == 10 and len(first_epoch) == 40
+  # Each epoch has its own order.
+  assert not np.array_equal(batches[0][1], batches[5][1])
+
+
+def test_train_dataset_is_a_pure_function_of_seed_and_step():
+  images, labels = random_split(45)
+  full = train_batches(images, labels)
+  resumed = train_batches(images, labels, start_step=7)
+  assert len(resumed) == 3
+  for (a_images, a_labels), (b_images, b_labels) in zip(full[7:], resumed, strict=True):
+    np.testing.assert_array_equal(a_images, b_images)
+    np.testing.assert_array_equal(a_labels, b_labels)
+  other_seed = train_batches(images, labels, seed=4)
+  assert not np.array_equal(full[0][0], other_seed[0][0])
+
+
+def test_global_batches_do_not_depend_on_the_number_of_pipelines():
+  images, labels = random_split(45)
+  single = train_batches(images, labels)
+  shards = []
+  for pipeline_id in range(2):
+    context = tf.distribute.InputContext(
+      num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2
+    )
+    shards.append(train_batches(images, labels, input_context=context))
+  for step, (batch_images, _) in enumerate(single):
+    combined = np.concatenate([shards[0][step][0], shards[1][step][0]])
+    # Same examples with the same augmentation, in another order within the batch.
+    np.testing.assert_allclose(
+      np.sort(combined.reshape(8, -1), axis=0), np.sort(batch_images.reshape(8, -1), axis=0)
+    )
+
+
+@pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
+def test_eval_dataset_sees_every_example_exactly_once(strategy_name):
+  from resnet import train_lib
+
+  strategy = train_lib.create_strategy(strategy_name)
+  images, labels = random_split(21)
+  seen_index, seen_labels = [], []
+  for batch in pipeline.distribute_eval_dataset(strategy, images, labels, global_batch_size=8):
+    for replica_batch in strategy.experimental_local_results(batch):
+      real = replica_batch["mask"].numpy() > 0
+      seen_index.append(replica_batch["index"].numpy()[real])
+      seen_labels.append(replica_batch["label"].numpy()[real])
+  seen_index = np.concatenate(seen_index)
+  np.testing.assert_array_equal(np.sort(seen_index), np.arange(21))
+  np.testing.assert_array_equal(np.concatenate(seen_labels), labels[seen_index])
+
+
+def test_batch_that_does_not_divide_across_replicas_is_refused():
+  from resnet import train_lib
+
+  strategy = train_lib.create_strategy("mirrored")
+  with pytest.raises(pipeline.DataError, match="multiple of the number of replicas \\(2\\)"):
+    pipeline.check_global_batch_size(strategy, 7)

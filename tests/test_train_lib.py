@@ -1,0 +1,92 @@
+"""Schedule, loss and the distributed steps."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data import pipeline
+from resnet import model as model_lib
+from resnet import train_lib
+
+
+def test_learning_rate_schedules():
+  cosine = train_lib.LearningRateSchedule("cosine", 1.0, total_steps=110, warmup_steps=10)
+  assert float(cosine(0)) == pytest.approx(0.1)  # Warm-up: (step + 1) / warmup_steps.
+  assert float(cosine(9)) == pytest.approx(1.0)
+  assert float(cosine(60)) == pytest.approx(0.5)
+  assert float(cosine(110)) == pytest.approx(0.0, abs=1e-7)
+  piecewise = train_lib.LearningRateSchedule("piecewise", 1.0, total_steps=100)
+  assert [float(piecewise(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+    [1, 1, 0.1, 0.1, 0.01, 0.01]
+  )
+  assert float(train_lib.LearningRateSchedule("constant", 0.3, 100)(99)) == pytest.approx(0.3)
+
+
+def test_cross_entropy_matches_its_definition():
+  logits = tf.constant([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+  labels = tf.constant([0, 2])
+  log_probs = tf.nn.log_softmax(logits).numpy()
+  expected = -log_probs[[0, 1], [0, 2]]
+  np.testing.assert_allclose(train_lib.cross_entropy(labels, logits, 3), expected, rtol=1e-6)
+  smoothed = train_lib.cross_entropy(labels, logits, 3, label_smoothing=0.3).numpy()
+  targets = np.full((2, 3), 0.1) + 0.7 * np.eye(3)[[0, 2]]
+  np.testing.assert_allclose(smoothed, -(targets * log_probs).sum(axis=1), rtol=1e-5)
+
+
+def make_training(strategy, batch_size, weight_decay=0.0):
+  keras.utils.set_random_seed(1)
+  with strategy.scope():
+    model = model_lib.create_model("resnet8", num_classes=3)
+    optimizer = train_lib.create_optimizer(1e-3)
+    optimizer.build(model.trainable_variables)
+  train_steps = train_lib.make_train_steps(
+    strategy,
+    model,
+    optimizer,
+    global_batch_size=batch_size,
+    num_classes=3,
+    weight_decay=weight_decay,
+  )
+  return model, train_steps
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
+  strategy = train_lib.create_strategy("default")
+  model, train_steps = make_training(strategy, 16, weight_decay=5e-4)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(16, 32, 32, 3)).astype(np.float32)
+  labels = (np.arange(16) % 3).astype(np.int32)
+  batches = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
+  first = train_steps(batches, tf.constant(1))
+  train_steps(batches, tf.constant(8))
+  last = train_steps(batches, tf.constant(1))
+  assert float(first["count"]) == 16 and float(last["count"]) == 16
+  assert float(last["loss_sum"]) < 0.5 * float(first["loss_sum"])
+
+
+@pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
+def test_evaluate_counts_every_example_and_agrees_with_predict(strategy_name):
+  strategy = train_lib.create_strategy(strategy_name)
+  with strategy.scope():
+    keras.utils.set_random_seed(2)
+    model = model_lib.create_model("resnet8", num_classes=3)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (23, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 3, 23).astype(np.int32)
+  dataset = pipeline.distribute_eval_dataset(strategy, images, labels, global_batch_size=8)
+  result = train_lib.evaluate(train_lib.make_eval_step(strategy, model, 3), dataset)
+  probabilities, seen_labels = train_lib.predict(
+    train_lib.make_predict_step(strategy, model), dataset, 23
+  )
+  np.testing.assert_array_equal(seen_labels, labels)
+  assert result["num_examples"] == 23 and result["confusion_matrix"].sum() == 23
+  predictions = probabilities.argmax(axis=1)
+  assert result["accuracy"] == pytest.approx(np.mean(predictions == labels))
+  expected_loss = -np.log(probabilities[np.arange(23), labels]).mean()
+  assert result["loss"] == pytest.approx(expected_loss, rel=1e-4)
+  # The same model on the same data gives the same numbers on one or two replicas.
+  reference = model_lib.create_model("resnet8", num_classes=3)
+  reference.set_weights(model.get_weights())
+  logits = reference(pipeline.normalize(images), training=False)
+  np.testing.assert_allclose(probabilities, tf.nn.softmax(logits).numpy(), atol=1e-5)
