@@ -197,10 +197,10 @@ def train_and_evaluate(config, model_dir):
     logging.info(
       "Resumed from %s at step %d (best validation accuracy %.4f).",
       latest_manager.latest_checkpoint,
-      int(state["step"]),
-      float(state["best_accuracy"]),
+      int(state["step"].numpy()),
+      float(state["best_accuracy"].numpy()),
     )
-  start_step = int(state["step"])
+  start_step = int(state["step"].numpy())
   if start_step >= total_steps:
     logging.info(
       "Already trained for %d steps (%d epochs); nothing to do.", start_step, config.epochs
@@ -286,7 +286,7 @@ def train_and_evaluate(config, model_dir):
     if step_in_epoch == 0:
       validation = train_lib.evaluate(eval_step, val_dataset)
       state["epoch"].assign(epoch)
-      improved = validation["accuracy"] > float(state["best_accuracy"])
+      improved = validation["accuracy"] > float(state["best_accuracy"].numpy())
       if improved:
         state["best_accuracy"].assign(validation["accuracy"])
         best_manager.save(checkpoint_number=step)
@@ -332,7 +332,7 @@ def train_and_evaluate(config, model_dir):
   return {
     "step": step,
     "epoch": step // steps_per_epoch,
-    "best_accuracy": float(state["best_accuracy"]),
+    "best_accuracy": float(state["best_accuracy"].numpy()),
     "validation": validation,
   }
 

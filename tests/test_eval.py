@@ -1,0 +1,135 @@
+"""eval.py and the command lines: metrics agree with scikit-learn, bad input fails cleanly."""
+
+import glob
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk_metrics
+
+import train
+from resnet import checkpointing
+from tests.conftest import CLASS_NAMES, TEST_PER_CLASS, write_image_folder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+eval_main = importlib.import_module("eval")
+
+
+@pytest.fixture(scope="module")
+def model_dir(image_folder, tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("evalrun"))
+  config = train.Config(
+    model="resnet8",
+    dataset=f"folder:{image_folder}",
+    validation_size=24,
+    epochs=1,
+    batch_size=16,
+    steps_per_epoch=4,
+    log_every_steps=2,
+    strategy="default",
+  )
+  train.train_and_evaluate(config, directory)
+  return directory
+
+
+def run(script, *args):
+  return subprocess.run(
+    [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+
+
+def snapshot(directory):
+  return {path: os.path.getmtime(path) for path in glob.glob(f"{directory}/**", recursive=True)}
+
+
+@pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
+def test_metrics_agree_with_scikit_learn_on_the_same_predictions(model_dir, strategy_name):
+  metrics = eval_main.evaluate_model_dir(
+    model_dir, "test", batch_size=8, strategy_name=strategy_name
+  )
+  output = os.path.join(model_dir, "eval", "test")
+  saved = json.load(open(os.path.join(output, "metrics.json")))
+  assert {"accuracy", "loss", "num_examples", "confusion_matrix", "per_class"} <= saved.keys()
+  assert saved["num_examples"] == len(CLASS_NAMES) * TEST_PER_CLASS == 21
+  predictions = np.load(os.path.join(output, "predictions.npz"))
+  labels, probabilities = predictions["labels"], predictions["probabilities"]
+  np.testing.assert_array_equal(np.bincount(labels), [TEST_PER_CLASS] * 3)
+  predicted = probabilities.argmax(axis=1)
+  assert saved["accuracy"] == pytest.approx(sk_metrics.accuracy_score(labels, predicted))
+  assert saved["loss"] == pytest.approx(
+    sk_metrics.log_loss(labels, probabilities, labels=[0, 1, 2])
+  )
+  assert saved["confusion_matrix"] == sk_metrics.confusion_matrix(labels, predicted).tolist()
+  f1 = sk_metrics.f1_score(labels, predicted, average=None, labels=[0, 1, 2], zero_division=0)
+  assert [saved["per_class"][name]["f1"] for name in CLASS_NAMES] == pytest.approx(f1)
+  assert metrics == saved
+  assert os.path.getsize(os.path.join(output, "confusion_matrix.png")) > 1000
+
+
+def test_validation_split_is_the_runs_held_out_examples(model_dir):
+  metrics = eval_main.evaluate_model_dir(model_dir, "validation", batch_size=8)
+  assert metrics["num_examples"] == 24
+  best = json.load(open(os.path.join(model_dir, "best", "best.json")))
+  assert metrics["accuracy"] == pytest.approx(best["accuracy"])  # Same examples, same model.
+
+
+def test_eval_command_prints_a_table(model_dir):
+  result = run("eval.py", f"--model_dir={model_dir}", "--split=test", "--batch_size=8")
+  assert result.returncode == 0, result.stderr
+  assert "precision" in result.stdout and "macro avg" in result.stdout
+  for name in CLASS_NAMES:
+    assert name in result.stdout
+
+
+def test_eval_on_a_folder_with_other_classes_is_refused(model_dir, tmp_path):
+  other = str(tmp_path / "other")
+  write_image_folder(other, {"test": 1})
+  os.makedirs(os.path.join(other, "test", "zebra"))
+  shutil.copy(os.path.join(other, "test", "cat", "0000.png"), os.path.join(other, "test", "zebra"))
+  with pytest.raises(Exception, match="labels would not line up"):
+    eval_main.evaluate_model_dir(model_dir, "test", dataset=f"folder:{other}")
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["train.py", "--model=resnet18", "--model_dir={tmp}"], "value should be one of"),
+    (["train.py", "--flagfile={tmp}/missing.cfg", "--model_dir={tmp}"], "missing.cfg"),
+    (["train.py", "--flagfile={bad_cfg}", "--model_dir={tmp}"], "epochs"),
+    (["train.py", "--dataset=folder:{tmp}/empty", "--model_dir={tmp}"], "not a directory"),
+    (
+      ["train.py", "--learning_rate=0", "--dataset=folder:{tmp}", "--model_dir={tmp}"],
+      "--learning_rate must be positive",
+    ),
+    (["eval.py", "--model_dir={tmp}"], "has no run.json"),
+  ],
+  ids=[
+    "unknown-model",
+    "missing-flagfile",
+    "malformed-flagfile",
+    "missing-folder",
+    "zero-learning-rate",
+    "eval-without-run",
+  ],
+)
+def test_bad_input_gives_one_clear_message(tmp_path, args, message):
+  bad_cfg = tmp_path / "bad.cfg"
+  bad_cfg.write_text("--epochs=ten\n")
+  args = [arg.format(tmp=tmp_path, bad_cfg=bad_cfg) for arg in args]
+  before = snapshot(tmp_path)
+  result = run(*args)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+  assert snapshot(tmp_path) == before
+
+
+def test_eval_without_a_best_checkpoint_fails_cleanly(tmp_path):
+  checkpointing.write_json(os.path.join(tmp_path, "run.json"), {"config": {}, "class_names": []})
+  with pytest.raises(checkpointing.CheckpointError, match="No best checkpoint"):
+    eval_main.evaluate_model_dir(str(tmp_path))

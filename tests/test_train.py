@@ -1,0 +1,170 @@
+"""train.py end to end: outputs, resume, refusals, and every config file."""
+
+import dataclasses
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from tensorboard.backend.event_processing import event_accumulator
+
+import train
+from resnet import checkpointing
+from tests.conftest import CLASS_NAMES
+
+
+def debug_config(image_folder, **overrides):
+  config = train.Config(
+    model="resnet8",
+    dataset=f"folder:{image_folder}",
+    validation_size=24,
+    epochs=2,
+    batch_size=16,
+    learning_rate=2e-3,
+    lr_schedule="cosine",
+    warmup_epochs=0.5,
+    steps_per_epoch=3,
+    log_every_steps=2,
+    strategy="default",
+  )
+  return dataclasses.replace(config, **overrides)
+
+
+def event_tags(directory):
+  accumulator = event_accumulator.EventAccumulator(
+    directory, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.IMAGES: 0}
+  )
+  accumulator.Reload()
+  return accumulator
+
+
+def final_weights(model_dir):
+  path = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
+  return {
+    name: tf.train.load_variable(path, name)
+    for name, _ in tf.train.list_variables(path)
+    if name.startswith(("model/", "optimizer/"))
+  }
+
+
+@pytest.fixture(scope="module")
+def trained_run(image_folder, tmp_path_factory):
+  """One short run, shared by the tests that only read its outputs."""
+  model_dir = str(tmp_path_factory.mktemp("run"))
+  result = train.train_and_evaluate(debug_config(image_folder), model_dir)
+  return model_dir, result
+
+
+def test_run_writes_checkpoints_best_records_and_summaries(trained_run):
+  model_dir, result = trained_run
+  assert result["step"] == 6 and result["epoch"] == 2
+  assert result["validation"]["num_examples"] == 24
+  assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
+  best = json.load(open(os.path.join(model_dir, "best", "best.json")))
+  assert best["accuracy"] == pytest.approx(result["best_accuracy"])
+  assert tf.train.latest_checkpoint(os.path.join(model_dir, "best")).endswith(best["checkpoint"])
+  record = json.load(open(os.path.join(model_dir, "run.json")))
+  assert record["config"]["model"] == "resnet8" and record["class_names"] == CLASS_NAMES
+  assert record["num_train_examples"] == 120 - 24 and len(record["starts"]) == 1
+  assert os.path.getsize(os.path.join(model_dir, "class_samples.png")) > 1000
+
+  train_events = event_tags(os.path.join(model_dir, "tensorboard", "train"))
+  assert {"loss", "accuracy", "learning_rate", "images_per_second"} <= set(
+    train_events.Tags()["tensors"]
+  )
+  assert [e.step for e in train_events.Tensors("loss")] == [
+    2,
+    3,
+    4,
+    6,
+  ]  # Every 2 steps and at epoch ends.
+  assert "class_samples" in train_events.Tags()["tensors"]
+  validation_events = event_tags(os.path.join(model_dir, "tensorboard", "validation"))
+  assert {"loss", "accuracy", "confusion_matrix"} <= set(validation_events.Tags()["tensors"])
+  accuracies = [
+    float(tf.make_ndarray(e.tensor_proto)) for e in validation_events.Tensors("accuracy")
+  ]
+  assert [e.step for e in validation_events.Tensors("accuracy")] == [3, 6]
+  assert max(accuracies) == pytest.approx(result["best_accuracy"])
+  confusion = validation_events.Tensors("confusion_matrix")[-1]
+  height, width = tf.make_ndarray(confusion.tensor_proto)[:2]
+  assert int(height) > 100 and int(width) > 100  # Image summaries store [width, height, png].
+
+
+def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
+  image_folder, tmp_path
+):
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(debug_config(image_folder, epochs=3), straight)
+
+  interrupted = str(tmp_path / "interrupted")
+  first = train.train_and_evaluate(
+    debug_config(image_folder, epochs=3, checkpoint_every_steps=4, log_every_steps=1), interrupted
+  )
+  assert first["step"] == 9
+  # Pretend the run died after its mid-epoch checkpoint at step 8 (epoch 3 is steps 7-9).
+  for path in glob.glob(os.path.join(interrupted, "checkpoints", "ckpt-9*")):
+    os.remove(path)
+  with open(os.path.join(interrupted, "checkpoints", "checkpoint"), "w") as file:
+    file.write('model_checkpoint_path: "ckpt-8"\nall_model_checkpoint_paths: "ckpt-8"\n')
+  resumed = train.train_and_evaluate(
+    debug_config(image_folder, epochs=3, checkpoint_every_steps=4, log_every_steps=1), interrupted
+  )
+  assert resumed["step"] == 9
+  record = json.load(open(os.path.join(interrupted, "run.json")))
+  assert len(record["starts"]) == 2
+
+  expected, actual = final_weights(straight), final_weights(interrupted)
+  assert expected.keys() == actual.keys() and len(expected) > 40
+  for name in expected:
+    np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_resume_with_other_model_is_refused_and_changes_nothing(trained_run, image_folder):
+  model_dir, _ = trained_run
+  before = {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/**", recursive=True)}
+  with pytest.raises(train.RunError, match="--model='resnet8' there, 'resnet20' now"):
+    train.train_and_evaluate(debug_config(image_folder, model="resnet20"), model_dir)
+  after = {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/**", recursive=True)}
+  assert before == after
+
+
+def test_finished_run_does_nothing_more(trained_run, image_folder):
+  model_dir, first = trained_run
+  again = train.train_and_evaluate(debug_config(image_folder), model_dir)
+  assert again["step"] == 6 and again["best_accuracy"] == first["best_accuracy"]
+
+
+def test_tfds_cifar10_end_to_end_on_mock_data(mock_cifar10, tmp_path):
+  config = train.Config(
+    model="resnet8",
+    dataset="cifar10",
+    validation_size=100,
+    epochs=1,
+    batch_size=32,
+    steps_per_epoch=2,
+    log_every_steps=1,
+    strategy="default",
+  )
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["step"] == 2 and result["validation"]["num_examples"] == 100
+
+
+def test_two_replicas_train_to_the_end(image_folder, tmp_path):
+  result = train.train_and_evaluate(debug_config(image_folder, strategy="mirrored"), str(tmp_path))
+  assert result["step"] == 6 and result["validation"]["num_examples"] == 24
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("configs/*.cfg")), ids=os.path.basename)
+def test_every_config_parses(path):
+  flag_values = flags.FlagValues()
+  train.define_flags(flag_values)
+  flag_values(["train.py", f"--flagfile={path}", "--model_dir=/tmp/unused"])
+  config = train.config_from_flags(flag_values)
+  with open(path) as file:
+    header = file.read()
+  assert header.startswith("#") and "python train.py" in header and "untime" in header
+  assert config.epochs > 0 and config.batch_size > 0
