@@ -33,18 +33,18 @@ RUN_DEFINING_KEYS = ("model", "dataset", "validation_size", "batch_size", "seed"
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Resolved training configuration (the flags, as plain data)."""
+  """Resolved training configuration (the flags, as plain data; defaults = resnet20.cfg)."""
 
   model: str = "resnet20"
   dataset: str = "cifar10"
   tfds_data_dir: str | None = None
   validation_size: int = 5000
-  epochs: int = 30
+  epochs: int = 200
   batch_size: int = 128  # Global, over all replicas.
-  learning_rate: float = 2e-3
+  learning_rate: float = 1e-3
   lr_schedule: str = "cosine"
-  warmup_epochs: float = 1.0
-  weight_decay: float = 5e-4
+  warmup_epochs: float = 2.0
+  weight_decay: float = 2e-4
   label_smoothing: float = 0.0
   seed: int = 0
   strategy: str = "auto"
