@@ -13,6 +13,9 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's warnings, drop its info lines.
+# TF turns oneDNN on by itself only on CPUs with AVX-512 VNNI/BF16 or AMX. On the AVX2
+# CPUs we measured, it made resnet20 training 1.6x faster (~190 -> ~310 images/s).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

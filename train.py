@@ -17,6 +17,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's warnings, drop its info lines.
+# TF turns oneDNN on by itself only on CPUs with AVX-512 VNNI/BF16 or AMX. On the AVX2
+# CPUs we measured, it made resnet20 training 1.6x faster (~190 -> ~310 images/s).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -156,6 +159,11 @@ def train_and_evaluate(config, model_dir):
       f"exceeds the {len(train_labels)} training examples."
     )
   total_steps = config.epochs * steps_per_epoch
+  if config.validation_size == 0:
+    logging.warning(
+      "--validation_size=0: validating and selecting the best checkpoint on the "
+      "TEST split, so test accuracy of the best checkpoint is optimistic."
+    )
   logging.info(
     "%d training examples, %d validation examples (%s), %d steps per epoch.",
     len(train_labels),

@@ -37,8 +37,14 @@ def create_strategy(name):
   if name == "one_device":
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
   if name == "mirrored":
-    devices = gpus or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([device.name for device in devices])
+    if gpus:
+      return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])  # NCCL all-reduce.
+    # Logical CPU devices: reduce on one device. The default collective ops
+    # collide across several strategies in one process (as in the test suite).
+    cpus = [cpu.name for cpu in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(
+      cpus, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
   raise ValueError(f"Unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
 
 

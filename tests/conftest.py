@@ -4,6 +4,7 @@ so that MirroredStrategy tests get two replicas on one CPU."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # As train.py and eval.py set it.
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
