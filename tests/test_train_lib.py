@@ -90,3 +90,31 @@ def test_evaluate_counts_every_example_and_agrees_with_predict(strategy_name):
   reference.set_weights(model.get_weights())
   logits = reference(pipeline.normalize(images), training=False)
   np.testing.assert_allclose(probabilities, tf.nn.softmax(logits).numpy(), atol=1e-5)
+
+
+def test_two_replicas_update_the_weights_like_one_device():
+  # Each replica gets the same 8 examples, the single device gets them twice:
+  # BatchNorm statistics then agree, so any difference in the weights is a bug
+  # in loss scaling or gradient aggregation across replicas (keras#19891).
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(8, 32, 32, 3)).astype(np.float32)
+  labels = (np.arange(8) % 3).astype(np.int32)
+  weights, sums = {}, {}
+  for name, per_replica_batch in (("default", 16), ("mirrored", 8)):
+    strategy = train_lib.create_strategy(name)
+    model, train_steps = make_training(strategy, 16, weight_decay=5e-4)
+    batch = (
+      np.concatenate([images] * (per_replica_batch // 8)),
+      np.concatenate([labels] * (per_replica_batch // 8)),
+    )
+    dataset = strategy.distribute_datasets_from_function(
+      lambda context, batch=batch: tf.data.Dataset.from_tensors(batch).repeat()
+    )
+    sums[name] = train_steps(iter(dataset), tf.constant(3))
+    weights[name] = [v.numpy() for v in model.variables]
+  assert float(sums["mirrored"]["count"]) == float(sums["default"]["count"]) == 48
+  assert float(sums["mirrored"]["loss_sum"]) == pytest.approx(
+    float(sums["default"]["loss_sum"]), rel=1e-5
+  )
+  for single, mirrored in zip(weights["default"], weights["mirrored"], strict=True):
+    np.testing.assert_allclose(mirrored, single, rtol=1e-4, atol=1e-5)
