@@ -15,6 +15,7 @@ from sklearn import metrics as sk_metrics
 import train
 from resnet import checkpointing
 from tests.conftest import CLASS_NAMES, TEST_PER_CLASS, write_image_folder
+from tests.test_train import debug_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 eval_main = importlib.import_module("eval")
@@ -23,16 +24,7 @@ eval_main = importlib.import_module("eval")
 @pytest.fixture(scope="module")
 def model_dir(image_folder, tmp_path_factory):
   directory = str(tmp_path_factory.mktemp("evalrun"))
-  config = train.Config(
-    model="resnet8",
-    dataset=f"folder:{image_folder}",
-    validation_size=24,
-    epochs=1,
-    batch_size=16,
-    steps_per_epoch=4,
-    log_every_steps=2,
-    strategy="default",
-  )
+  config = debug_config(image_folder, epochs=1, steps_per_epoch=4)
   train.train_and_evaluate(config, directory)
   return directory
 

@@ -65,7 +65,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
   assert float(last["loss_sum"]) < 0.5 * float(first["loss_sum"])
 
 
-@pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
+@pytest.mark.parametrize("strategy_name", ["default", "one_device", "mirrored"])
 def test_evaluate_counts_every_example_and_agrees_with_predict(strategy_name):
   strategy = train_lib.create_strategy(strategy_name)
   with strategy.scope():
