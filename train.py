@@ -11,8 +11,6 @@ checkpoint and stops at the same total number of epochs.
 
 import dataclasses
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -22,16 +20,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's warnings, drop i
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from data import pipeline, visualize  # noqa: E402
 from resnet import checkpointing, train_lib  # noqa: E402
 from resnet import model as model_lib
-
-# Config keys that define the model or the data: resuming with other values is refused.
-RUN_DEFINING_KEYS = ("model", "dataset", "validation_size", "batch_size", "seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +51,7 @@ class Config:
 
 
 class RunError(ValueError):
-  """A problem with the requested run, with a message for the user."""
+  """A problem with the requested flags, with a message for the user."""
 
 
 def _validate(config):
@@ -71,51 +65,31 @@ def _validate(config):
     raise RunError(f"--label_smoothing must be in [0, 1), got {config.label_smoothing}.")
 
 
-def _git_commit():
-  try:
-    return subprocess.run(
-      ["git", "rev-parse", "HEAD"],
-      capture_output=True,
-      text=True,
-      check=True,
-      cwd=os.path.dirname(os.path.abspath(__file__)),
-    ).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return None
+class _Meter:
+  """Sums of the train step's outputs, and wall time, since the last reset()."""
 
+  def __init__(self):
+    self.reset()
 
-def _start_run_record(model_dir, config, **facts):
-  """Creates or extends MODEL_DIR/run.json; refuses a resume that changes the run."""
-  record = checkpointing.read_run_record(model_dir)
-  now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-  if record is None:
-    record = {"config": dataclasses.asdict(config), "starts": []}
-  else:
-    previous = record["config"]
-    changed = [key for key in RUN_DEFINING_KEYS if previous.get(key) != getattr(config, key)]
-    if changed:
-      details = ", ".join(
-        f"--{k}={previous.get(k)!r} there, {getattr(config, k)!r} now" for k in changed
-      )
-      raise RunError(
-        f"{model_dir} holds a run with other settings ({details}). Use a new "
-        f"--model_dir, or the same flags to resume it."
-      )
-    if previous != dataclasses.asdict(config):
-      logging.warning(
-        "Resuming with changed flags: %s",
-        {k: v for k, v in dataclasses.asdict(config).items() if previous.get(k) != v},
-      )
-    record["config"] = dataclasses.asdict(config)
-  record.update(
-    facts,
-    git_commit=_git_commit(),
-    python=platform.python_version(),
-    versions={"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
-  )
-  record["starts"].append(now)
-  checkpointing.write_json(os.path.join(model_dir, checkpointing.RUN_RECORD), record)
-  return record
+  def reset(self):
+    self.sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    self.start = time.perf_counter()
+
+  def add(self, sums):
+    for key in self.sums:
+      self.sums[key] += float(sums[key])
+
+  def seconds(self):
+    return time.perf_counter() - self.start
+
+  def result(self):
+    """Mean loss, accuracy (correct / seen) and images per second."""
+    count = max(self.sums["count"], 1.0)
+    return {
+      "loss": self.sums["loss_sum"] / count,
+      "accuracy": self.sums["correct"] / count,
+      "images_per_second": self.sums["count"] / self.seconds(),
+    }
 
 
 def _write_scalars(writer, step, scalars):
@@ -172,9 +146,9 @@ def train_and_evaluate(config, model_dir):
     steps_per_epoch,
   )
   os.makedirs(model_dir, exist_ok=True)
-  _start_run_record(
+  checkpointing.start_run_record(
     model_dir,
-    config,
+    dataclasses.asdict(config),
     class_names=class_names,
     num_classes=len(class_names),
     num_train_examples=len(train_labels),
@@ -250,11 +224,8 @@ def train_and_evaluate(config, model_dir):
   _write_png(train_writer, start_step, "class_samples", grid)
 
   # --- Training loop -------------------------------------------------------------------
-  step = start_step
-  validation = None
-  window = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}  # Since the last log line.
-  epoch_totals = dict(window)  # Since the start of the epoch (or of this process).
-  window_start = epoch_start = time.perf_counter()
+  step, validation = start_step, None
+  window, epoch_meter = _Meter(), _Meter()  # Since the last log line; since the epoch began.
   while step < total_steps:
     # Run until the next log line, checkpoint or epoch end, whichever comes first.
     boundaries = [config.log_every_steps, steps_per_epoch, config.checkpoint_every_steps]
@@ -262,34 +233,25 @@ def train_and_evaluate(config, model_dir):
     sums = train_steps(train_iterator, tf.constant(num_steps))
     step += num_steps
     state["step"].assign(step)
-    for key, value in sums.items():
-      window[key] += float(value)
-      epoch_totals[key] += float(value)
+    window.add(sums)
+    epoch_meter.add(sums)
     epoch, step_in_epoch = divmod(step, steps_per_epoch)
+    learning_rate = float(schedule(step - 1))  # The rate of the last step taken.
 
     if step % config.log_every_steps == 0 or step_in_epoch == 0:
-      seconds = time.perf_counter() - window_start
-      scalars = {
-        "loss": window["loss_sum"] / window["count"],
-        "accuracy": window["correct"] / window["count"],
-        "learning_rate": float(schedule(step - 1)),
-        "images_per_second": window["count"] / seconds,
-      }
+      scalars = dict(window.result(), learning_rate=learning_rate)
       _write_scalars(train_writer, step, scalars)
       logging.info(
-        "epoch %d/%d step %d/%d (%.0f%%) loss %.4f accuracy %.4f lr %.2e %.0f img/s",
-        epoch + (step_in_epoch > 0),
-        config.epochs,
+        "step %d/%d (epoch %.2f): loss %.4f accuracy %.4f lr %.2e %.0f img/s",
         step,
         total_steps,
-        100 * step / total_steps,
+        step / steps_per_epoch,
         scalars["loss"],
         scalars["accuracy"],
-        scalars["learning_rate"],
+        learning_rate,
         scalars["images_per_second"],
       )
-      window = dict.fromkeys(window, 0.0)
-      window_start = time.perf_counter()
+      window.reset()
 
     if step_in_epoch == 0:
       validation = train_lib.evaluate(eval_step, val_dataset)
@@ -297,21 +259,9 @@ def train_and_evaluate(config, model_dir):
       improved = validation["accuracy"] > float(state["best_accuracy"].numpy())
       if improved:
         state["best_accuracy"].assign(validation["accuracy"])
-        best_manager.save(checkpoint_number=step)
-        checkpointing.write_json(
-          os.path.join(model_dir, checkpointing.BEST_DIR, "best.json"),
-          {
-            "accuracy": validation["accuracy"],
-            "loss": validation["loss"],
-            "epoch": epoch,
-            "step": step,
-            "checkpoint": os.path.basename(best_manager.latest_checkpoint),
-          },
-        )
+        checkpointing.save_best(best_manager, validation, epoch=epoch, step=step)
       latest_manager.save(checkpoint_number=step)
-      _write_scalars(
-        val_writer, step, {"loss": validation["loss"], "accuracy": validation["accuracy"]}
-      )
+      _write_scalars(val_writer, step, {k: validation[k] for k in ("loss", "accuracy")})
       _write_png(
         val_writer,
         step,
@@ -320,18 +270,16 @@ def train_and_evaluate(config, model_dir):
           validation["confusion_matrix"], class_names, title=f"Validation, epoch {epoch}"
         ),
       )
-      seconds = time.perf_counter() - epoch_start
+      train_metrics = epoch_meter.result()
       print(
-        f"epoch {epoch:3d}/{config.epochs}  "
-        f"train loss {epoch_totals['loss_sum'] / epoch_totals['count']:.4f} "
-        f"acc {epoch_totals['correct'] / epoch_totals['count']:.4f}  "
-        f"val loss {validation['loss']:.4f} acc {validation['accuracy']:.4f}"
-        f"{' (best)' if improved else ''}  lr {float(schedule(step - 1)):.2e}  "
-        f"{seconds:.0f}s  {epoch_totals['count'] / seconds:.0f} img/s",
+        f"epoch {epoch:3d}/{config.epochs}  train loss {train_metrics['loss']:.4f} "
+        f"acc {train_metrics['accuracy']:.4f}  val loss {validation['loss']:.4f} "
+        f"acc {validation['accuracy']:.4f}{' (best)' if improved else ''}  "
+        f"lr {learning_rate:.2e}  {epoch_meter.seconds():.0f}s  "
+        f"{train_metrics['images_per_second']:.0f} img/s",
         flush=True,
       )
-      epoch_totals = dict.fromkeys(epoch_totals, 0.0)
-      epoch_start = time.perf_counter()
+      epoch_meter.reset()
     elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
       latest_manager.save(checkpoint_number=step)
 

@@ -11,13 +11,21 @@ MODEL_DIR/run.json      what eval.py needs to rebuild the model, and the record
 
 import json
 import os
+import platform
+import subprocess
 import tempfile
+import time
 
+import keras
+import numpy as np
 import tensorflow as tf
+from absl import logging
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 RUN_RECORD = "run.json"
+# Config keys that define the model or the data: resuming with other values is refused.
+RUN_DEFINING_KEYS = ("model", "dataset", "validation_size", "batch_size", "seed")
 
 
 class CheckpointError(ValueError):
@@ -45,6 +53,21 @@ def create_managers(checkpoint, model_dir):
   return latest, best
 
 
+def save_best(best_manager, validation, *, epoch, step):
+  """Saves the best checkpoint and best/best.json describing it."""
+  best_manager.save(checkpoint_number=step)
+  write_json(
+    os.path.join(best_manager.directory, "best.json"),
+    {
+      "accuracy": validation["accuracy"],
+      "loss": validation["loss"],
+      "epoch": epoch,
+      "step": step,
+      "checkpoint": os.path.basename(best_manager.latest_checkpoint),
+    },
+  )
+
+
 def write_json(path, payload):
   """Writes JSON atomically: a reader sees the old file or the new one, never half of one."""
   directory = os.path.dirname(path) or "."
@@ -70,6 +93,61 @@ def read_run_record(model_dir):
       return json.load(file)
   except (OSError, json.JSONDecodeError) as error:
     raise CheckpointError(f"Cannot read the run record {path}: {error}") from None
+
+
+def _git_commit():
+  try:
+    return subprocess.run(
+      ["git", "rev-parse", "HEAD"],
+      capture_output=True,
+      text=True,
+      check=True,
+      cwd=os.path.dirname(os.path.abspath(__file__)),
+    ).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def start_run_record(model_dir, config, **facts):
+  """Creates MODEL_DIR/run.json, or extends it when a run resumes.
+
+  Args:
+    model_dir: the run's directory (must exist).
+    config: dict of the resolved flags.
+    **facts: more entries to record (classes, dataset sizes, devices, ...).
+
+  Raises:
+    CheckpointError: model_dir holds a run whose RUN_DEFINING_KEYS differ;
+      nothing is written then.
+  """
+  record = read_run_record(model_dir)
+  if record is None:
+    record = {"config": config, "starts": []}
+  else:
+    previous = record["config"]
+    changed = [key for key in RUN_DEFINING_KEYS if previous.get(key) != config.get(key)]
+    if changed:
+      details = ", ".join(
+        f"--{k}={previous.get(k)!r} there, {config.get(k)!r} now" for k in changed
+      )
+      raise CheckpointError(
+        f"{model_dir} holds a run with other settings ({details}). Use a "
+        f"new --model_dir, or the same flags to resume it."
+      )
+    if previous != config:
+      logging.warning(
+        "Resuming with changed flags: %s", {k: v for k, v in config.items() if previous.get(k) != v}
+      )
+    record["config"] = config
+  record.update(
+    facts,
+    git_commit=_git_commit(),
+    python=platform.python_version(),
+    versions={"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
+  )
+  record["starts"].append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+  write_json(os.path.join(model_dir, RUN_RECORD), record)
+  return record
 
 
 def best_checkpoint_path(model_dir):

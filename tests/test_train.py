@@ -126,7 +126,9 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
 def test_resume_with_other_model_is_refused_and_changes_nothing(trained_run, image_folder):
   model_dir, _ = trained_run
   before = {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/**", recursive=True)}
-  with pytest.raises(train.RunError, match="--model='resnet8' there, 'resnet20' now"):
+  with pytest.raises(
+    checkpointing.CheckpointError, match="--model='resnet8' there, 'resnet20' now"
+  ):
     train.train_and_evaluate(debug_config(image_folder, model="resnet20"), model_dir)
   after = {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/**", recursive=True)}
   assert before == after
