@@ -113,13 +113,17 @@ def train_and_evaluate(config, model_dir):
   _validate(config)
   if os.path.exists(model_dir) and not os.path.isdir(model_dir):
     raise RunError(f"--model_dir={model_dir} is a file, not a directory.")
-  keras.utils.set_random_seed(config.seed)  # Initial weights (the data order uses it too).
+  keras.utils.set_random_seed(config.seed)  # Initial weights; data order and augmentation
+  # are stateless functions of the same seed (data/pipeline.py).
 
   # --- Strategy ----------------------------------------------------------------------
   strategy = train_lib.create_strategy(config.strategy)
   pipeline.check_global_batch_size(strategy, config.batch_size)
   logging.info(
-    "Strategy %s with %d replica(s).", type(strategy).__name__, strategy.num_replicas_in_sync
+    "Strategy %s (--strategy=%s) with %d replica(s).",
+    type(strategy).__name__.lstrip("_"),
+    config.strategy,
+    strategy.num_replicas_in_sync,
   )
 
   # --- Data --------------------------------------------------------------------------
