@@ -11,6 +11,7 @@ checkpoint and stops at the same total number of epochs.
 
 import dataclasses
 import os
+import signal
 import sys
 import time
 
@@ -20,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's warnings, drop i
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
@@ -92,6 +94,27 @@ class _Meter:
     }
 
 
+class _StopSignals:
+  """Within `with`, records SIGTERM and SIGINT instead of dying, so the loop can save."""
+
+  def __enter__(self):
+    self.received = None  # Name of the first signal received.
+    self._previous = {
+      sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    return self
+
+  def __exit__(self, *exc_info):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is None:
+      self.received = signal.Signals(signum).name
+      logging.warning("%s received: saving a checkpoint after the current steps.", self.received)
+
+
 def _write_scalars(writer, step, scalars):
   with writer.as_default(step=step):
     for name, value in scalars.items():
@@ -107,7 +130,12 @@ def train_and_evaluate(config, model_dir):
   """Trains `config.model` to `config.epochs`, validating every epoch.
 
   Returns:
-    {"step", "epoch", "best_accuracy", "validation": last validation metrics}.
+    {"stopped_by": None or the name of the signal that stopped training early,
+     "step", "epoch", "best_accuracy", "validation": last validation metrics}.
+
+  Raises:
+    RunError, pipeline.DataError, checkpointing.CheckpointError: bad input,
+      or a non-finite training loss (nothing is saved then).
   """
   # --- Setup -------------------------------------------------------------------------
   _validate(config)
@@ -230,66 +258,76 @@ def train_and_evaluate(config, model_dir):
   # --- Training loop -------------------------------------------------------------------
   step, validation = start_step, None
   window, epoch_meter = _Meter(), _Meter()  # Since the last log line; since the epoch began.
-  while step < total_steps:
-    # Run until the next log line, checkpoint or epoch end, whichever comes first.
-    boundaries = [config.log_every_steps, steps_per_epoch, config.checkpoint_every_steps]
-    num_steps = min([b - step % b for b in boundaries if b] + [total_steps - step])
-    sums = train_steps(train_iterator, tf.constant(num_steps))
-    step += num_steps
-    state["step"].assign(step)
-    window.add(sums)
-    epoch_meter.add(sums)
-    epoch, step_in_epoch = divmod(step, steps_per_epoch)
-    learning_rate = float(schedule(step - 1))  # The rate of the last step taken.
+  with _StopSignals() as stop:  # SIGTERM (preemption) or SIGINT: save, then leave the loop.
+    while step < total_steps and not stop.received:
+      # Run until the next log line, checkpoint or epoch end, whichever comes first.
+      boundaries = [config.log_every_steps, steps_per_epoch, config.checkpoint_every_steps]
+      num_steps = min([b - step % b for b in boundaries if b] + [total_steps - step])
+      sums = train_steps(train_iterator, tf.constant(num_steps))
+      if not np.isfinite(float(sums["loss_sum"])):
+        raise RunError(
+          f"The training loss became {float(sums['loss_sum'])} in steps {step + 1}-"
+          f"{step + num_steps}; stopped without saving. Last good checkpoint: "
+          f"{latest_manager.latest_checkpoint}. Try a lower --learning_rate."
+        )
+      step += num_steps
+      state["step"].assign(step)
+      window.add(sums)
+      epoch_meter.add(sums)
+      epoch, step_in_epoch = divmod(step, steps_per_epoch)
+      learning_rate = float(schedule(step - 1))  # The rate of the last step taken.
 
-    if step % config.log_every_steps == 0 or step_in_epoch == 0:
-      scalars = dict(window.result(), learning_rate=learning_rate)
-      _write_scalars(train_writer, step, scalars)
-      logging.info(
-        "step %d/%d (epoch %.2f): loss %.4f accuracy %.4f lr %.2e %.0f img/s",
-        step,
-        total_steps,
-        step / steps_per_epoch,
-        scalars["loss"],
-        scalars["accuracy"],
-        learning_rate,
-        scalars["images_per_second"],
-      )
-      window.reset()
+      if step % config.log_every_steps == 0 or step_in_epoch == 0:
+        scalars = dict(window.result(), learning_rate=learning_rate)
+        _write_scalars(train_writer, step, scalars)
+        logging.info(
+          "step %d/%d (epoch %.2f): loss %.4f accuracy %.4f lr %.2e %.0f img/s",
+          step,
+          total_steps,
+          step / steps_per_epoch,
+          scalars["loss"],
+          scalars["accuracy"],
+          learning_rate,
+          scalars["images_per_second"],
+        )
+        window.reset()
 
-    if step_in_epoch == 0:
-      validation = train_lib.evaluate(eval_step, val_dataset)
-      state["epoch"].assign(epoch)
-      improved = validation["accuracy"] > float(state["best_accuracy"].numpy())
-      if improved:
-        state["best_accuracy"].assign(validation["accuracy"])
-        checkpointing.save_best(best_manager, validation, epoch=epoch, step=step)
-      latest_manager.save(checkpoint_number=step)
-      _write_scalars(val_writer, step, {k: validation[k] for k in ("loss", "accuracy")})
-      _write_png(
-        val_writer,
-        step,
-        "confusion_matrix",
-        visualize.confusion_matrix_png(
-          validation["confusion_matrix"], class_names, title=f"Validation, epoch {epoch}"
-        ),
-      )
-      train_metrics = epoch_meter.result()
-      print(
-        f"epoch {epoch:3d}/{config.epochs}  train loss {train_metrics['loss']:.4f} "
-        f"acc {train_metrics['accuracy']:.4f}  val loss {validation['loss']:.4f} "
-        f"acc {validation['accuracy']:.4f}{' (best)' if improved else ''}  "
-        f"lr {learning_rate:.2e}  {epoch_meter.seconds():.0f}s  "
-        f"{train_metrics['images_per_second']:.0f} img/s",
-        flush=True,
-      )
-      epoch_meter.reset()
-    elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-      latest_manager.save(checkpoint_number=step)
+      if step_in_epoch == 0:
+        validation = train_lib.evaluate(eval_step, val_dataset)
+        state["epoch"].assign(epoch)
+        improved = validation["accuracy"] > float(state["best_accuracy"].numpy())
+        if improved:
+          state["best_accuracy"].assign(validation["accuracy"])
+          checkpointing.save_best(best_manager, validation, epoch=epoch, step=step)
+        latest_manager.save(checkpoint_number=step)
+        _write_scalars(val_writer, step, {k: validation[k] for k in ("loss", "accuracy")})
+        _write_png(
+          val_writer,
+          step,
+          "confusion_matrix",
+          visualize.confusion_matrix_png(
+            validation["confusion_matrix"], class_names, title=f"Validation, epoch {epoch}"
+          ),
+        )
+        train_metrics = epoch_meter.result()
+        print(
+          f"epoch {epoch:3d}/{config.epochs}  train loss {train_metrics['loss']:.4f} "
+          f"acc {train_metrics['accuracy']:.4f}  val loss {validation['loss']:.4f} "
+          f"acc {validation['accuracy']:.4f}{' (best)' if improved else ''}  "
+          f"lr {learning_rate:.2e}  {epoch_meter.seconds():.0f}s  "
+          f"{train_metrics['images_per_second']:.0f} img/s",
+          flush=True,
+        )
+        epoch_meter.reset()
+      elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+        latest_manager.save(checkpoint_number=step)
 
+  if stop.received and step % steps_per_epoch:
+    latest_manager.save(checkpoint_number=step)  # Epoch ends were saved in the loop.
   train_writer.flush()
   val_writer.flush()
   return {
+    "stopped_by": stop.received,
     "step": step,
     "epoch": step // steps_per_epoch,
     "best_accuracy": float(state["best_accuracy"].numpy()),
@@ -363,13 +401,17 @@ def config_from_flags(flag_values):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  config = Config(
-    **{field.name: flags.FLAGS[field.name].value for field in dataclasses.fields(Config)}
-  )
   try:
-    result = train_and_evaluate(config, flags.FLAGS.model_dir)
+    result = train_and_evaluate(config_from_flags(flags.FLAGS), flags.FLAGS.model_dir)
   except (RunError, pipeline.DataError, checkpointing.CheckpointError) as error:
     sys.exit(f"train.py: error: {error}")
+  if result["stopped_by"]:
+    print(
+      f"Stopped by {result['stopped_by']} at step {result['step']} and saved a checkpoint "
+      f"there; run the same command again to resume.",
+      file=sys.stderr,
+    )
+    sys.exit(128 + signal.Signals[result["stopped_by"]].value)  # The shell's code for it.
   logging.info(
     "Done at step %d; best validation accuracy %.4f.", result["step"], result["best_accuracy"]
   )

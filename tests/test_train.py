@@ -4,6 +4,10 @@ import dataclasses
 import glob
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +18,8 @@ from tensorboard.backend.event_processing import event_accumulator
 import train
 from resnet import checkpointing
 from tests.conftest import CLASS_NAMES
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def debug_config(image_folder, **overrides):
@@ -170,3 +176,38 @@ def test_every_config_parses(path):
     header = file.read()
   assert header.startswith("#") and "python train.py" in header and "untime" in header
   assert config.epochs > 0 and config.batch_size > 0
+
+
+def test_non_finite_loss_stops_without_saving_and_keeps_the_best(trained_run, image_folder):
+  model_dir, _ = trained_run
+  before = {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/best/*")}
+  config = debug_config(image_folder, epochs=4, learning_rate=1e30, log_every_steps=1)
+  with pytest.raises(
+    train.RunError, match=r"loss became (nan|inf).*Last good checkpoint: .*ckpt-6"
+  ):
+    train.train_and_evaluate(config, model_dir)
+  assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
+  assert {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/best/*")} == before
+
+
+def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(image_folder, tmp_path):
+  model_dir = str(tmp_path / "run")
+  config = debug_config(image_folder, epochs=50, steps_per_epoch=5, log_every_steps=1)
+  command = [sys.executable, "train.py", f"--model_dir={model_dir}"] + [
+    f"--{key}={value}" for key, value in dataclasses.asdict(config).items() if value is not None
+  ]
+  process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+  for line in process.stderr:  # Wait until training is under way (log lines go to stderr).
+    if "step 2/250" in line:
+      process.send_signal(signal.SIGTERM)
+      break
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 128 + signal.SIGTERM
+  stopped_at = int(re.search(r"Stopped by SIGTERM at step (\d+)", stderr).group(1))
+  assert 2 <= stopped_at < 250 and "Traceback" not in stderr
+  latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+  assert latest.endswith(f"ckpt-{stopped_at}")
+
+  resumed = train.train_and_evaluate(dataclasses.replace(config, epochs=1), model_dir)
+  assert resumed["step"] == max(stopped_at, 5)  # Resumed, not restarted: nothing left to do
+  # when the stop came after epoch 1; otherwise epoch 1 is finished from the saved step.
