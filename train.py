@@ -206,11 +206,11 @@ def train_and_evaluate(config, model_dir):
   latest_manager, best_manager = checkpointing.create_managers(checkpoint, model_dir)
 
   # --- Restore -----------------------------------------------------------------------
-  if latest_manager.latest_checkpoint:
-    checkpoint.restore(latest_manager.latest_checkpoint).assert_existing_objects_matched()
+  restored = checkpointing.restore_newest_readable(checkpoint, latest_manager)
+  if restored:
     logging.info(
       "Resumed from %s at step %d (best validation accuracy %.4f).",
-      latest_manager.latest_checkpoint,
+      restored,
       int(state["step"].numpy()),
       float(state["best_accuracy"].numpy()),
     )

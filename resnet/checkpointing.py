@@ -53,6 +53,35 @@ def create_managers(checkpoint, model_dir):
   return latest, best
 
 
+def restore_newest_readable(checkpoint, manager):
+  """Restores the newest checkpoint of `manager` that reads back whole.
+
+  A damaged newest checkpoint (a kill during a write, a full disk) falls back
+  to the previous one instead of ending the run.
+
+  Returns:
+    The restored path, or None when `manager` has no checkpoint.
+
+  Raises:
+    CheckpointError: there are checkpoints but none of them can be restored.
+  """
+  errors = []
+  for path in reversed(manager.checkpoints):
+    try:
+      checkpoint.restore(path).assert_existing_objects_matched()
+      return path
+    except Exception as error:  # noqa: BLE001 - damaged files raise OpError, IndexError, ...
+      first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+      logging.warning("Cannot restore %s (%s); trying the previous checkpoint.", path, first_line)
+      errors.append(f"{os.path.basename(path)}: {first_line}")
+  if errors:
+    raise CheckpointError(
+      f"No checkpoint in {manager.directory} can be restored ("
+      f"{'; '.join(errors)}). Move the directory away to start afresh."
+    )
+  return None
+
+
 def save_best(best_manager, validation, *, epoch, step):
   """Saves the best checkpoint and best/best.json describing it."""
   best_manager.save(checkpoint_number=step)

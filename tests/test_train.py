@@ -211,3 +211,21 @@ def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(image_fo
   resumed = train.train_and_evaluate(dataclasses.replace(config, epochs=1), model_dir)
   assert resumed["step"] == max(stopped_at, 5)  # Resumed, not restarted: nothing left to do
   # when the stop came after epoch 1; otherwise epoch 1 is finished from the saved step.
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(image_folder, tmp_path):
+  model_dir = str(tmp_path)
+  config = debug_config(image_folder, checkpoint_every_steps=2)
+  train.train_and_evaluate(config, model_dir)  # Checkpoints kept: steps 3, 4 and 6.
+  (data_file,) = glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-6.data-*"))
+  with open(data_file, "r+b") as file:
+    file.truncate(os.path.getsize(data_file) // 2)  # As a kill during the write would leave it.
+  resumed = train.train_and_evaluate(dataclasses.replace(config, epochs=3), model_dir)
+  assert resumed["step"] == 9
+  record = json.load(open(os.path.join(model_dir, "run.json")))
+  assert len(record["starts"]) == 2
+
+  for path in glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")):
+    open(path, "wb").close()  # Every checkpoint damaged: refuse rather than start afresh.
+  with pytest.raises(checkpointing.CheckpointError, match="can be restored"):
+    train.train_and_evaluate(dataclasses.replace(config, epochs=4), model_dir)
