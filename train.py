@@ -46,6 +46,7 @@ class Config:
   weight_decay: float = 2e-4
   label_smoothing: float = 0.0
   seed: int = 0
+  deterministic: bool = False  # Op determinism: bit-identical reruns, slower on GPUs.
   strategy: str = "auto"
   steps_per_epoch: int = 0  # 0: a full pass over the training examples.
   log_every_steps: int = 50
@@ -141,6 +142,8 @@ def train_and_evaluate(config, model_dir):
   _validate(config)
   if os.path.exists(model_dir) and not os.path.isdir(model_dir):
     raise RunError(f"--model_dir={model_dir} is a file, not a directory.")
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()  # For the whole process.
   keras.utils.set_random_seed(config.seed)  # Initial weights; data order and augmentation
   # are stateless functions of the same seed (data/pipeline.py).
 
@@ -365,6 +368,13 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_float("weight_decay", d.weight_decay, "L2 coefficient on kernels.", **fv)
   flags.DEFINE_float("label_smoothing", d.label_smoothing, "Label smoothing, in [0, 1).", **fv)
   flags.DEFINE_integer("seed", d.seed, "Seed of initial weights, data order, augmentation.", **fv)
+  flags.DEFINE_bool(
+    "deterministic",
+    d.deterministic,
+    "Deterministic ops: the same seed gives "
+    "bit-identical weights on the same hardware (slower on GPUs).",
+    **fv,
+  )
   # Hardware.
   flags.DEFINE_enum(
     "strategy",

@@ -229,3 +229,24 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(image_folder
     open(path, "wb").close()  # Every checkpoint damaged: refuse rather than start afresh.
   with pytest.raises(checkpointing.CheckpointError, match="can be restored"):
     train.train_and_evaluate(dataclasses.replace(config, epochs=4), model_dir)
+
+
+def test_deterministic_runs_give_bit_identical_weights(image_folder, tmp_path):
+  # Subprocesses: op determinism, once enabled, stays on for the whole process.
+  config = debug_config(image_folder, log_every_steps=3)
+  flag_list = [
+    f"--{key}={value}" for key, value in dataclasses.asdict(config).items() if value is not None
+  ] + ["--deterministic"]
+  for name in ("first", "second"):
+    result = subprocess.run(
+      [sys.executable, "train.py", f"--model_dir={tmp_path / name}", *flag_list],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+  first, second = final_weights(str(tmp_path / "first")), final_weights(str(tmp_path / "second"))
+  assert first.keys() == second.keys() and len(first) > 40
+  for name in first:
+    np.testing.assert_array_equal(first[name], second[name], err_msg=name)
