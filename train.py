@@ -124,7 +124,7 @@ def _write_scalars(writer, step, scalars):
 
 def _write_png(writer, step, name, png_bytes):
   with writer.as_default(step=step):
-    tf.summary.image(name, tf.io.decode_png(png_bytes)[None], step=step)
+    tf.summary.image(name, tf.io.decode_png(png_bytes)[None])
 
 
 def train_and_evaluate(config, model_dir):
@@ -162,10 +162,10 @@ def train_and_evaluate(config, model_dir):
     pipeline.load_train_and_validation(config.dataset, config.validation_size, config.tfds_data_dir)
   )
   steps_per_epoch = config.steps_per_epoch or len(train_labels) // config.batch_size
-  if steps_per_epoch * config.batch_size > len(train_labels):
+  if not 0 < steps_per_epoch * config.batch_size <= len(train_labels):
     raise RunError(
-      f"--steps_per_epoch={steps_per_epoch} x --batch_size={config.batch_size} "
-      f"exceeds the {len(train_labels)} training examples."
+      f"An epoch of {steps_per_epoch} steps x --batch_size={config.batch_size} does not fit "
+      f"the {len(train_labels)} training examples: lower --batch_size or --steps_per_epoch."
     )
   total_steps = config.epochs * steps_per_epoch
   if config.validation_size == 0:

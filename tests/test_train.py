@@ -250,3 +250,11 @@ def test_deterministic_runs_give_bit_identical_weights(image_folder, tmp_path):
   assert first.keys() == second.keys() and len(first) > 40
   for name in first:
     np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(image_folder, tmp_path):
+  with pytest.raises(train.RunError, match="does not fit the 96 training examples"):
+    train.train_and_evaluate(
+      debug_config(image_folder, batch_size=128, steps_per_epoch=0), str(tmp_path / "run")
+    )
+  assert not os.path.exists(tmp_path / "run")
