@@ -258,3 +258,41 @@ def test_a_batch_larger_than_the_training_split_is_refused(image_folder, tmp_pat
       debug_config(image_folder, batch_size=128, steps_per_epoch=0), str(tmp_path / "run")
     )
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_sigkill_at_random_steps_then_the_same_command_ends_bit_identical(image_folder, tmp_path):
+  config = debug_config(image_folder, epochs=3, log_every_steps=1, checkpoint_every_steps=1)
+  command = [sys.executable, "train.py", "--deterministic"] + [
+    f"--{key}={value}"
+    for key, value in dataclasses.asdict(config).items()
+    if value is not None and key != "deterministic"
+  ]
+  straight = subprocess.run(
+    command + [f"--model_dir={tmp_path / 'straight'}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert straight.returncode == 0, straight.stderr[-2000:]
+
+  interrupted = [*command, f"--model_dir={tmp_path / 'interrupted'}"]
+  kill_steps = sorted(np.random.default_rng(0).choice(np.arange(1, 9), size=2, replace=False))
+  for kill_step in kill_steps:  # Killed mid-epoch or at an epoch end, without warning.
+    process = subprocess.Popen(interrupted, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+      if f"step {kill_step}/9 " in line or "Already trained" in line:
+        process.kill()
+        break
+    process.communicate(timeout=120)
+  final = subprocess.run(interrupted, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert final.returncode == 0, final.stderr[-2000:]
+  assert "Resumed from" in final.stderr
+
+  expected, actual = (
+    final_weights(str(tmp_path / "straight")),
+    final_weights(str(tmp_path / "interrupted")),
+  )
+  assert expected.keys() == actual.keys() and len(expected) > 40
+  for name in expected:
+    np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
