@@ -10,10 +10,12 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from sklearn import metrics as sk_metrics
 
 import train
 from resnet import checkpointing
+from resnet import model as model_lib
 from tests.conftest import CLASS_NAMES, TEST_PER_CLASS, write_image_folder
 from tests.test_train import debug_config
 
@@ -98,6 +100,9 @@ def test_eval_on_a_folder_with_other_classes_is_refused(model_dir, tmp_path):
       ["train.py", "--learning_rate=0", "--dataset=folder:{tmp}", "--model_dir={tmp}"],
       "--learning_rate must be positive",
     ),
+    (["train.py", "--batch_size=-8", "--model_dir={tmp}"], "--batch_size must be positive"),
+    (["train.py", "--epochs=0", "--model_dir={tmp}"], "--epochs must be positive"),
+    (["train.py", "--model_dir={tmp}/a_file"], "is a file, not a directory"),
     (["eval.py", "--model_dir={tmp}"], "has no run.json"),
   ],
   ids=[
@@ -106,12 +111,16 @@ def test_eval_on_a_folder_with_other_classes_is_refused(model_dir, tmp_path):
     "malformed-flagfile",
     "missing-folder",
     "zero-learning-rate",
+    "negative-batch",
+    "zero-epochs",
+    "model-dir-is-a-file",
     "eval-without-run",
   ],
 )
 def test_bad_input_gives_one_clear_message(tmp_path, args, message):
   bad_cfg = tmp_path / "bad.cfg"
   bad_cfg.write_text("--epochs=ten\n")
+  (tmp_path / "a_file").write_text("a user's file\n")
   args = [arg.format(tmp=tmp_path, bad_cfg=bad_cfg) for arg in args]
   before = snapshot(tmp_path)
   result = run(*args)
@@ -125,3 +134,10 @@ def test_eval_without_a_best_checkpoint_fails_cleanly(tmp_path):
   checkpointing.write_json(os.path.join(tmp_path, "run.json"), {"config": {}, "class_names": []})
   with pytest.raises(checkpointing.CheckpointError, match="No best checkpoint"):
     eval_main.evaluate_model_dir(str(tmp_path))
+
+
+def test_eval_of_a_checkpoint_of_another_depth_is_refused(model_dir, tmp_path):
+  other = model_lib.create_model("resnet20", num_classes=3)
+  path = tf.train.Checkpoint(model=other).write(str(tmp_path / "resnet20"))
+  with pytest.raises(checkpointing.CheckpointError, match="Cannot restore resnet8"):
+    eval_main.evaluate_model_dir(model_dir, "test", checkpoint_path=path)
