@@ -53,6 +53,11 @@ def create_managers(checkpoint, model_dir):
   return latest, best
 
 
+def _first_line(error):
+  """The first line of an exception's message (TF's run to pages), or its type's name."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def restore_newest_readable(checkpoint, manager):
   """Restores the newest checkpoint of `manager` that reads back whole.
 
@@ -71,9 +76,10 @@ def restore_newest_readable(checkpoint, manager):
       checkpoint.restore(path).assert_existing_objects_matched()
       return path
     except Exception as error:  # noqa: BLE001 - damaged files raise OpError, IndexError, ...
-      first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-      logging.warning("Cannot restore %s (%s); trying the previous checkpoint.", path, first_line)
-      errors.append(f"{os.path.basename(path)}: {first_line}")
+      logging.warning(
+        "Cannot restore %s (%s); trying the previous checkpoint.", path, _first_line(error)
+      )
+      errors.append(f"{os.path.basename(path)}: {_first_line(error)}")
   if errors:
     raise CheckpointError(
       f"No checkpoint in {manager.directory} can be restored ("
@@ -200,5 +206,6 @@ def restore_model(model, path):
     status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
     status.assert_existing_objects_matched()
   except (tf.errors.NotFoundError, tf.errors.DataLossError, AssertionError, ValueError) as error:
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise CheckpointError(f"Cannot restore {model.name} from {path}: {first_line}") from None
+    raise CheckpointError(
+      f"Cannot restore {model.name} from {path}: {_first_line(error)}"
+    ) from None
