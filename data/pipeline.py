@@ -266,6 +266,17 @@ def _dataset_options():
   return options
 
 
+def _shard_and_batch_size(input_context, global_batch_size):
+  """(number of input pipelines, this pipeline's id, per-replica batch size)."""
+  if input_context is None:
+    return 1, 0, global_batch_size
+  return (
+    input_context.num_input_pipelines,
+    input_context.input_pipeline_id,
+    input_context.get_per_replica_batch_size(global_batch_size),
+  )
+
+
 def make_train_dataset(
   images,
   labels,
@@ -296,13 +307,7 @@ def make_train_dataset(
     A dataset of (float32 [b, 32, 32, 3] normalised images, int32 [b] labels),
     b = the per-replica batch size.
   """
-  num_pipelines = input_context.num_input_pipelines if input_context else 1
-  pipeline_id = input_context.input_pipeline_id if input_context else 0
-  batch_size = (
-    input_context.get_per_replica_batch_size(global_batch_size)
-    if input_context
-    else global_batch_size
-  )
+  num_pipelines, pipeline_id, batch_size = _shard_and_batch_size(input_context, global_batch_size)
   examples_per_epoch = steps_per_epoch * global_batch_size
   if examples_per_epoch > len(labels):
     raise DataError(
@@ -341,13 +346,7 @@ def make_eval_dataset(images, labels, *, global_batch_size, input_context=None):
     A dataset of dicts: "image" float32 [b, 32, 32, 3], "label" int32 [b],
     "mask" float32 [b] (1 real, 0 padding), "index" int32 [b] (position in the split).
   """
-  num_pipelines = input_context.num_input_pipelines if input_context else 1
-  pipeline_id = input_context.input_pipeline_id if input_context else 0
-  batch_size = (
-    input_context.get_per_replica_batch_size(global_batch_size)
-    if input_context
-    else global_batch_size
-  )
+  num_pipelines, pipeline_id, batch_size = _shard_and_batch_size(input_context, global_batch_size)
   num_examples = len(labels)
   padded_size = -(-num_examples // global_batch_size) * global_batch_size
   images, labels = tf.constant(images), tf.constant(labels)
