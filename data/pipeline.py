@@ -291,8 +291,12 @@ def make_train_dataset(
   """Augmented training batches for one input pipeline, from `start_step` to `total_steps`.
 
   Global step `s` is made of positions [s * B, (s + 1) * B) of its epoch's
-  order (B = global batch size), whatever the number of replicas; pipeline `p`
-  of `P` takes the positions equal to p mod P.
+  order (B = global batch size), whatever the number of replicas. Replica `k`
+  (in tf.distribute's global order: worker by worker) gets the contiguous
+  slice [k * b, (k + 1) * b) of it, b = B / replicas: pipeline `p` of `P`
+  takes slice p of B / P positions and hands it out to its local replicas in
+  turn. So every replica sees the same examples with 1 or N workers, and
+  per-replica BatchNorm statistics do not depend on how replicas are spread.
 
   Args:
     images: uint8 [N, 32, 32, 3]; labels: int32 [N].
@@ -329,7 +333,9 @@ def make_train_dataset(
 
   dataset = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(plan)
   dataset = dataset.take((total_steps - start_step) * global_batch_size)
-  dataset = dataset.shard(num_pipelines, pipeline_id)
+  # [B / P] chunks, every P-th one from `pipeline_id` on, then per-replica batches.
+  dataset = dataset.batch(global_batch_size // num_pipelines, drop_remainder=True)
+  dataset = dataset.shard(num_pipelines, pipeline_id).unbatch()
   dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = dataset.map(gather_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())

@@ -149,21 +149,28 @@ def test_train_dataset_is_a_pure_function_of_seed_and_step():
   assert not np.array_equal(full[0][0], other_seed[0][0])
 
 
-def test_global_batches_do_not_depend_on_the_number_of_pipelines():
+@pytest.mark.parametrize("num_pipelines", [2, 4])
+def test_each_replica_gets_the_same_slice_whatever_the_number_of_pipelines(num_pipelines):
   images, labels = random_split(45)
-  single = train_batches(images, labels)
-  shards = []
-  for pipeline_id in range(2):
+  single = train_batches(images, labels)  # Global batches of 8.
+  num_replicas = 4  # Per-replica batches of 2; num_pipelines workers of 4 / num_pipelines.
+  streams = []
+  for pipeline_id in range(num_pipelines):
     context = tf.distribute.InputContext(
-      num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2
+      num_input_pipelines=num_pipelines,
+      input_pipeline_id=pipeline_id,
+      num_replicas_in_sync=num_replicas,
     )
-    shards.append(train_batches(images, labels, input_context=context))
-  for step, (batch_images, _) in enumerate(single):
-    combined = np.concatenate([shards[0][step][0], shards[1][step][0]])
-    # Same examples with the same augmentation, in another order within the batch.
-    np.testing.assert_allclose(
-      np.sort(combined.reshape(8, -1), axis=0), np.sort(batch_images.reshape(8, -1), axis=0)
-    )
+    streams.append(train_batches(images, labels, input_context=context))
+  replicas_per_pipeline = num_replicas // num_pipelines
+  for step, (batch_images, batch_labels) in enumerate(single):
+    for replica in range(num_replicas):
+      pipeline_id, local = divmod(replica, replicas_per_pipeline)
+      replica_images, replica_labels = streams[pipeline_id][step * replicas_per_pipeline + local]
+      # Global replica k sees examples [2k, 2k + 2) of the global batch, augmented alike.
+      np.testing.assert_array_equal(replica_images, batch_images[2 * replica : 2 * replica + 2])
+      np.testing.assert_array_equal(replica_labels, batch_labels[2 * replica : 2 * replica + 2])
+  assert all(len(stream) == len(single) * replicas_per_pipeline for stream in streams)
 
 
 @pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
