@@ -13,6 +13,7 @@ import dataclasses
 import os
 import signal
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's warnings, drop its info lines.
@@ -48,6 +49,11 @@ class Config:
   seed: int = 0
   deterministic: bool = False  # Op determinism: bit-identical reruns, slower on GPUs.
   strategy: str = "auto"
+  tpu: str = ""  # TPU name or grpc:// address for --strategy=tpu; "" = this TPU VM.
+  precision: str = "float32"
+  jit_compile: bool = False
+  sync_batch_norm: bool = False
+  lr_reference_batch_size: int = 0  # > 0: scale learning_rate by batch_size / this.
   steps_per_epoch: int = 0  # 0: a full pass over the training examples.
   log_every_steps: int = 50
   checkpoint_every_steps: int = 0  # 0: only at the end of each epoch.
@@ -61,11 +67,28 @@ def _validate(config):
   for name in ("epochs", "batch_size", "learning_rate", "log_every_steps"):
     if getattr(config, name) <= 0:
       raise RunError(f"--{name} must be positive, got {getattr(config, name)}.")
-  for name in ("weight_decay", "warmup_epochs", "steps_per_epoch", "checkpoint_every_steps"):
+  for name in (
+    "weight_decay",
+    "warmup_epochs",
+    "steps_per_epoch",
+    "checkpoint_every_steps",
+    "lr_reference_batch_size",
+  ):
     if getattr(config, name) < 0:
       raise RunError(f"--{name} must not be negative, got {getattr(config, name)}.")
   if not 0 <= config.label_smoothing < 1:
     raise RunError(f"--label_smoothing must be in [0, 1), got {config.label_smoothing}.")
+  if config.precision not in train_lib.PRECISIONS:
+    raise RunError(f"--precision must be one of {', '.join(train_lib.PRECISIONS)}.")
+
+
+def peak_learning_rate(config):
+  """--learning_rate, scaled linearly with the global batch when
+  --lr_reference_batch_size is set (Goyal et al. 2017: k times the batch,
+  k times the rate, with a warm-up)."""
+  if not config.lr_reference_batch_size:
+    return config.learning_rate
+  return config.learning_rate * config.batch_size / config.lr_reference_batch_size
 
 
 class _Meter:
@@ -96,13 +119,21 @@ class _Meter:
 
 
 class _StopSignals:
-  """Within `with`, records SIGTERM and SIGINT instead of dying, so the loop can save."""
+  """Within `with`, records SIGTERM and SIGINT instead of dying, so the loop can save.
+
+  With `sigint_as_sigterm` (multi-worker runs), SIGTERM is left to
+  TensorFlow's PreemptionCheckpointHandler, which makes every worker save at
+  the same step and then calls `preempted`; SIGINT is passed on to it as a
+  SIGTERM.
+  """
+
+  def __init__(self, sigint_as_sigterm=False):
+    self.sigint_as_sigterm = sigint_as_sigterm
+    self.received = None  # Name of the first signal received.
 
   def __enter__(self):
-    self.received = None  # Name of the first signal received.
-    self._previous = {
-      sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
+    signals = (signal.SIGINT,) if self.sigint_as_sigterm else (signal.SIGTERM, signal.SIGINT)
+    self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
     return self
 
   def __exit__(self, *exc_info):
@@ -111,9 +142,15 @@ class _StopSignals:
 
   def _handle(self, signum, frame):
     del frame
-    if self.received is None:
+    if self.sigint_as_sigterm:
+      os.kill(os.getpid(), signal.SIGTERM)  # To the handler, which tells the other workers.
+    elif self.received is None:
       self.received = signal.Signals(signum).name
       logging.warning("%s received: saving a checkpoint after the current steps.", self.received)
+
+  def preempted(self):
+    """The PreemptionCheckpointHandler's exit_fn: every worker has saved; leave the loop."""
+    self.received = "SIGTERM"
 
 
 def _write_scalars(writer, step, scalars):
@@ -130,6 +167,10 @@ def _write_png(writer, step, name, png_bytes):
 def train_and_evaluate(config, model_dir):
   """Trains `config.model` to `config.epochs`, validating every epoch.
 
+  Under --strategy=multi_worker every worker runs this with the same flags;
+  only the chief writes to `model_dir` (the others save their checkpoints,
+  as TensorFlow requires, to a temporary directory removed at the end).
+
   Returns:
     {"stopped_by": None or the name of the signal that stopped training early,
      "step", "epoch", "best_accuracy", "validation": last validation metrics}.
@@ -138,24 +179,39 @@ def train_and_evaluate(config, model_dir):
     RunError, pipeline.DataError, checkpointing.CheckpointError: bad input,
       or a non-finite training loss (nothing is saved then).
   """
-  # --- Setup -------------------------------------------------------------------------
   _validate(config)
   if os.path.exists(model_dir) and not os.path.isdir(model_dir):
     raise RunError(f"--model_dir={model_dir} is a file, not a directory.")
+
+  # --- Strategy (first: multi-worker must start before anything else runs TF) --------
+  try:
+    strategy = train_lib.create_strategy(config.strategy, config.tpu)
+  except ValueError as error:
+    raise RunError(str(error)) from None
+  pipeline.check_global_batch_size(strategy, config.batch_size)
+  task_type, task_id = train_lib.worker_task(strategy)
+  logging.info(
+    "Strategy %s (--strategy=%s) with %d replica(s)%s.",
+    type(strategy).__name__.lstrip("_"),
+    config.strategy,
+    strategy.num_replicas_in_sync,
+    f"; this is {task_type} {task_id}" if task_type else "",
+  )
+  # Multi-worker: every worker needs a scratch directory (the non-chief ones
+  # save their checkpoints there), removed however training ends.
+  if task_type is None:
+    return _train(config, model_dir, strategy, scratch_dir=None)
+  with tempfile.TemporaryDirectory(prefix=f"resnet-{task_type}{task_id}-") as scratch_dir:
+    return _train(config, model_dir, strategy, scratch_dir)
+
+
+def _train(config, model_dir, strategy, scratch_dir):
+  """train_and_evaluate once the strategy exists; `scratch_dir` as there."""
+  chief = train_lib.is_chief(strategy)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()  # For the whole process.
   keras.utils.set_random_seed(config.seed)  # Initial weights; data order and augmentation
   # are stateless functions of the same seed (data/pipeline.py).
-
-  # --- Strategy ----------------------------------------------------------------------
-  strategy = train_lib.create_strategy(config.strategy)
-  pipeline.check_global_batch_size(strategy, config.batch_size)
-  logging.info(
-    "Strategy %s (--strategy=%s) with %d replica(s).",
-    type(strategy).__name__.lstrip("_"),
-    config.strategy,
-    strategy.num_replicas_in_sync,
-  )
 
   # --- Data --------------------------------------------------------------------------
   (train_images, train_labels), (val_images, val_labels), class_names, val_source = (
@@ -180,36 +236,51 @@ def train_and_evaluate(config, model_dir):
     val_source,
     steps_per_epoch,
   )
-  os.makedirs(model_dir, exist_ok=True)
+  if chief:
+    os.makedirs(model_dir, exist_ok=True)
   checkpointing.start_run_record(
     model_dir,
     dataclasses.asdict(config),
+    write=chief,
     class_names=class_names,
     num_classes=len(class_names),
     num_train_examples=len(train_labels),
     validation_source=val_source,
     num_validation_examples=len(val_labels),
     steps_per_epoch=steps_per_epoch,
+    peak_learning_rate=peak_learning_rate(config),
+    num_replicas=strategy.num_replicas_in_sync,
     devices=[d.name for d in tf.config.list_logical_devices()],
   )
+  write_dir = model_dir if chief else scratch_dir  # Where this process saves checkpoints.
 
   # --- Model, optimizer and checkpoint, all under the strategy's scope -------------------
   with strategy.scope():
-    model = model_lib.create_model(config.model, num_classes=len(class_names))
+    model = model_lib.create_model(
+      config.model,
+      num_classes=len(class_names),
+      precision=config.precision,
+      sync_batch_norm=config.sync_batch_norm,
+    )
     schedule = train_lib.LearningRateSchedule(
       config.lr_schedule,
-      config.learning_rate,
+      peak_learning_rate(config),
       total_steps,
       warmup_steps=int(config.warmup_epochs * steps_per_epoch),
     )
-    optimizer = train_lib.create_optimizer(schedule)
+    optimizer = train_lib.create_optimizer(schedule, config.precision)
     optimizer.build(model.trainable_variables)  # Slots exist before a restore fills them.
     state = checkpointing.create_training_state()
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state)
-  latest_manager, best_manager = checkpointing.create_managers(checkpoint, model_dir)
+    # Adam is saved under the same name with or without loss scaling, so a run
+    # can resume in another precision; the loss scale is saved on its own.
+    adam = getattr(optimizer, "inner_optimizer", optimizer)
+    loss_scale = {"loss_scale_optimizer": optimizer} if optimizer is not adam else {}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=adam, **loss_scale, **state)
+  read_manager, _ = checkpointing.create_managers(checkpoint, model_dir)
+  latest_manager, best_manager = checkpointing.create_managers(checkpoint, write_dir)
 
-  # --- Restore -----------------------------------------------------------------------
-  restored = checkpointing.restore_newest_readable(checkpoint, latest_manager)
+  # --- Restore (every worker reads the chief's checkpoints) ----------------------------
+  restored = checkpointing.restore_newest_readable(checkpoint, read_manager)
   if restored:
     logging.info(
       "Resumed from %s at step %d (best validation accuracy %.4f).",
@@ -232,6 +303,7 @@ def train_and_evaluate(config, model_dir):
     num_classes=len(class_names),
     label_smoothing=config.label_smoothing,
     weight_decay=config.weight_decay,
+    jit_compile=config.jit_compile,
   )
   eval_step = train_lib.make_eval_step(strategy, model, len(class_names))
   train_iterator = iter(
@@ -250,18 +322,40 @@ def train_and_evaluate(config, model_dir):
     strategy, val_images, val_labels, global_batch_size=config.batch_size
   )
 
-  # --- Summaries -----------------------------------------------------------------------
-  train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", "train"))
-  val_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", "validation"))
-  grid = visualize.class_grid_png(train_images, train_labels, class_names, seed=config.seed)
-  with open(os.path.join(model_dir, "class_samples.png"), "wb") as file:
-    file.write(grid)
-  _write_png(train_writer, start_step, "class_samples", grid)
+  # --- Summaries (the chief's only) ----------------------------------------------------
+  if chief:
+    summaries = os.path.join(model_dir, "tensorboard")
+    train_writer = tf.summary.create_file_writer(os.path.join(summaries, "train"))
+    val_writer = tf.summary.create_file_writer(os.path.join(summaries, "validation"))
+    grid = visualize.class_grid_png(train_images, train_labels, class_names, seed=config.seed)
+    with open(os.path.join(model_dir, "class_samples.png"), "wb") as file:
+      file.write(grid)
+    _write_png(train_writer, start_step, "class_samples", grid)
+  else:
+    train_writer = val_writer = tf.summary.create_noop_writer()
+
+  # --- Preemption: under multi-worker, TensorFlow's handler aligns the workers ---------
+  def save_latest():
+    if latest_manager.latest_checkpoint != _checkpoint_path(latest_manager, state):
+      latest_manager.save(checkpoint_number=int(state["step"].numpy()))
+
+  stop = _StopSignals(sigint_as_sigterm=scratch_dir is not None)
+  preemption_handler = None
+  if scratch_dir is not None:
+    # Its own manager points at an empty directory, so it restores nothing (we
+    # did, with fallback past damaged files); it saves through save_latest.
+    preemption_handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+      strategy.cluster_resolver,
+      tf.train.CheckpointManager(checkpoint, os.path.join(scratch_dir, "unused"), max_to_keep=1),
+      termination_config=tf.distribute.experimental.TerminationConfig(
+        exit_fn=stop.preempted, save_fn=save_latest
+      ),
+    )
 
   # --- Training loop -------------------------------------------------------------------
   step, validation = start_step, None
   window, epoch_meter = _Meter(), _Meter()  # Since the last log line; since the epoch began.
-  with _StopSignals() as stop:  # SIGTERM (preemption) or SIGINT: save, then leave the loop.
+  with stop:  # Preemption or Ctrl-C: save, then leave the loop.
     while step < total_steps and not stop.received:
       # Run until the next log line, checkpoint or epoch end, whichever comes first.
       boundaries = [config.log_every_steps, steps_per_epoch, config.checkpoint_every_steps]
@@ -271,7 +365,7 @@ def train_and_evaluate(config, model_dir):
         raise RunError(
           f"The training loss became {float(sums['loss_sum'])} in steps {step + 1}-"
           f"{step + num_steps}; stopped without saving. Last good checkpoint: "
-          f"{latest_manager.latest_checkpoint}. Try a lower --learning_rate."
+          f"{read_manager.latest_checkpoint}. Try a lower --learning_rate."
         )
       step += num_steps
       state["step"].assign(step)
@@ -301,17 +395,20 @@ def train_and_evaluate(config, model_dir):
         improved = validation["accuracy"] > float(state["best_accuracy"].numpy())
         if improved:
           state["best_accuracy"].assign(validation["accuracy"])
-          checkpointing.save_best(best_manager, validation, epoch=epoch, step=step)
-        latest_manager.save(checkpoint_number=step)
+          checkpointing.save_best(
+            best_manager, validation, epoch=epoch, step=step, write_record=chief
+          )
+        save_latest()
         _write_scalars(val_writer, step, {k: validation[k] for k in ("loss", "accuracy")})
-        _write_png(
-          val_writer,
-          step,
-          "confusion_matrix",
-          visualize.confusion_matrix_png(
-            validation["confusion_matrix"], class_names, title=f"Validation, epoch {epoch}"
-          ),
-        )
+        if chief:
+          _write_png(
+            val_writer,
+            step,
+            "confusion_matrix",
+            visualize.confusion_matrix_png(
+              validation["confusion_matrix"], class_names, title=f"Validation, epoch {epoch}"
+            ),
+          )
         train_metrics = epoch_meter.result()
         print(
           f"epoch {epoch:3d}/{config.epochs}  train loss {train_metrics['loss']:.4f} "
@@ -323,10 +420,12 @@ def train_and_evaluate(config, model_dir):
         )
         epoch_meter.reset()
       elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-        latest_manager.save(checkpoint_number=step)
+        save_latest()
+      if preemption_handler:
+        preemption_handler.save_checkpoint_if_preempted()  # Same call count on every worker.
 
-  if stop.received and step % steps_per_epoch:
-    latest_manager.save(checkpoint_number=step)  # Epoch ends were saved in the loop.
+  if stop.received:
+    save_latest()  # A no-op if this step is saved already.
   train_writer.flush()
   val_writer.flush()
   return {
@@ -336,6 +435,11 @@ def train_and_evaluate(config, model_dir):
     "best_accuracy": float(state["best_accuracy"].numpy()),
     "validation": validation,
   }
+
+
+def _checkpoint_path(manager, state):
+  """The path `manager` gives the checkpoint of the current step."""
+  return os.path.join(manager.directory, f"ckpt-{int(state['step'].numpy())}")
 
 
 # --- Flags (defined only when run as a script, so tests can import this file) -----------
@@ -375,12 +479,36 @@ def define_flags(flag_values=flags.FLAGS):
     "bit-identical weights on the same hardware (slower on GPUs).",
     **fv,
   )
+  flags.DEFINE_integer(
+    "lr_reference_batch_size",
+    d.lr_reference_batch_size,
+    "If > 0, the peak learning rate is --learning_rate x --batch_size / this (linear "
+    "scaling when moving to more replicas).",
+    **fv,
+  )
   # Hardware.
   flags.DEFINE_enum(
     "strategy",
     d.strategy,
     list(train_lib.STRATEGIES),
-    "auto: mirrored over several GPUs, else the default device.",
+    "auto: multi_worker if TF_CONFIG names several workers, mirrored over several GPUs, "
+    "else the default device. multi_worker is configured by TF_CONFIG.",
+    **fv,
+  )
+  flags.DEFINE_string("tpu", d.tpu, "--strategy=tpu: TPU name or grpc:// address.", **fv)
+  flags.DEFINE_enum(
+    "precision",
+    d.precision,
+    list(train_lib.PRECISIONS),
+    "Keras dtype policy: mixed_float16 for GPUs with tensor cores (with loss "
+    "scaling), mixed_bfloat16 for TPUs, Ampere+ GPUs and CPUs with AVX-512 BF16.",
+    **fv,
+  )
+  flags.DEFINE_bool("jit_compile", d.jit_compile, "Compile the train step with XLA.", **fv)
+  flags.DEFINE_bool(
+    "sync_batch_norm",
+    d.sync_batch_norm,
+    "BatchNorm statistics over the global batch instead of each replica's batch.",
     **fv,
   )
   # Loop and outputs.

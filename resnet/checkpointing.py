@@ -88,9 +88,16 @@ def restore_newest_readable(checkpoint, manager):
   return None
 
 
-def save_best(best_manager, validation, *, epoch, step):
-  """Saves the best checkpoint and best/best.json describing it."""
+def save_best(best_manager, validation, *, epoch, step, write_record=True):
+  """Saves the best checkpoint and (if `write_record`) best/best.json describing it.
+
+  Under MultiWorkerMirroredStrategy every worker must save (saving may run
+  collective ops), each to its own manager's directory; only the chief
+  writes the record.
+  """
   best_manager.save(checkpoint_number=step)
+  if not write_record:
+    return
   write_json(
     os.path.join(best_manager.directory, "best.json"),
     {
@@ -143,12 +150,14 @@ def _git_commit():
     return None
 
 
-def start_run_record(model_dir, config, **facts):
+def start_run_record(model_dir, config, write=True, **facts):
   """Creates MODEL_DIR/run.json, or extends it when a run resumes.
 
   Args:
-    model_dir: the run's directory (must exist).
+    model_dir: the run's directory (must exist if `write`).
     config: dict of the resolved flags.
+    write: False only checks compatibility (the non-chief workers of a
+      multi-worker run, which must refuse exactly when the chief does).
     **facts: more entries to record (classes, dataset sizes, devices, ...).
 
   Raises:
@@ -181,7 +190,8 @@ def start_run_record(model_dir, config, **facts):
     versions={"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
   )
   record["starts"].append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-  write_json(os.path.join(model_dir, RUN_RECORD), record)
+  if write:
+    write_json(os.path.join(model_dir, RUN_RECORD), record)
   return record
 
 

@@ -24,29 +24,40 @@ DEPTHS = {
 }
 STAGE_FILTERS = (16, 32, 64)
 
-# BatchNorm as in the reference Torch/PyTorch implementations (momentum 0.1
-# there is 0.9 here). Statistics are computed per replica: under a
-# tf.distribute strategy each replica normalises its own per-replica batch.
-_BN = dict(momentum=0.9, epsilon=1e-5)
 
-
-def _conv3x3(filters, strides=1):
+def _conv3x3(filters, strides=1, dtype=None):
   return layers.Conv2D(
-    filters, 3, strides=strides, padding="same", use_bias=False, kernel_initializer="he_normal"
+    filters,
+    3,
+    strides=strides,
+    padding="same",
+    use_bias=False,
+    kernel_initializer="he_normal",
+    dtype=dtype,
+  )
+
+
+def _batch_norm(synchronized, dtype=None):
+  # Momentum and epsilon of the reference Torch/PyTorch implementations
+  # (momentum 0.1 there is 0.9 here). By default statistics are per replica:
+  # each replica normalises its own per-replica batch, as the paper's
+  # multi-GPU training did; `synchronized` all-reduces them over replicas.
+  return layers.BatchNormalization(
+    momentum=0.9, epsilon=1e-5, synchronized=synchronized, dtype=dtype
   )
 
 
 class BasicBlock(layers.Layer):
   """Two 3x3 convolutions with batch norm and a parameter-free shortcut."""
 
-  def __init__(self, filters, strides=1, **kwargs):
+  def __init__(self, filters, strides=1, sync_batch_norm=False, **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
     self.strides = strides
-    self.conv1 = _conv3x3(filters, strides)
-    self.bn1 = layers.BatchNormalization(**_BN)
-    self.conv2 = _conv3x3(filters)
-    self.bn2 = layers.BatchNormalization(**_BN)
+    self.conv1 = _conv3x3(filters, strides, dtype=self.dtype_policy)
+    self.bn1 = _batch_norm(sync_batch_norm, dtype=self.dtype_policy)
+    self.conv2 = _conv3x3(filters, dtype=self.dtype_policy)
+    self.bn2 = _batch_norm(sync_batch_norm, dtype=self.dtype_policy)
 
   def call(self, inputs, training=False):
     x = keras.ops.relu(self.bn1(self.conv1(inputs), training=training))
@@ -64,28 +75,34 @@ class BasicBlock(layers.Layer):
 class ResNet(keras.Model):
   """CIFAR ResNet of depth 6n + 2 mapping [B, 32, 32, 3] images to [B, classes] logits.
 
-  Logits are float32 even under a mixed-precision dtype policy, so that the
-  softmax and the loss are computed in full precision.
+  `dtype` is a Keras dtype policy ("float32", "mixed_float16",
+  "mixed_bfloat16") for every layer but the classifier: weights stay float32,
+  computation runs in the policy's compute dtype. Logits are float32 even
+  under a mixed policy, so that the softmax and the loss are computed in full
+  precision.
   """
 
-  def __init__(self, depth, num_classes=10, **kwargs):
+  def __init__(self, depth, num_classes=10, sync_batch_norm=False, **kwargs):
     super().__init__(**kwargs)
     if depth < 8 or (depth - 2) % 6:
       raise ValueError(f"ResNet depth must be 6n + 2 with n >= 1, got {depth}.")
     self.depth = depth
     self.num_classes = num_classes
     blocks_per_stage = (depth - 2) // 6
-    self.stem_conv = _conv3x3(STAGE_FILTERS[0])
-    self.stem_bn = layers.BatchNormalization(**_BN)
+    self.sync_batch_norm = sync_batch_norm
+    policy = self.dtype_policy
+    self.stem_conv = _conv3x3(STAGE_FILTERS[0], dtype=policy)
+    self.stem_bn = _batch_norm(sync_batch_norm, dtype=policy)
     # Blocks are attributes (stage1_block1, ...), not a list: tf.train.Checkpoint
     # does not see layers inside a Keras 3 list, and would silently skip them.
     self.block_names = []
     for stage, filters in enumerate(STAGE_FILTERS):
       for index in range(blocks_per_stage):
         name = f"stage{stage + 1}_block{index + 1}"
-        setattr(self, name, BasicBlock(filters, strides=2 if stage > 0 and index == 0 else 1))
+        strides = 2 if stage > 0 and index == 0 else 1
+        setattr(self, name, BasicBlock(filters, strides, sync_batch_norm, dtype=policy))
         self.block_names.append(name)
-    self.pool = layers.GlobalAveragePooling2D()
+    self.pool = layers.GlobalAveragePooling2D(dtype=policy)
     self.classifier = layers.Dense(num_classes, kernel_initializer="he_normal", dtype="float32")
 
   def call(self, images, training=False):
@@ -95,8 +112,11 @@ class ResNet(keras.Model):
     return self.classifier(self.pool(x))
 
 
-def create_model(name_or_depth, num_classes=10):
+def create_model(name_or_depth, num_classes=10, precision="float32", sync_batch_norm=False):
   """Builds a ResNet by name ("resnet20", ...) or depth, with its weights created.
+
+  `precision` is the Keras dtype policy of its layers (see ResNet);
+  `sync_batch_norm` computes BatchNorm statistics over all replicas' batches.
 
   Raises:
     ValueError: an unknown name or a depth that is not 6n + 2.
@@ -107,6 +127,6 @@ def create_model(name_or_depth, num_classes=10):
     depth = DEPTHS[name_or_depth]
   else:
     depth = name_or_depth
-  model = ResNet(depth, num_classes, name=f"resnet{depth}")
+  model = ResNet(depth, num_classes, sync_batch_norm, name=f"resnet{depth}", dtype=precision)
   model(keras.ops.zeros((1, 32, 32, 3)))  # Creates the weights (a subclassed model has no build()).
   return model

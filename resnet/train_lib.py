@@ -5,33 +5,74 @@ take batches and return per-step sums reduced over replicas, and the host loop
 in train.py / eval.py decides what to log, save and evaluate.
 """
 
+import json
 import math
+import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-STRATEGIES = ("auto", "default", "one_device", "mirrored")
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
 
 
 # --- Strategy -----------------------------------------------------------------------
 
 
-def create_strategy(name):
+def cluster_workers_from_tf_config():
+  """Number of workers ("chief" + "worker" tasks) that TF_CONFIG describes; 0 without it.
+
+  Raises:
+    ValueError: TF_CONFIG is set but is not a JSON object.
+  """
+  raw = os.environ.get("TF_CONFIG", "")
+  if not raw.strip():
+    return 0
+  try:
+    cluster = json.loads(raw).get("cluster", {})
+  except (ValueError, AttributeError) as error:
+    raise ValueError(f"TF_CONFIG is not a JSON object ({error}): {raw[:200]}") from None
+  return sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
+
+
+def create_strategy(name, tpu_address=""):
   """Returns the tf.distribute strategy called `name` (one of STRATEGIES).
 
-  "auto" mirrors over all GPUs when there are several, and otherwise uses the
-  default strategy, which runs on the one device TensorFlow picks (GPU:0 if
-  there is one). "one_device" pins that device explicitly; on the 2-core CPU
-  machines here its distributed input iterator halved the step rate
-  (resnet20: ~100 vs ~180 images/s), hence not the automatic choice.
-  "mirrored" without GPUs mirrors over the logical CPU devices (how tests get
-  two replicas on one CPU).
+  "auto" is "multi_worker" when TF_CONFIG names several workers, "mirrored"
+  over all GPUs when there are several, and otherwise the default strategy,
+  which runs on the one device TensorFlow picks (GPU:0 if there is one).
+  "one_device" pins that device explicitly; on the 2-core CPU machines here
+  its distributed input iterator halved the step rate (resnet20: ~100 vs ~180
+  images/s), hence not the automatic choice. "mirrored" without GPUs mirrors
+  over the logical CPU devices (how tests get two replicas on one CPU).
+  "multi_worker" is MultiWorkerMirroredStrategy configured by TF_CONFIG: all
+  local GPUs (or the CPU) of every worker, NCCL or ring all-reduce. It must be
+  created before anything else starts TensorFlow's runtime. "tpu" connects to
+  the TPU at `tpu_address` ("" = the local TPU VM, or a name or grpc:// address).
+
+  Raises:
+    ValueError: an unknown name or a malformed TF_CONFIG.
   """
-  gpus = tf.config.list_logical_devices("GPU")
   if name == "auto":
-    name = "mirrored" if len(gpus) > 1 else "default"
+    if cluster_workers_from_tf_config() > 1:
+      name = "multi_worker"
+    else:
+      name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
+  if name == "multi_worker":
+    cluster_workers_from_tf_config()  # A clear error for malformed JSON.
+    return tf.distribute.MultiWorkerMirroredStrategy(
+      communication_options=tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+      )
+    )
+  if name == "tpu":
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+  gpus = tf.config.list_logical_devices("GPU")
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "one_device":
@@ -46,6 +87,24 @@ def create_strategy(name):
       cpus, cross_device_ops=tf.distribute.ReductionToOneDevice()
     )
   raise ValueError(f"Unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
+
+
+def worker_task(strategy):
+  """(task_type, task_id) of this process in a multi-worker cluster, else (None, None)."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return None, None
+  resolver = strategy.cluster_resolver
+  return resolver.task_type, resolver.task_id
+
+
+def is_chief(strategy):
+  """Whether this process writes the run's files: every single-process run, and in a
+  multi-worker cluster the "chief" task, or worker 0 when there is no chief."""
+  task_type, task_id = worker_task(strategy)
+  if task_type is None:
+    return True
+  has_chief = "chief" in strategy.cluster_resolver.cluster_spec().as_dict()
+  return task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
 
 
 # --- Learning rate and optimizer ------------------------------------------------------
@@ -91,9 +150,21 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
     )
 
 
-def create_optimizer(schedule):
-  """Keras Adam driven by `schedule` (evaluated at the optimizer's iteration count)."""
-  return keras.optimizers.Adam(learning_rate=schedule)
+def create_optimizer(schedule, precision="float32"):
+  """Keras Adam driven by `schedule` (evaluated at its iteration count).
+
+  With "mixed_float16" the Adam is wrapped in Keras 3's LossScaleOptimizer
+  (dynamic loss scale): float16 gradients of small losses underflow to zero
+  without it. bfloat16 has float32's exponent range and needs no scaling.
+  Returns the optimizer to step with; its `inner_optimizer` (if wrapped) is
+  the Adam to checkpoint, so that checkpoints move between precisions.
+  """
+  if precision not in PRECISIONS:
+    raise ValueError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+  adam = keras.optimizers.Adam(learning_rate=schedule)
+  if precision == "mixed_float16":
+    return keras.optimizers.LossScaleOptimizer(adam)
+  return adam
 
 
 # --- Loss --------------------------------------------------------------------------
@@ -115,6 +186,22 @@ def l2_penalty(model):
 # --- Steps ---------------------------------------------------------------------------
 
 
+def _skip_on_every_replica_if_one_overflowed(gradients):
+  """Makes every replica's gradients non-finite if any replica's are.
+
+  Keras 3's LossScaleOptimizer decides to skip a step from each replica's own,
+  not yet all-reduced, gradients; one replica overflowing while another does
+  not would make the replicas disagree (one skips, one all-reduces and waits).
+  One scalar all-reduce makes the decision global: all skip or none do.
+  """
+  local_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+  overflowed_replicas = tf.distribute.get_replica_context().all_reduce(
+    tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(local_finite, tf.float32)
+  )
+  poison = tf.where(overflowed_replicas > 0, float("nan"), 0.0)
+  return [g + tf.cast(poison, g.dtype) for g in gradients]
+
+
 def make_train_steps(
   strategy,
   model,
@@ -124,19 +211,25 @@ def make_train_steps(
   num_classes,
   label_smoothing=0.0,
   weight_decay=0.0,
+  jit_compile=False,
 ):
   """Builds `train_steps(iterator, num_steps) -> dict` running steps under `strategy`.
 
   Each replica's loss is its per-example sum divided by the GLOBAL batch size
   (plus weight decay divided by the replica count); the optimizer sums the
   gradients over replicas, so the update is that of one device on the global
-  batch, whatever the replica count.
+  batch, whatever the replica count. With a LossScaleOptimizer the loss is
+  scaled before differentiation and the gradients unscaled by `apply`, which
+  skips (and lowers the scale on) steps with non-finite gradients.
+  `jit_compile` compiles each replica's step with XLA (for GPUs and TPUs; on
+  CPUs it was slower, and it needs XLA-compatible all-reduces).
 
   Returns:
     A tf.function returning float32 sums over the `num_steps` steps and all
     replicas: "loss_sum" (cross-entropy, with label smoothing), "correct",
     "count" (examples).
   """
+  loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
   def replica_step(images, labels):
     with tf.GradientTape() as tape:
@@ -145,7 +238,10 @@ def make_train_steps(
       loss = tf.nn.compute_average_loss(per_example_loss, global_batch_size=global_batch_size)
       if weight_decay:
         loss += tf.nn.scale_regularization_loss(weight_decay * l2_penalty(model))
-    gradients = tape.gradient(loss, model.trainable_variables)
+      scaled_loss = optimizer.scale_loss(loss)  # The loss itself unless loss scaling.
+    gradients = tape.gradient(scaled_loss, model.trainable_variables)
+    if loss_scaling:
+      gradients = _skip_on_every_replica_if_one_overflowed(gradients)
     optimizer.apply(gradients, model.trainable_variables)
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
     return {
@@ -153,6 +249,9 @@ def make_train_steps(
       "correct": tf.reduce_sum(tf.cast(predictions == labels, tf.float32)),
       "count": tf.cast(tf.size(labels), tf.float32),
     }
+
+  if jit_compile:
+    replica_step = tf.function(replica_step, jit_compile=True)
 
   @tf.function
   def train_steps(iterator, num_steps):
