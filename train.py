@@ -306,6 +306,7 @@ def _train(config, model_dir, strategy, scratch_dir):
     jit_compile=config.jit_compile,
   )
   eval_step = train_lib.make_eval_step(strategy, model, len(class_names))
+  average_moving_statistics = train_lib.make_average_moving_statistics(strategy, model)
   train_iterator = iter(
     pipeline.distribute_train_dataset(
       strategy,
@@ -337,6 +338,7 @@ def _train(config, model_dir, strategy, scratch_dir):
   # --- Preemption: under multi-worker, TensorFlow's handler aligns the workers ---------
   def save_latest():
     if latest_manager.latest_checkpoint != _checkpoint_path(latest_manager, state):
+      average_moving_statistics()  # Replicas' copies drift apart; see train_lib.
       latest_manager.save(checkpoint_number=int(state["step"].numpy()))
 
   stop = _StopSignals(sigint_as_sigterm=scratch_dir is not None)
@@ -390,6 +392,7 @@ def _train(config, model_dir, strategy, scratch_dir):
         window.reset()
 
       if step_in_epoch == 0:
+        average_moving_statistics()  # One model on every replica; see train_lib.
         validation = train_lib.evaluate(eval_step, val_dataset)
         state["epoch"].assign(epoch)
         improved = validation["accuracy"] > float(state["best_accuracy"].numpy())

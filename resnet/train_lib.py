@@ -267,6 +267,31 @@ def make_train_steps(
   return train_steps
 
 
+def make_average_moving_statistics(strategy, model):
+  """Builds `average()`: sets every replica's BatchNorm moving statistics to their mean.
+
+  Keras 3 creates the moving mean and variance as mirrored variables without
+  aggregation, so under a multi-replica strategy each replica updates its own
+  copy from its own batches and the copies drift apart: evaluation would use
+  a different model on each replica, and checkpoints would keep replica 0's.
+  Call this before evaluating or saving. (With synchronised BatchNorm the
+  copies are equal already.) Training itself uses batch statistics only, so
+  averaging does not change it.
+  """
+  variables = model.non_trainable_variables
+
+  def local_values():
+    return [tf.identity(variable.value) for variable in variables]  # This replica's copy.
+
+  @tf.function
+  def average():
+    per_replica = strategy.run(local_values)
+    for variable, values in zip(variables, per_replica, strict=True):
+      variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, values, axis=None))
+
+  return average
+
+
 def make_eval_step(strategy, model, num_classes):
   """Builds `eval_step(batch) -> {"loss_sum", "confusion_matrix"}`, summed over replicas.
 

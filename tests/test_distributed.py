@@ -1,0 +1,355 @@
+"""One loop on one device, several replicas, several workers and in mixed precision:
+the same results, proven rather than trusted."""
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import train
+from resnet import checkpointing, train_lib
+from resnet import model as model_lib
+from tests.test_train import REPO, debug_config, final_weights
+
+NUM_CLASSES = 3
+
+
+def make_training(
+  strategy, *, precision="float32", sync_batch_norm=False, jit_compile=False, sgd=False
+):
+  keras.utils.set_random_seed(1)
+  with strategy.scope():
+    model = model_lib.create_model(
+      "resnet8", NUM_CLASSES, precision=precision, sync_batch_norm=sync_batch_norm
+    )
+    if sgd:  # Plain SGD: unlike Adam, it does not hide a wrongly scaled gradient.
+      optimizer = keras.optimizers.SGD(0.01)
+    else:
+      optimizer = train_lib.create_optimizer(1e-3, precision)
+    optimizer.build(model.trainable_variables)
+  train_steps = train_lib.make_train_steps(
+    strategy,
+    model,
+    optimizer,
+    global_batch_size=16,
+    num_classes=NUM_CLASSES,
+    weight_decay=5e-4,
+    jit_compile=jit_compile,
+  )
+  return model, optimizer, train_steps
+
+
+def fixed_batch(seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.normal(size=(16, 32, 32, 3)).astype(np.float32)
+  labels = (np.arange(16) % NUM_CLASSES).astype(np.int32)
+  return images, labels
+
+
+def split_across_replicas(strategy, images, labels):
+  """An iterator repeating one global batch; replica k gets its k-th contiguous slice."""
+  replicas = strategy.num_replicas_in_sync
+  per_replica = (
+    images.reshape(replicas, -1, *images.shape[1:]),
+    labels.reshape(replicas, -1),
+  )
+  # One input pipeline here; its elements go to the local replicas in turn.
+  return iter(
+    strategy.distribute_datasets_from_function(
+      lambda context: tf.data.Dataset.from_tensor_slices(per_replica).repeat()
+    )
+  )
+
+
+def train_a_few_steps(strategy_name, num_steps=3, **options):
+  """(model, optimizer, float sums) after `num_steps` steps on the fixed batch."""
+  strategy = train_lib.create_strategy(strategy_name)
+  model, optimizer, train_steps = make_training(strategy, **options)
+  sums = train_steps(split_across_replicas(strategy, *fixed_batch()), tf.constant(num_steps))
+  return model, optimizer, {key: float(value) for key, value in sums.items()}
+
+
+def assert_adam_runs_agree(expected, actual, learning_rate, num_steps):
+  """Model weights of two Adam runs that should be equal up to float32 noise.
+
+  Adam divides by the gradient's magnitude: float32 noise in a near-zero
+  gradient can flip the sign of that weight's update, moving it by up to
+  `learning_rate` per step. So a few weights may differ by up to
+  2 x steps x rate, while the bulk agrees far more closely; a real
+  difference (lost optimizer state, unaggregated gradients) moves the bulk by
+  about the learning rate.
+  """
+  names = [name for name in expected if name.startswith("model/")]
+  assert names and actual.keys() == expected.keys()
+  differences = np.concatenate([np.abs(actual[n] - expected[n]).ravel() for n in names])
+  print(f"weight differences: max {differences.max():.2e}, median {np.median(differences):.2e}")
+  assert differences.max() <= 2 * num_steps * learning_rate
+  assert np.median(differences) < learning_rate / 20
+
+
+def assert_weights_close(model_a, model_b, atol):
+  for a, b in zip(model_a.weights, model_b.weights, strict=True):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=atol, err_msg=a.path)
+
+
+def test_sync_batch_norm_makes_two_replicas_train_like_one_device():
+  # Each replica sees its own half of the batch. With synchronised BatchNorm the
+  # statistics are those of the whole batch, so 2 replicas = 1 device on 16.
+  # The update goes through the same Keras apply (and all-reduce) as Adam's,
+  # but SGD shows any error in the gradient's scale: a factor of 2 would move
+  # the weights by ~1e-2, float32 noise moves them by ~1e-5. Adam divides by
+  # the gradient's magnitude and turns float32 noise in near-zero gradients
+  # into differences of up to its learning rate.
+  single, _, single_sums = train_a_few_steps("default", sync_batch_norm=True, sgd=True)
+  mirrored, _, mirrored_sums = train_a_few_steps("mirrored", sync_batch_norm=True, sgd=True)
+  assert mirrored_sums["count"] == single_sums["count"] == 48
+  assert mirrored_sums["correct"] == single_sums["correct"]
+  assert mirrored_sums["loss_sum"] == pytest.approx(single_sums["loss_sum"], rel=1e-5)
+  assert_weights_close(mirrored, single, atol=1e-4)
+  # Evaluation (moving statistics) agrees too.
+  images, _ = fixed_batch(seed=1)
+  np.testing.assert_allclose(
+    mirrored(images, training=False), single(images, training=False), rtol=1e-3, atol=1e-3
+  )
+
+
+def test_per_replica_batch_norm_differs_from_one_device():
+  # The control for the test above: without synchronisation each replica
+  # normalises by its own half-batch statistics, so the two runs part ways.
+  single, _, _ = train_a_few_steps("default", sgd=True)
+  mirrored, _, _ = train_a_few_steps("mirrored", sgd=True)
+  differences = [
+    np.abs(a.numpy() - b.numpy()).max()
+    for a, b in zip(single.trainable_weights, mirrored.trainable_weights, strict=True)
+  ]
+  assert max(differences) > 3e-4  # 3x the tolerance the synchronised run meets.
+
+
+def test_moving_statistics_are_averaged_over_replicas():
+  strategy = train_lib.create_strategy("mirrored")
+  model, _, train_steps = make_training(strategy, sgd=True)
+  train_steps(split_across_replicas(strategy, *fixed_batch()), tf.constant(2))
+  copies = [[c.numpy() for c in v.value.values] for v in model.non_trainable_variables]
+  # Keras 3 lets each replica keep its own moving statistics ...
+  assert max(np.abs(a - b).max() for a, b in copies) > 1e-4
+  train_lib.make_average_moving_statistics(strategy, model)()
+  for variable, (a, b) in zip(model.non_trainable_variables, copies, strict=True):
+    for copy in variable.value.values:  # ... until they are set to their mean.
+      np.testing.assert_allclose(copy.numpy(), (a + b) / 2, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_float32_master_weights(precision):
+  model, optimizer, first = train_a_few_steps("default", num_steps=1, precision=precision)
+  compute_dtype = precision.removeprefix("mixed_")
+  assert model.stem_conv.compute_dtype == compute_dtype
+  assert all(w.dtype == "float32" for w in model.weights)
+  assert model(fixed_batch()[0], training=False).dtype == tf.float32  # Float32 logits.
+  assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == (
+    precision == "mixed_float16"
+  )
+  assert np.isfinite(first["loss_sum"]) and first["count"] == 16
+
+
+@pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
+def test_an_overflow_on_one_replica_is_skipped_on_every_replica(strategy_name):
+  strategy = train_lib.create_strategy(strategy_name)
+  model, optimizer, train_steps = make_training(strategy, precision="mixed_float16")
+  images, labels = fixed_batch()
+  before = [w.numpy() for w in model.trainable_weights]
+  scale = float(optimizer.dynamic_scale.numpy())
+  poisoned = images.copy()
+  poisoned[-1] = 1e6  # Overflows float16 in the last replica's slice only.
+  train_steps(split_across_replicas(strategy, poisoned, labels), tf.constant(1))
+  assert float(optimizer.dynamic_scale.numpy()) == scale / 2  # Skipped, scale lowered ...
+  for old, new in zip(before, model.trainable_weights, strict=True):
+    np.testing.assert_array_equal(new.numpy(), old)  # ... and no weight touched.
+  sums = train_steps(split_across_replicas(strategy, images, labels), tf.constant(2))
+  assert np.isfinite(float(sums["loss_sum"]))  # Clean batches train again.
+  assert any(
+    not np.array_equal(new.numpy(), old)
+    for old, new in zip(before, model.trainable_weights, strict=True)
+  )
+
+
+def test_xla_compiled_step_matches_the_graph_step():
+  plain, _, plain_sums = train_a_few_steps("default", sgd=True)
+  compiled, _, compiled_sums = train_a_few_steps("default", jit_compile=True, sgd=True)
+  assert compiled_sums["loss_sum"] == pytest.approx(plain_sums["loss_sum"], rel=1e-4)
+  assert_weights_close(compiled, plain, atol=1e-4)
+
+
+def test_linear_learning_rate_scaling_is_recorded(image_folder, tmp_path):
+  config = debug_config(image_folder, learning_rate=1e-3, lr_reference_batch_size=8, epochs=1)
+  assert train.peak_learning_rate(config) == pytest.approx(2e-3)  # Batch 16 = 2 x 8.
+  train.train_and_evaluate(config, str(tmp_path))
+  record = json.load(open(tmp_path / checkpointing.RUN_RECORD))
+  assert record["peak_learning_rate"] == pytest.approx(2e-3)
+
+
+def test_a_run_saved_on_two_replicas_resumes_on_one(image_folder, tmp_path, monkeypatch):
+  config = debug_config(image_folder)
+  model_dir = str(tmp_path)
+  train.train_and_evaluate(dataclasses.replace(config, strategy="mirrored", epochs=1), model_dir)
+  saved = final_weights(model_dir)  # ckpt-3, written by 2 replicas.
+
+  restored = {}
+  original_restore = checkpointing.restore_newest_readable
+
+  def restore_and_capture(checkpoint, manager):
+    path = original_restore(checkpoint, manager)
+    restored["stem_kernel"] = checkpoint.model.stem_conv.kernel.numpy()
+    restored["iterations"] = int(checkpoint.optimizer.iterations.numpy())
+    return path
+
+  monkeypatch.setattr(checkpointing, "restore_newest_readable", restore_and_capture)
+  resumed = train.train_and_evaluate(config, model_dir)  # One device.
+  assert resumed["step"] == 6 and np.isfinite(resumed["validation"]["loss"])
+  assert restored["iterations"] == 3  # Adam's state carried over, not restarted ...
+  kernel = saved["model/stem_conv/_kernel/.ATTRIBUTES/VARIABLE_VALUE"]
+  np.testing.assert_array_equal(restored["stem_kernel"], kernel)  # ... nor the weights.
+  assert (
+    int(
+      tf.train.load_variable(
+        tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR)),
+        "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE",
+      )
+    )
+    == 6
+  )
+
+
+def test_a_mixed_float16_run_resumes_in_float32(image_folder, tmp_path):
+  config = debug_config(image_folder, precision="mixed_float16", epochs=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  path = tf.train.latest_checkpoint(str(tmp_path / checkpointing.LATEST_DIR))
+  names = [name for name, _ in tf.train.list_variables(path)]
+  assert any(name.startswith("loss_scale_optimizer/") for name in names)
+  resumed = train.train_and_evaluate(
+    dataclasses.replace(config, precision="float32", epochs=2), str(tmp_path)
+  )
+  assert resumed["step"] == 6 and np.isfinite(resumed["validation"]["loss"])
+
+
+# --- Several worker processes on this machine ---------------------------------------------
+
+
+def free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for sock in sockets:
+    sock.bind(("127.0.0.1", 0))
+  ports = [sock.getsockname()[1] for sock in sockets]
+  for sock in sockets:
+    sock.close()
+  return ports
+
+
+def start_workers(config, model_dir, work_dir, num_workers=2):
+  """`num_workers` train.py processes of one cluster, TF_CONFIG as a launcher sets it.
+
+  Worker i logs to WORK_DIR/worker{i}.log and has WORK_DIR/tmp{i} as TMPDIR.
+  """
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(num_workers)]}
+  command = [sys.executable, "train.py", f"--model_dir={model_dir}", "--strategy=multi_worker"]
+  command += [
+    f"--{key}={value}"
+    for key, value in dataclasses.asdict(config).items()
+    if value is not None and key != "strategy"
+  ]
+  processes = []
+  for index in range(num_workers):
+    scratch = os.path.join(work_dir, f"tmp{index}")
+    os.makedirs(scratch, exist_ok=True)
+    env = dict(
+      os.environ,
+      TMPDIR=scratch,
+      TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+    )
+    with open(os.path.join(work_dir, f"worker{index}.log"), "w") as log:
+      processes.append(
+        subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+      )
+  return processes
+
+
+def finish(processes, work_dir):
+  """(exit codes, logs) once every worker has exited."""
+  codes = [process.wait(timeout=300) for process in processes]
+  logs = []
+  for index in range(len(processes)):
+    with open(os.path.join(work_dir, f"worker{index}.log")) as log:
+      logs.append(log.read())
+  return codes, logs
+
+
+def wait_for_line(path, text, process, timeout=120):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline and process.poll() is None:
+    with open(path) as log:
+      if text in log.read():
+        return
+    time.sleep(0.2)
+  raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+def files_under(directory):
+  return sorted(
+    os.path.relpath(os.path.join(root, name), directory)
+    for root, _, names in os.walk(directory)
+    for name in names
+    if "events.out" not in name  # Named after the host and process id.
+  )
+
+
+def test_two_workers_train_like_two_replicas_in_one_process(image_folder, tmp_path):
+  config = debug_config(image_folder, log_every_steps=3)
+  model_dir, single_dir = str(tmp_path / "workers"), str(tmp_path / "single")
+  codes, logs = finish(start_workers(config, model_dir, tmp_path), tmp_path)
+  assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  assert "2 replica(s); this is worker 0" in logs[0] and "this is worker 1" in logs[1]
+  train.train_and_evaluate(dataclasses.replace(config, strategy="mirrored"), single_dir)
+
+  # The chief wrote what a single process writes; the other worker wrote
+  # nothing there, and its temporary checkpoints are gone.
+  assert files_under(model_dir) == files_under(single_dir)
+  for worker_tmp in ("tmp0", "tmp1"):  # (TFDS leaves a tmp*tfds directory of its own.)
+    assert not [name for name in os.listdir(tmp_path / worker_tmp) if name.startswith("resnet-")]
+  for summaries in ("train", "validation"):
+    assert len(os.listdir(os.path.join(model_dir, "tensorboard", summaries))) == 1
+
+  best, single_best = (
+    json.load(open(os.path.join(directory, "best", "best.json")))
+    for directory in (model_dir, single_dir)
+  )
+  assert best["step"] == single_best["step"] and best["accuracy"] == single_best["accuracy"]
+  assert best["loss"] == pytest.approx(single_best["loss"], rel=1e-5)
+  assert_adam_runs_agree(final_weights(single_dir), final_weights(model_dir), 2e-3, num_steps=6)
+
+
+def test_sigterm_to_one_worker_saves_on_all_at_one_step_and_the_run_resumes(image_folder, tmp_path):
+  config = debug_config(image_folder, epochs=12, log_every_steps=1)  # 36 steps.
+  model_dir = str(tmp_path / "run")
+  processes = start_workers(config, model_dir, tmp_path)
+  # Preempt the non-chief once training is under way.
+  wait_for_line(tmp_path / "worker1.log", "step 10/36", processes[1])
+  processes[1].send_signal(signal.SIGTERM)
+  codes, logs = finish(processes, tmp_path)
+  assert codes == [128 + signal.SIGTERM] * 2, logs[0][-3000:] + logs[1][-3000:]
+  stopped = [int(log.split("Stopped by SIGTERM at step ")[1].split()[0]) for log in logs]
+  assert stopped[0] == stopped[1] and 10 <= stopped[0] < 36
+  latest = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
+  assert latest.endswith(f"ckpt-{stopped[0]}")
+
+  codes, logs = finish(start_workers(config, model_dir, tmp_path), tmp_path)  # Same command.
+  assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  assert f"Resumed from {latest} at step {stopped[0]}" in logs[0]
+  assert "Done at step 36" in logs[0] and "Done at step 36" in logs[1]
