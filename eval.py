@@ -27,6 +27,7 @@ from resnet import checkpointing, train_lib  # noqa: E402
 from resnet import model as model_lib  # noqa: E402
 
 SPLITS = ("test", "validation", "train")
+EVAL_STRATEGIES = ("auto", "default", "one_device", "mirrored")  # One process, local devices.
 
 
 def load_eval_split(record, split, dataset, tfds_data_dir):
@@ -131,7 +132,8 @@ def evaluate_model_dir(
     dataset: dataset to read (default: the run's); tfds_data_dir as in train.py.
     checkpoint_path: checkpoint to restore (default: the best one).
     batch_size: global evaluation batch size.
-    strategy_name: as train.py's --strategy.
+    strategy_name: one of EVAL_STRATEGIES. Evaluation runs in one process:
+      "auto" mirrors over several local GPUs and ignores TF_CONFIG.
 
   Returns:
     The metrics dict that is also written to MODEL_DIR/eval/<split>/metrics.json.
@@ -146,6 +148,8 @@ def evaluate_model_dir(
   dataset = dataset or config["dataset"]
   tfds_data_dir = tfds_data_dir or config["tfds_data_dir"]
 
+  if strategy_name == "auto":
+    strategy_name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
   strategy = train_lib.create_strategy(strategy_name)
   with strategy.scope():
     model = model_lib.create_model(config["model"], num_classes=len(class_names))
@@ -195,7 +199,9 @@ def define_flags():
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (default: the run's).")
   flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate (default: MODEL_DIR/best).")
   flags.DEFINE_integer("batch_size", 256, "Global evaluation batch size.")
-  flags.DEFINE_enum("strategy", "auto", list(train_lib.STRATEGIES), "As in train.py.")
+  flags.DEFINE_enum(
+    "strategy", "auto", list(EVAL_STRATEGIES), "auto: mirrored over several GPUs, else default."
+  )
   flags.mark_flag_as_required("model_dir")
 
 

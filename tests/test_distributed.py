@@ -188,6 +188,20 @@ def test_xla_compiled_step_matches_the_graph_step():
   assert_weights_close(compiled, plain, atol=1e-4)
 
 
+def test_xla_on_several_cpu_replicas_is_refused_before_anything_is_written(image_folder, tmp_path):
+  config = debug_config(image_folder, strategy="mirrored", jit_compile=True)
+  with pytest.raises(train.RunError, match="--jit_compile with several replicas needs GPU"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_malformed_tf_config_is_named(image_folder, tmp_path, monkeypatch):
+  monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["host1:1234"')
+  with pytest.raises(train.RunError, match="TF_CONFIG is not a JSON object"):
+    train.train_and_evaluate(debug_config(image_folder, strategy="auto"), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
 def test_linear_learning_rate_scaling_is_recorded(image_folder, tmp_path):
   config = debug_config(image_folder, learning_rate=1e-3, lr_reference_batch_size=8, epochs=1)
   assert train.peak_learning_rate(config) == pytest.approx(2e-3)  # Batch 16 = 2 x 8.
