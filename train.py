@@ -189,17 +189,16 @@ def train_and_evaluate(config, model_dir):
   except ValueError as error:
     raise RunError(str(error)) from None
   pipeline.check_global_batch_size(strategy, config.batch_size)
-  replica_devices = strategy.extended.worker_devices
   if (
     config.jit_compile
     and strategy.num_replicas_in_sync > 1
     and not isinstance(strategy, tf.distribute.TPUStrategy)
-    and not all("GPU" in device.upper() for device in replica_devices)
+    and not all("GPU" in device.upper() for device in strategy.extended.worker_devices)
   ):
     raise RunError(
       "--jit_compile with several replicas needs GPU (or TPU) replicas: TensorFlow "
-      f"cannot compile the cross-replica update on {', '.join(replica_devices)}. Drop "
-      "--jit_compile, or use one device."
+      "cannot compile the cross-replica update on CPU devices. Drop --jit_compile, or "
+      "use one device."
     )
   task_type, task_id = train_lib.worker_task(strategy)
   logging.info(
