@@ -9,6 +9,7 @@ Re-running the same command with the same --model_dir resumes from the latest
 checkpoint and stops at the same total number of epochs.
 """
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -57,6 +58,12 @@ class Config:
   steps_per_epoch: int = 0  # 0: a full pass over the training examples.
   log_every_steps: int = 50
   checkpoint_every_steps: int = 0  # 0: only at the end of each epoch.
+  on_nan: str = "stop"  # Or "recover": restore the latest checkpoint, lower the rate.
+  nan_lr_factor: float = 0.5  # Learning-rate multiplier of each recovery.
+
+
+ON_NAN = ("stop", "recover")
+MAX_NAN_RECOVERIES = 3  # Then the run stops: the problem is not the learning rate.
 
 
 class RunError(ValueError):
@@ -78,6 +85,10 @@ def _validate(config):
       raise RunError(f"--{name} must not be negative, got {getattr(config, name)}.")
   if not 0 <= config.label_smoothing < 1:
     raise RunError(f"--label_smoothing must be in [0, 1), got {config.label_smoothing}.")
+  if config.on_nan not in ON_NAN:
+    raise RunError(f"--on_nan must be one of {', '.join(ON_NAN)}, got {config.on_nan!r}.")
+  if not 0 < config.nan_lr_factor < 1:
+    raise RunError(f"--nan_lr_factor must be in (0, 1), got {config.nan_lr_factor}.")
   if config.precision not in train_lib.PRECISIONS:
     raise RunError(f"--precision must be one of {', '.join(train_lib.PRECISIONS)}.")
 
@@ -248,7 +259,7 @@ def _train(config, model_dir, strategy, scratch_dir):
     steps_per_epoch,
   )
   if chief:
-    os.makedirs(model_dir, exist_ok=True)
+    _make_writable_directory(model_dir)
   checkpointing.start_run_record(
     model_dir,
     dataclasses.asdict(config),
@@ -273,15 +284,16 @@ def _train(config, model_dir, strategy, scratch_dir):
       precision=config.precision,
       sync_batch_norm=config.sync_batch_norm,
     )
+    state = checkpointing.create_training_state()
     schedule = train_lib.LearningRateSchedule(
       config.lr_schedule,
       peak_learning_rate(config),
       total_steps,
       warmup_steps=int(config.warmup_epochs * steps_per_epoch),
+      multiplier=state["lr_multiplier"],
     )
     optimizer = train_lib.create_optimizer(schedule, config.precision)
     optimizer.build(model.trainable_variables)  # Slots exist before a restore fills them.
-    state = checkpointing.create_training_state()
     # Adam is saved under the same name with or without loss scaling, so a run
     # can resume in another precision; the loss scale is saved on its own.
     adam = getattr(optimizer, "inner_optimizer", optimizer)
@@ -318,18 +330,22 @@ def _train(config, model_dir, strategy, scratch_dir):
   )
   eval_step = train_lib.make_eval_step(strategy, model, len(class_names))
   average_moving_statistics = train_lib.make_average_moving_statistics(strategy, model)
-  train_iterator = iter(
-    pipeline.distribute_train_dataset(
-      strategy,
-      train_images,
-      train_labels,
-      global_batch_size=config.batch_size,
-      steps_per_epoch=steps_per_epoch,
-      start_step=start_step,
-      total_steps=total_steps,
-      seed=config.seed,
+
+  def train_batches_from(first_step):  # The exact data order from any step on.
+    return iter(
+      pipeline.distribute_train_dataset(
+        strategy,
+        train_images,
+        train_labels,
+        global_batch_size=config.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        start_step=first_step,
+        total_steps=total_steps,
+        seed=config.seed,
+      )
     )
-  )
+
+  train_iterator = train_batches_from(start_step)
   val_dataset = pipeline.distribute_eval_dataset(
     strategy, val_images, val_labels, global_batch_size=config.batch_size
   )
@@ -350,7 +366,8 @@ def _train(config, model_dir, strategy, scratch_dir):
   def save_latest():
     if latest_manager.latest_checkpoint != _checkpoint_path(latest_manager, state):
       average_moving_statistics()  # Replicas' copies drift apart; see train_lib.
-      latest_manager.save(checkpoint_number=int(state["step"].numpy()))
+      with _writing("a checkpoint", model_dir):
+        latest_manager.save(checkpoint_number=int(state["step"].numpy()))
 
   stop = _StopSignals(sigint_as_sigterm=scratch_dir is not None)
   preemption_handler = None
@@ -365,6 +382,9 @@ def _train(config, model_dir, strategy, scratch_dir):
       ),
     )
 
+  if config.on_nan == "recover" and not restored:
+    save_latest()  # A step-0 checkpoint to recover to if the first epoch diverges.
+
   # --- Training loop -------------------------------------------------------------------
   step, validation = start_step, None
   window, epoch_meter = _Meter(), _Meter()  # Since the last log line; since the epoch began.
@@ -375,11 +395,13 @@ def _train(config, model_dir, strategy, scratch_dir):
       num_steps = min([b - step % b for b in boundaries if b] + [total_steps - step])
       sums = train_steps(train_iterator, tf.constant(num_steps))
       if not np.isfinite(float(sums["loss_sum"])):
-        raise RunError(
-          f"The training loss became {float(sums['loss_sum'])} in steps {step + 1}-"
-          f"{step + num_steps}; stopped without saving. Last good checkpoint: "
-          f"{read_manager.latest_checkpoint}. Try a lower --learning_rate."
+        # Never saved: restore the latest checkpoint with a lower rate, or stop.
+        step = _recover_from_non_finite_loss(
+          config, checkpoint, state, model_dir, float(sums["loss_sum"]), step, num_steps
         )
+        train_iterator = train_batches_from(step)
+        window.reset()
+        continue
       step += num_steps
       state["step"].assign(step)
       window.add(sums)
@@ -409,9 +431,10 @@ def _train(config, model_dir, strategy, scratch_dir):
         improved = validation["accuracy"] > float(state["best_accuracy"].numpy())
         if improved:
           state["best_accuracy"].assign(validation["accuracy"])
-          checkpointing.save_best(
-            best_manager, validation, epoch=epoch, step=step, write_record=chief
-          )
+          with _writing("the best checkpoint", model_dir):
+            checkpointing.save_best(
+              best_manager, validation, epoch=epoch, step=step, write_record=chief
+            )
         save_latest()
         _write_scalars(val_writer, step, {k: validation[k] for k in ("loss", "accuracy")})
         if chief:
@@ -449,6 +472,71 @@ def _train(config, model_dir, strategy, scratch_dir):
     "best_accuracy": float(state["best_accuracy"].numpy()),
     "validation": validation,
   }
+
+
+def _recover_from_non_finite_loss(config, checkpoint, state, model_dir, loss, step, num_steps):
+  """Restores the latest checkpoint and lowers the learning rate (--on_nan=recover).
+
+  Returns:
+    The restored step.
+
+  Raises:
+    RunError: --on_nan=stop, MAX_NAN_RECOVERIES reached, or no checkpoint.
+  """
+  # A fresh manager: the chief's directory may have gained checkpoints since start.
+  latest_manager, _ = checkpointing.create_managers(checkpoint, model_dir)
+  where = (
+    f"The training loss became {loss} in steps {step + 1}-{step + num_steps}; nothing "
+    f"was saved from them. Last good checkpoint: {latest_manager.latest_checkpoint}."
+  )
+  recoveries = int(state["nan_recoveries"].numpy())
+  if config.on_nan == "stop":
+    raise RunError(f"{where} Try a lower --learning_rate, or --on_nan=recover.")
+  if recoveries >= MAX_NAN_RECOVERIES or latest_manager.latest_checkpoint is None:
+    raise RunError(f"{where} Stopped after {recoveries} recoveries with lower learning rates.")
+  multiplier = float(state["lr_multiplier"].numpy()) * config.nan_lr_factor
+  restored = checkpointing.restore_newest_readable(checkpoint, latest_manager)
+  state["lr_multiplier"].assign(multiplier)  # After the restore, which resets both.
+  state["nan_recoveries"].assign(recoveries + 1)
+  logging.warning(
+    "%s Restored %s (step %d); learning rate x%g from now on (recovery %d of %d).",
+    where,
+    restored,
+    int(state["step"].numpy()),
+    multiplier,
+    recoveries + 1,
+    MAX_NAN_RECOVERIES,
+  )
+  return int(state["step"].numpy())
+
+
+def _make_writable_directory(model_dir):
+  """Creates `model_dir` and proves that a file can be written there, before the run starts."""
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=model_dir) as probe:
+      probe.write(bytes(1 << 16))  # 64 KiB: an empty file can still be created on a full disk.
+      probe.flush()
+      os.fsync(probe.fileno())
+  except OSError as error:
+    raise RunError(
+      f"Cannot write to --model_dir={model_dir}: {error.strerror or error}. Choose a "
+      "directory you can write to, with free space."
+    ) from None
+
+
+@contextlib.contextmanager
+def _writing(what, model_dir):
+  """Turns a failed write (full disk, lost permissions) into one message for the user."""
+  try:
+    yield
+  except (OSError, tf.errors.OpError) as error:
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
+    raise RunError(
+      f"Cannot write {what} in {model_dir}: {checkpointing.first_line(error)}. What was "
+      f"saved before is intact (latest checkpoint: {latest}); make room or fix the "
+      "permissions, then run the same command to resume."
+    ) from None
 
 
 def _checkpoint_path(manager, state):
@@ -540,6 +628,15 @@ def define_flags(flag_values=flags.FLAGS):
     "Steps between mid-epoch checkpoints; 0 saves only at the end of each epoch.",
     **fv,
   )
+  flags.DEFINE_enum(
+    "on_nan",
+    d.on_nan,
+    list(ON_NAN),
+    "On a non-finite training loss: stop, or recover (restore the latest checkpoint and "
+    f"multiply the learning rate by --nan_lr_factor, at most {MAX_NAN_RECOVERIES} times).",
+    **fv,
+  )
+  flags.DEFINE_float("nan_lr_factor", d.nan_lr_factor, "See --on_nan; in (0, 1).", **fv)
   flags.mark_flag_as_required("model_dir", **fv)
 
 

@@ -33,12 +33,16 @@ class CheckpointError(ValueError):
 
 
 def create_training_state():
-  """Step, epoch and best-accuracy variables (create them inside strategy.scope())."""
+  """Step, epoch, best accuracy and NaN-recovery variables (create them inside
+  strategy.scope())."""
   return {
     "step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
     "epoch": tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch"),
     # -1 until the first validation, so that any accuracy is an improvement.
     "best_accuracy": tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_accuracy"),
+    # Learning-rate multiplier and count of recoveries from a non-finite loss.
+    "lr_multiplier": tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_multiplier"),
+    "nan_recoveries": tf.Variable(0, dtype=tf.int64, trainable=False, name="nan_recoveries"),
   }
 
 
@@ -53,7 +57,7 @@ def create_managers(checkpoint, model_dir):
   return latest, best
 
 
-def _first_line(error):
+def first_line(error):
   """The first line of an exception's message (TF's run to pages), or its type's name."""
   return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -77,9 +81,9 @@ def restore_newest_readable(checkpoint, manager):
       return path
     except Exception as error:  # noqa: BLE001 - damaged files raise OpError, IndexError, ...
       logging.warning(
-        "Cannot restore %s (%s); trying the previous checkpoint.", path, _first_line(error)
+        "Cannot restore %s (%s); trying the previous checkpoint.", path, first_line(error)
       )
-      errors.append(f"{os.path.basename(path)}: {_first_line(error)}")
+      errors.append(f"{os.path.basename(path)}: {first_line(error)}")
   if errors:
     raise CheckpointError(
       f"No checkpoint in {manager.directory} can be restored ("
@@ -215,7 +219,5 @@ def restore_model(model, path):
   try:
     status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
     status.assert_existing_objects_matched()
-  except (tf.errors.NotFoundError, tf.errors.DataLossError, AssertionError, ValueError) as error:
-    raise CheckpointError(
-      f"Cannot restore {model.name} from {path}: {_first_line(error)}"
-    ) from None
+  except (tf.errors.OpError, AssertionError, ValueError) as error:  # Missing, damaged, other.
+    raise CheckpointError(f"Cannot restore {model.name} from {path}: {first_line(error)}") from None

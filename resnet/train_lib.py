@@ -114,16 +114,19 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
   """Linear warm-up to `base_learning_rate`, then constant, cosine or piecewise decay.
 
   piecewise divides the rate by 10 at 50% and again at 75% of the post-warm-up
-  steps (He et al. 2016 drop at 32k and 48k of 64k iterations).
+  steps (He et al. 2016 drop at 32k and 48k of 64k iterations). `multiplier`,
+  a scalar tf.Variable if given, scales the whole schedule (lowered when a run
+  recovers from a non-finite loss; checkpointed with the run).
   """
 
-  def __init__(self, kind, base_learning_rate, total_steps, warmup_steps=0):
+  def __init__(self, kind, base_learning_rate, total_steps, warmup_steps=0, multiplier=None):
     if kind not in LR_SCHEDULES:
       raise ValueError(f"Unknown schedule {kind!r}; choose one of {', '.join(LR_SCHEDULES)}.")
     self.kind = kind
     self.base_learning_rate = base_learning_rate
     self.total_steps = total_steps
     self.warmup_steps = warmup_steps
+    self.multiplier = multiplier
 
   def __call__(self, step):
     step = tf.cast(step, tf.float32)
@@ -139,7 +142,10 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
     else:
       factor = tf.constant(1.0)
     warmup_factor = tf.minimum(1.0, (step + 1.0) / tf.maximum(warmup, 1.0))
-    return self.base_learning_rate * factor * warmup_factor
+    rate = self.base_learning_rate * factor * warmup_factor
+    if self.multiplier is not None:
+      rate *= tf.cast(self.multiplier, tf.float32)
+    return rate
 
   def get_config(self):
     return dict(

@@ -89,45 +89,86 @@ def test_eval_on_a_folder_with_other_classes_is_refused(model_dir, tmp_path):
     eval_main.evaluate_model_dir(model_dir, "test", dataset=f"folder:{other}")
 
 
+def make_broken_inputs(root):
+  """Folders and files that train.py and eval.py must refuse, under ROOT."""
+  os.makedirs(os.path.join(root, "no_images", "train", "cat"))
+  write_image_folder(os.path.join(root, "empty_class"), {"train": 2})
+  os.makedirs(os.path.join(root, "empty_class", "train", "zebra"))
+  write_image_folder(os.path.join(root, "corrupt"), {"train": 2})
+  with open(os.path.join(root, "corrupt", "train", "cat", "bad.png"), "wb") as file:
+    file.write(b"not a png")
+  write_image_folder(os.path.join(root, "truncated"), {"train": 2})
+  jpeg = os.path.join(root, "truncated", "train", "dog", "0001.jpg")
+  with open(jpeg, "r+b") as file:
+    file.truncate(os.path.getsize(jpeg) // 2)  # As an interrupted copy leaves it.
+  with open(os.path.join(root, "bad.cfg"), "w") as file:
+    file.write("--epochs=ten\n")
+  with open(os.path.join(root, "a_file"), "w") as file:
+    file.write("a user's file\n")
+  with open(os.path.join(root, "garbage.index"), "wb") as file:
+    file.write(b"\x00not a checkpoint")
+  with open(os.path.join(root, "garbage.data-00000-of-00001"), "wb") as file:
+    file.write(b"\x00")
+
+
 @pytest.mark.parametrize(
   "args, message",
   [
-    (["train.py", "--model=resnet18", "--model_dir={tmp}"], "value should be one of"),
-    (["train.py", "--flagfile={tmp}/missing.cfg", "--model_dir={tmp}"], "missing.cfg"),
-    (["train.py", "--flagfile={bad_cfg}", "--model_dir={tmp}"], "epochs"),
-    (["train.py", "--dataset=folder:{tmp}/empty", "--model_dir={tmp}"], "not a directory"),
+    (["train.py", "--no_such_flag=1", "--model_dir={tmp}/run"], "Unknown command line flag"),
+    (["train.py", "--model=resnet18", "--model_dir={tmp}/run"], "value should be one of"),
+    (["train.py", "--flagfile={tmp}/missing.cfg", "--model_dir={tmp}/run"], "missing.cfg"),
+    (["train.py", "--flagfile={tmp}/bad.cfg", "--model_dir={tmp}/run"], "epochs"),
+    (["train.py", "--learning_rate=0", "--model_dir={tmp}/run"], "--learning_rate must be"),
+    (["train.py", "--learning_rate=-1", "--model_dir={tmp}/run"], "--learning_rate must be"),
+    (["train.py", "--batch_size=-8", "--model_dir={tmp}/run"], "--batch_size must be positive"),
+    (["train.py", "--batch_size=0", "--model_dir={tmp}/run"], "--batch_size must be positive"),
+    (["train.py", "--epochs=0", "--model_dir={tmp}/run"], "--epochs must be positive"),
+    (["train.py", "--dataset=folder:{tmp}/missing", "--model_dir={tmp}/run"], "not a directory"),
     (
-      ["train.py", "--learning_rate=0", "--dataset=folder:{tmp}", "--model_dir={tmp}"],
-      "--learning_rate must be positive",
+      ["train.py", "--dataset=folder:{tmp}/no_images", "--model_dir={tmp}/run"],
+      "holds no PNG or JPEG images",
     ),
-    (["train.py", "--batch_size=-8", "--model_dir={tmp}"], "--batch_size must be positive"),
-    (["train.py", "--epochs=0", "--model_dir={tmp}"], "--epochs must be positive"),
+    (
+      ["train.py", "--dataset=folder:{tmp}/empty_class", "--model_dir={tmp}/run"],
+      "zebra",
+    ),
+    (["train.py", "--dataset=folder:{tmp}/corrupt", "--model_dir={tmp}/run"], "bad.png"),
+    (["train.py", "--dataset=folder:{tmp}/truncated", "--model_dir={tmp}/run"], "0001.jpg"),
     (["train.py", "--model_dir={tmp}/a_file"], "is a file, not a directory"),
     (["eval.py", "--model_dir={tmp}"], "has no run.json"),
+    (["eval.py", "--model_dir={run}", "--checkpoint={tmp}/missing"], "Cannot restore"),
+    (["eval.py", "--model_dir={run}", "--checkpoint={tmp}/garbage"], "Cannot restore"),
   ],
   ids=[
+    "unknown-flag",
     "unknown-model",
     "missing-flagfile",
     "malformed-flagfile",
-    "missing-folder",
     "zero-learning-rate",
+    "negative-learning-rate",
     "negative-batch",
+    "zero-batch",
     "zero-epochs",
+    "missing-folder",
+    "folder-without-images",
+    "empty-class-folder",
+    "corrupt-image",
+    "truncated-image",
     "model-dir-is-a-file",
     "eval-without-run",
+    "missing-checkpoint",
+    "corrupt-checkpoint",
   ],
 )
-def test_bad_input_gives_one_clear_message(tmp_path, args, message):
-  bad_cfg = tmp_path / "bad.cfg"
-  bad_cfg.write_text("--epochs=ten\n")
-  (tmp_path / "a_file").write_text("a user's file\n")
-  args = [arg.format(tmp=tmp_path, bad_cfg=bad_cfg) for arg in args]
-  before = snapshot(tmp_path)
+def test_bad_input_gives_one_clear_message(tmp_path, model_dir, args, message):
+  make_broken_inputs(str(tmp_path))
+  args = [arg.format(tmp=tmp_path, run=model_dir) for arg in args]
+  before = snapshot(tmp_path), snapshot(model_dir)
   result = run(*args)
   assert result.returncode != 0
   assert message in result.stderr
   assert "Traceback" not in result.stderr
-  assert snapshot(tmp_path) == before
+  assert (snapshot(tmp_path), snapshot(model_dir)) == before  # Nothing written or touched.
 
 
 def test_eval_without_a_best_checkpoint_fails_cleanly(tmp_path):
