@@ -16,6 +16,7 @@ from absl import flags
 from tensorboard.backend.event_processing import event_accumulator
 
 import train
+from data import pipeline
 from resnet import checkpointing
 from tests.conftest import CLASS_NAMES
 
@@ -296,3 +297,78 @@ def test_sigkill_at_random_steps_then_the_same_command_ends_bit_identical(image_
   assert expected.keys() == actual.keys() and len(expected) > 40
   for name in expected:
     np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
+
+
+def test_on_nan_recover_restores_and_lowers_the_learning_rate(image_folder, tmp_path):
+  # 1e30 diverges at once; one recovery at 1e30 x 1e-32 = 1e-2 trains to the end.
+  config = debug_config(
+    image_folder, learning_rate=1e30, on_nan="recover", nan_lr_factor=1e-32, log_every_steps=1
+  )
+  result = train.train_and_evaluate(config, str(tmp_path / "recovers"))
+  assert result["step"] == 6 and np.isfinite(result["validation"]["loss"])
+  path = tf.train.latest_checkpoint(str(tmp_path / "recovers" / "checkpoints"))
+  assert tf.train.load_variable(path, "lr_multiplier/.ATTRIBUTES/VARIABLE_VALUE") == np.float32(
+    1e-32
+  )
+  assert tf.train.load_variable(path, "nan_recoveries/.ATTRIBUTES/VARIABLE_VALUE") == 1
+
+  # Halving a rate of 1e30 never helps: three recoveries, then a clear stop,
+  # and no non-finite model was ever saved as best.
+  stubborn = dataclasses.replace(config, nan_lr_factor=0.5)
+  with pytest.raises(train.RunError, match="Stopped after 3 recoveries"):
+    train.train_and_evaluate(stubborn, str(tmp_path / "stops"))
+  assert not os.path.exists(tmp_path / "stops" / "best")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+  """A directory nobody can write to, not even root (chmod alone does not stop root)."""
+  directory = tmp_path / "read_only"
+  directory.mkdir()
+  (directory / "notes.txt").write_text("a user's notes\n")
+  directory.chmod(0o555)
+  immutable = os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(directory)]).returncode == 0
+  yield directory
+  if immutable:
+    subprocess.run(["chattr", "-i", str(directory)], check=True)
+  directory.chmod(0o755)
+
+
+def test_a_read_only_model_dir_is_refused_before_training(image_folder, read_only_dir):
+  model_dir = read_only_dir / "run"
+  with pytest.raises(train.RunError, match="Cannot write to --model_dir=.*(denied|ermitted)"):
+    train.train_and_evaluate(debug_config(image_folder), str(model_dir))
+  assert os.listdir(read_only_dir) == ["notes.txt"]
+  with pytest.raises(train.RunError, match="Cannot write to --model_dir"):
+    train.train_and_evaluate(debug_config(image_folder), str(read_only_dir))
+  assert os.listdir(read_only_dir) == ["notes.txt"]
+
+
+def test_a_disk_full_during_a_save_stops_cleanly_and_keeps_what_was_saved(
+  image_folder, tmp_path, monkeypatch
+):
+  model_dir = str(tmp_path)
+  config = debug_config(image_folder, epochs=3)
+  train.train_and_evaluate(dataclasses.replace(config, epochs=1), model_dir)
+  def saved():  # Every checkpoint file, latest and best, with its modification time.
+    paths = glob.glob(f"{model_dir}/checkpoints/*") + glob.glob(f"{model_dir}/best/*")
+    return {path: os.path.getmtime(path) for path in paths}
+
+  before = saved()
+
+  def disk_full(self, *args, **kwargs):
+    raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+  monkeypatch.setattr(tf.train.CheckpointManager, "save", disk_full)
+  with pytest.raises(train.RunError, match="No space left on device.*ckpt-3.*same command"):
+    train.train_and_evaluate(config, model_dir)
+  assert saved() == before and len(before) > 6
+  monkeypatch.undo()  # Space freed: the same command resumes from ckpt-3.
+  assert train.train_and_evaluate(config, model_dir)["step"] == 9
+
+
+def test_a_batch_that_does_not_divide_across_replicas_is_refused(image_folder, tmp_path):
+  config = debug_config(image_folder, strategy="mirrored", batch_size=15)
+  with pytest.raises(pipeline.DataError, match="multiple of the number of replicas \\(2\\)"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
