@@ -350,6 +350,7 @@ def test_a_disk_full_during_a_save_stops_cleanly_and_keeps_what_was_saved(
   model_dir = str(tmp_path)
   config = debug_config(image_folder, epochs=3)
   train.train_and_evaluate(dataclasses.replace(config, epochs=1), model_dir)
+
   def saved():  # Every checkpoint file, latest and best, with its modification time.
     paths = glob.glob(f"{model_dir}/checkpoints/*") + glob.glob(f"{model_dir}/best/*")
     return {path: os.path.getmtime(path) for path in paths}
