@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from data import pipeline, visualize  # noqa: E402
-from resnet import checkpointing, train_lib  # noqa: E402
+from resnet import checkpointing, console, summaries, train_lib  # noqa: E402
 from resnet import model as model_lib
 
 
@@ -103,28 +103,31 @@ def peak_learning_rate(config):
 
 
 class _Meter:
-  """Sums of the train step's outputs, and wall time, since the last reset()."""
+  """Sums of the train step's outputs, steps and wall time since the last reset()."""
 
   def __init__(self):
     self.reset()
 
   def reset(self):
-    self.sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    self.sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "gradient_norm": 0.0}
+    self.steps = 0
     self.start = time.perf_counter()
 
-  def add(self, sums):
+  def add(self, sums, num_steps):
     for key in self.sums:
       self.sums[key] += float(sums[key])
+    self.steps += num_steps
 
   def seconds(self):
     return time.perf_counter() - self.start
 
   def result(self):
-    """Mean loss, accuracy (correct / seen) and images per second."""
+    """Mean loss, accuracy (correct / seen), mean gradient norm and images per second."""
     count = max(self.sums["count"], 1.0)
     return {
       "loss": self.sums["loss_sum"] / count,
       "accuracy": self.sums["correct"] / count,
+      "gradient_norm": self.sums["gradient_norm"] / max(self.steps, 1),
       "images_per_second": self.sums["count"] / self.seconds(),
     }
 
@@ -162,17 +165,6 @@ class _StopSignals:
   def preempted(self):
     """The PreemptionCheckpointHandler's exit_fn: every worker has saved; leave the loop."""
     self.received = "SIGTERM"
-
-
-def _write_scalars(writer, step, scalars):
-  with writer.as_default(step=step):
-    for name, value in scalars.items():
-      tf.summary.scalar(name, value)
-
-
-def _write_png(writer, step, name, png_bytes):
-  with writer.as_default(step=step):
-    tf.summary.image(name, tf.io.decode_png(png_bytes)[None])
 
 
 def train_and_evaluate(config, model_dir):
@@ -260,7 +252,7 @@ def _train(config, model_dir, strategy, scratch_dir):
   )
   if chief:
     _make_writable_directory(model_dir)
-  checkpointing.start_run_record(
+  run_record = checkpointing.start_run_record(
     model_dir,
     dataclasses.asdict(config),
     write=chief,
@@ -328,7 +320,7 @@ def _train(config, model_dir, strategy, scratch_dir):
     weight_decay=config.weight_decay,
     jit_compile=config.jit_compile,
   )
-  eval_step = train_lib.make_eval_step(strategy, model, len(class_names))
+  predict_step = train_lib.make_predict_step(strategy, model)
   average_moving_statistics = train_lib.make_average_moving_statistics(strategy, model)
 
   def train_batches_from(first_step):  # The exact data order from any step on.
@@ -350,17 +342,29 @@ def _train(config, model_dir, strategy, scratch_dir):
     strategy, val_images, val_labels, global_batch_size=config.batch_size
   )
 
-  # --- Summaries (the chief's only) ----------------------------------------------------
+  # --- Summaries (the chief's only; see resnet/summaries.py) ---------------------------
+  writers = summaries.create_writers(model_dir, chief)
   if chief:
-    summaries = os.path.join(model_dir, "tensorboard")
-    train_writer = tf.summary.create_file_writer(os.path.join(summaries, "train"))
-    val_writer = tf.summary.create_file_writer(os.path.join(summaries, "validation"))
+    summaries.write_run_start(
+      writers["run"],
+      start_step,
+      dataclasses.asdict(config),
+      run_record,
+      run_name=os.path.basename(os.path.abspath(model_dir)),
+    )
     grid = visualize.class_grid_png(train_images, train_labels, class_names, seed=config.seed)
     with open(os.path.join(model_dir, "class_samples.png"), "wb") as file:
       file.write(grid)
-    _write_png(train_writer, start_step, "class_samples", grid)
-  else:
-    train_writer = val_writer = tf.summary.create_noop_writer()
+    summaries.write_png(writers["train"], start_step, "class_samples", grid)
+    summaries.write_png(
+      writers["train"],
+      start_step,
+      "augmented_inputs",
+      _augmented_inputs_png(
+        config, train_images, train_labels, class_names, steps_per_epoch, start_step
+      ),
+      description="The next training batch as the model sees it (de-normalised).",
+    )
 
   # --- Preemption: under multi-worker, TensorFlow's handler aligns the workers ---------
   def save_latest():
@@ -387,6 +391,7 @@ def _train(config, model_dir, strategy, scratch_dir):
 
   # --- Training loop -------------------------------------------------------------------
   step, validation = start_step, None
+  progress = console.Progress(total_steps, steps_per_epoch, start_step)
   window, epoch_meter = _Meter(), _Meter()  # Since the last log line; since the epoch began.
   with stop:  # Preemption or Ctrl-C: save, then leave the loop.
     while step < total_steps and not stop.received:
@@ -404,29 +409,24 @@ def _train(config, model_dir, strategy, scratch_dir):
         continue
       step += num_steps
       state["step"].assign(step)
-      window.add(sums)
-      epoch_meter.add(sums)
+      window.add(sums, num_steps)
+      epoch_meter.add(sums, num_steps)
       epoch, step_in_epoch = divmod(step, steps_per_epoch)
       learning_rate = float(schedule(step - 1))  # The rate of the last step taken.
 
       if step % config.log_every_steps == 0 or step_in_epoch == 0:
-        scalars = dict(window.result(), learning_rate=learning_rate)
-        _write_scalars(train_writer, step, scalars)
-        logging.info(
-          "step %d/%d (epoch %.2f): loss %.4f accuracy %.4f lr %.2e %.0f img/s",
-          step,
-          total_steps,
-          step / steps_per_epoch,
-          scalars["loss"],
-          scalars["accuracy"],
-          learning_rate,
-          scalars["images_per_second"],
+        scalars = dict(
+          window.result(), learning_rate=learning_rate, weight_norm=summaries.weight_norm(model)
         )
+        summaries.write_scalars(writers["train"], step, scalars)
+        progress.update(step, scalars)
         window.reset()
 
       if step_in_epoch == 0:
         average_moving_statistics()  # One model on every replica; see train_lib.
-        validation = train_lib.evaluate(eval_step, val_dataset)
+        validation = train_lib.evaluate(
+          predict_step, val_dataset, len(val_labels), len(class_names)
+        )
         state["epoch"].assign(epoch)
         improved = validation["accuracy"] > float(state["best_accuracy"].numpy())
         if improved:
@@ -436,26 +436,21 @@ def _train(config, model_dir, strategy, scratch_dir):
               best_manager, validation, epoch=epoch, step=step, write_record=chief
             )
         save_latest()
-        _write_scalars(val_writer, step, {k: validation[k] for k in ("loss", "accuracy")})
-        if chief:
-          _write_png(
-            val_writer,
-            step,
-            "confusion_matrix",
-            visualize.confusion_matrix_png(
-              validation["confusion_matrix"], class_names, title=f"Validation, epoch {epoch}"
-            ),
-          )
         train_metrics = epoch_meter.result()
-        print(
+        if chief:
+          _write_validation_summaries(
+            writers, step, epoch, validation, val_images, class_names, model, state
+          )
+          summaries.write_scalars(writers["train"], step, {"epoch_seconds": epoch_meter.seconds()})
+        progress.end_epoch(
           f"epoch {epoch:3d}/{config.epochs}  train loss {train_metrics['loss']:.4f} "
           f"acc {train_metrics['accuracy']:.4f}  val loss {validation['loss']:.4f} "
           f"acc {validation['accuracy']:.4f}{' (best)' if improved else ''}  "
           f"lr {learning_rate:.2e}  {epoch_meter.seconds():.0f}s  "
-          f"{train_metrics['images_per_second']:.0f} img/s",
-          flush=True,
+          f"{train_metrics['images_per_second']:.0f} img/s"
         )
         epoch_meter.reset()
+        window.reset()  # Validation time is not training throughput.
       elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
         save_latest()
       if preemption_handler:
@@ -463,8 +458,8 @@ def _train(config, model_dir, strategy, scratch_dir):
 
   if stop.received:
     save_latest()  # A no-op if this step is saved already.
-  train_writer.flush()
-  val_writer.flush()
+  for writer in writers.values():
+    writer.flush()
   return {
     "stopped_by": stop.received,
     "step": step,
@@ -472,6 +467,64 @@ def _train(config, model_dir, strategy, scratch_dir):
     "best_accuracy": float(state["best_accuracy"].numpy()),
     "validation": validation,
   }
+
+
+def _augmented_inputs_png(config, train_images, train_labels, class_names, steps_per_epoch, step):
+  """The first 32 examples of global batch `step`, augmented, de-normalised, with classes."""
+  batch_images, batch_labels = next(
+    iter(
+      pipeline.make_train_dataset(
+        train_images,
+        train_labels,
+        global_batch_size=config.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        start_step=step,
+        total_steps=step + 1,
+        seed=config.seed,
+      )
+    )
+  )
+  images = pipeline.denormalize(batch_images[:32]).numpy()
+  titles = [class_names[label] for label in batch_labels[:32].numpy()]
+  return visualize.image_grid_png(images, titles, title=f"Augmented training batch {step}")
+
+
+def _write_validation_summaries(
+  writers, step, epoch, validation, images, class_names, model, state
+):
+  """Everything TensorBoard shows after a validation (the chief calls this)."""
+  writer = writers["validation"]
+  summaries.write_scalars(
+    writer,
+    step,
+    {
+      "loss": validation["loss"],
+      "accuracy": validation["accuracy"],
+      summaries.BEST_ACCURACY_TAG: float(state["best_accuracy"].numpy()),
+      **summaries.per_class_accuracy(validation["confusion_matrix"], class_names),
+    },
+  )
+  summaries.write_png(
+    writer,
+    step,
+    "confusion_matrix",
+    visualize.confusion_matrix_png(
+      validation["confusion_matrix"], class_names, title=f"Validation, epoch {epoch}"
+    ),
+  )
+  summaries.write_png(
+    writer,
+    step,
+    "most_confident_mistakes",
+    visualize.mistakes_png(
+      images,
+      validation["labels"],
+      validation["probabilities"],
+      class_names,
+      title=f"Most confident mistakes, epoch {epoch} (true -> predicted)",
+    ),
+  )
+  summaries.write_weight_histograms(writers["train"], step, model)
 
 
 def _recover_from_non_finite_loss(config, checkpoint, state, model_dir, loss, step, num_steps):

@@ -220,6 +220,12 @@ def normalize(images):
   return (images - tf.constant(CIFAR10_MEAN)) / tf.constant(CIFAR10_STD)
 
 
+def denormalize(images):
+  """Inverse of normalize: float32 normalised images -> uint8 [..., 32, 32, 3]."""
+  images = images * tf.constant(CIFAR10_STD) + tf.constant(CIFAR10_MEAN)
+  return tf.cast(tf.clip_by_value(tf.round(images * 255.0), 0.0, 255.0), tf.uint8)
+
+
 def crop_and_flip(images, offsets, flips):
   """Pads by 4 pixels, crops 32x32 at per-example offsets and flips left-right.
 

@@ -25,7 +25,7 @@ DEPTHS = {
 STAGE_FILTERS = (16, 32, 64)
 
 
-def _conv3x3(filters, strides=1, dtype=None):
+def _conv3x3(filters, strides=1, dtype=None, name=None):
   return layers.Conv2D(
     filters,
     3,
@@ -34,16 +34,17 @@ def _conv3x3(filters, strides=1, dtype=None):
     use_bias=False,
     kernel_initializer="he_normal",
     dtype=dtype,
+    name=name,
   )
 
 
-def _batch_norm(synchronized, dtype=None):
+def _batch_norm(synchronized, dtype=None, name=None):
   # Momentum and epsilon of the reference Torch/PyTorch implementations
   # (momentum 0.1 there is 0.9 here). By default statistics are per replica:
   # each replica normalises its own per-replica batch, as the paper's
   # multi-GPU training did; `synchronized` all-reduces them over replicas.
   return layers.BatchNormalization(
-    momentum=0.9, epsilon=1e-5, synchronized=synchronized, dtype=dtype
+    momentum=0.9, epsilon=1e-5, synchronized=synchronized, dtype=dtype, name=name
   )
 
 
@@ -54,10 +55,11 @@ class BasicBlock(layers.Layer):
     super().__init__(**kwargs)
     self.filters = filters
     self.strides = strides
-    self.conv1 = _conv3x3(filters, strides, dtype=self.dtype_policy)
-    self.bn1 = _batch_norm(sync_batch_norm, dtype=self.dtype_policy)
-    self.conv2 = _conv3x3(filters, dtype=self.dtype_policy)
-    self.bn2 = _batch_norm(sync_batch_norm, dtype=self.dtype_policy)
+    # Named like their attributes, so weights read "stage1_block1/conv1/kernel".
+    self.conv1 = _conv3x3(filters, strides, dtype=self.dtype_policy, name="conv1")
+    self.bn1 = _batch_norm(sync_batch_norm, dtype=self.dtype_policy, name="bn1")
+    self.conv2 = _conv3x3(filters, dtype=self.dtype_policy, name="conv2")
+    self.bn2 = _batch_norm(sync_batch_norm, dtype=self.dtype_policy, name="bn2")
 
   def call(self, inputs, training=False):
     x = keras.ops.relu(self.bn1(self.conv1(inputs), training=training))
@@ -72,6 +74,7 @@ class BasicBlock(layers.Layer):
     return keras.ops.relu(x + shortcut)
 
 
+@keras.saving.register_keras_serializable(package="resnet")
 class ResNet(keras.Model):
   """CIFAR ResNet of depth 6n + 2 mapping [B, 32, 32, 3] images to [B, classes] logits.
 
@@ -91,8 +94,8 @@ class ResNet(keras.Model):
     blocks_per_stage = (depth - 2) // 6
     self.sync_batch_norm = sync_batch_norm
     policy = self.dtype_policy
-    self.stem_conv = _conv3x3(STAGE_FILTERS[0], dtype=policy)
-    self.stem_bn = _batch_norm(sync_batch_norm, dtype=policy)
+    self.stem_conv = _conv3x3(STAGE_FILTERS[0], dtype=policy, name="stem_conv")
+    self.stem_bn = _batch_norm(sync_batch_norm, dtype=policy, name="stem_bn")
     # Blocks are attributes (stage1_block1, ...), not a list: tf.train.Checkpoint
     # does not see layers inside a Keras 3 list, and would silently skip them.
     self.block_names = []
@@ -100,10 +103,23 @@ class ResNet(keras.Model):
       for index in range(blocks_per_stage):
         name = f"stage{stage + 1}_block{index + 1}"
         strides = 2 if stage > 0 and index == 0 else 1
-        setattr(self, name, BasicBlock(filters, strides, sync_batch_norm, dtype=policy))
+        block = BasicBlock(filters, strides, sync_batch_norm, dtype=policy, name=name)
+        setattr(self, name, block)
         self.block_names.append(name)
-    self.pool = layers.GlobalAveragePooling2D(dtype=policy)
-    self.classifier = layers.Dense(num_classes, kernel_initializer="he_normal", dtype="float32")
+    self.pool = layers.GlobalAveragePooling2D(dtype=policy, name="pool")
+    self.classifier = layers.Dense(
+      num_classes, kernel_initializer="he_normal", dtype="float32", name="classifier"
+    )
+
+  def get_config(self):
+    # For .keras files (resnet/export.py). keras.Model, unlike a Layer, does not
+    # record its constructor arguments by itself.
+    return {
+      **super().get_config(),
+      "depth": self.depth,
+      "num_classes": self.num_classes,
+      "sync_batch_norm": self.sync_batch_norm,
+    }
 
   def call(self, images, training=False):
     x = keras.ops.relu(self.stem_bn(self.stem_conv(images), training=training))

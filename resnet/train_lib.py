@@ -233,7 +233,8 @@ def make_train_steps(
   Returns:
     A tf.function returning float32 sums over the `num_steps` steps and all
     replicas: "loss_sum" (cross-entropy, with label smoothing), "correct",
-    "count" (examples).
+    "count" (examples), and "gradient_norm" (per step: the mean over replicas
+    of the gradient norm, see replica_step).
   """
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -246,7 +247,13 @@ def make_train_steps(
         loss += tf.nn.scale_regularization_loss(weight_decay * l2_penalty(model))
       scaled_loss = optimizer.scale_loss(loss)  # The loss itself unless loss scaling.
     gradients = tape.gradient(scaled_loss, model.trainable_variables)
+    # The norm of the gradient of this replica's mean loss: its gradient times the
+    # replica count (the loss was divided by the global batch). With one replica
+    # the full batch's gradient norm; with several, each replica's estimate of it.
+    replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    gradient_norm = tf.linalg.global_norm(gradients) * replicas
     if loss_scaling:
+      gradient_norm /= optimizer.dynamic_scale  # The scale this step's loss was scaled by.
       gradients = _skip_on_every_replica_if_one_overflowed(gradients)
     optimizer.apply(gradients, model.trainable_variables)
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -254,6 +261,8 @@ def make_train_steps(
       "loss_sum": tf.reduce_sum(per_example_loss),
       "correct": tf.reduce_sum(tf.cast(predictions == labels, tf.float32)),
       "count": tf.cast(tf.size(labels), tf.float32),
+      # Summed over replicas: their mean; 0 for a step skipped on overflow.
+      "gradient_norm": tf.where(tf.math.is_finite(gradient_norm), gradient_norm, 0.0) / replicas,
     }
 
   if jit_compile:
@@ -261,7 +270,7 @@ def make_train_steps(
 
   @tf.function
   def train_steps(iterator, num_steps):
-    totals = {key: tf.constant(0.0) for key in ("loss_sum", "correct", "count")}
+    totals = {key: tf.constant(0.0) for key in ("loss_sum", "correct", "count", "gradient_norm")}
     for _ in tf.range(num_steps):
       per_replica = strategy.run(replica_step, args=next(iterator))
       totals = {
@@ -296,58 +305,6 @@ def make_average_moving_statistics(strategy, model):
       variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, values, axis=None))
 
   return average
-
-
-def make_eval_step(strategy, model, num_classes):
-  """Builds `eval_step(batch) -> {"loss_sum", "confusion_matrix"}`, summed over replicas.
-
-  Padding examples (mask 0) contribute nothing; the confusion matrix is
-  float32 [num_classes, num_classes] with rows = true labels.
-  """
-
-  def replica_step(batch):
-    logits = model(batch["image"], training=False)
-    mask = batch["mask"]
-    per_example_loss = cross_entropy(batch["label"], logits, num_classes)
-    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    return {
-      "loss_sum": tf.reduce_sum(per_example_loss * mask),
-      "confusion_matrix": tf.math.confusion_matrix(
-        batch["label"], predictions, num_classes, weights=mask, dtype=tf.float32
-      ),
-    }
-
-  @tf.function
-  def eval_step(batch):
-    per_replica = strategy.run(replica_step, args=(batch,))
-    return {
-      key: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-      for key, value in per_replica.items()
-    }
-
-  return eval_step
-
-
-def evaluate(eval_step, distributed_dataset):
-  """Runs `eval_step` over a whole distributed eval dataset.
-
-  Returns:
-    {"loss": mean cross-entropy, "accuracy": correct / seen, "num_examples": int,
-     "confusion_matrix": int64 numpy [C, C] (rows = true labels)}.
-  """
-  loss_sum, confusion = 0.0, 0.0
-  for batch in distributed_dataset:
-    sums = eval_step(batch)
-    loss_sum += sums["loss_sum"].numpy().astype(np.float64)
-    confusion += sums["confusion_matrix"].numpy().astype(np.float64)
-  confusion = np.rint(confusion).astype(np.int64)
-  seen = int(confusion.sum())
-  return {
-    "loss": loss_sum / max(seen, 1),
-    "accuracy": np.trace(confusion) / max(seen, 1),
-    "num_examples": seen,
-    "confusion_matrix": confusion,
-  }
 
 
 def make_predict_step(strategy, model):
@@ -392,3 +349,25 @@ def predict(predict_step, distributed_dataset, num_examples):
     raise RuntimeError("Evaluation did not see every example exactly once.")
   order = np.argsort(indices)
   return np.concatenate(probabilities)[order], np.concatenate(labels)[order]
+
+
+def evaluate(predict_step, distributed_dataset, num_examples, num_classes):
+  """Metrics of a whole eval dataset, from the per-example outputs of `predict`.
+
+  Returns:
+    {"loss": mean cross-entropy (nats), "accuracy": correct / seen,
+     "num_examples": int, "confusion_matrix": int64 [C, C] (rows = true labels),
+     "probabilities": float32 [N, C], "labels": int32 [N] (in split order)}.
+  """
+  probabilities, labels = predict(predict_step, distributed_dataset, num_examples)
+  true_class_probability = probabilities[np.arange(len(labels)), labels].astype(np.float64)
+  predictions = probabilities.argmax(axis=1)
+  confusion = np.bincount(labels * num_classes + predictions, minlength=num_classes**2)
+  return {
+    "loss": float(-np.log(np.maximum(true_class_probability, 1e-30)).mean()),
+    "accuracy": float(np.mean(predictions == labels)),
+    "num_examples": len(labels),
+    "confusion_matrix": confusion.reshape(num_classes, num_classes).astype(np.int64),
+    "probabilities": probabilities,
+    "labels": labels,
+  }

@@ -79,26 +79,63 @@ def test_run_writes_checkpoints_best_records_and_summaries(trained_run):
   assert os.path.getsize(os.path.join(model_dir, "class_samples.png")) > 1000
 
   train_events = event_tags(os.path.join(model_dir, "tensorboard", "train"))
-  assert {"loss", "accuracy", "learning_rate", "images_per_second"} <= set(
-    train_events.Tags()["tensors"]
-  )
-  assert [e.step for e in train_events.Tensors("loss")] == [
-    2,
-    3,
-    4,
-    6,
-  ]  # Every 2 steps and at epoch ends.
-  assert "class_samples" in train_events.Tags()["tensors"]
+  assert [e.step for e in train_events.Tensors("loss")] == [2, 3, 4, 6]  # Every 2, epoch ends.
   validation_events = event_tags(os.path.join(model_dir, "tensorboard", "validation"))
-  assert {"loss", "accuracy", "confusion_matrix"} <= set(validation_events.Tags()["tensors"])
   accuracies = [
     float(tf.make_ndarray(e.tensor_proto)) for e in validation_events.Tensors("accuracy")
   ]
   assert [e.step for e in validation_events.Tensors("accuracy")] == [3, 6]
   assert max(accuracies) == pytest.approx(result["best_accuracy"])
-  confusion = validation_events.Tensors("confusion_matrix")[-1]
-  height, width = tf.make_ndarray(confusion.tensor_proto)[:2]
-  assert int(height) > 100 and int(width) > 100  # Image summaries store [width, height, png].
+  best_so_far = [
+    float(tf.make_ndarray(e.tensor_proto)) for e in validation_events.Tensors("best_accuracy")
+  ]
+  assert best_so_far == pytest.approx(np.maximum.accumulate(accuracies))
+
+
+def tags_by_plugin(accumulator):
+  """{plugin name ("scalars", "images", ...): tags}, as TensorBoard's dashboards see them."""
+  tags = {}
+  for tag in accumulator.Tags()["tensors"]:
+    plugin = accumulator.SummaryMetadata(tag).plugin_data.plugin_name
+    tags.setdefault(plugin, set()).add(tag)
+  return tags
+
+
+def test_tensorboard_has_every_dashboard(trained_run):
+  model_dir, _ = trained_run
+  root = os.path.join(model_dir, "tensorboard")
+  train_tags = tags_by_plugin(event_tags(os.path.join(root, "train")))
+  assert {
+    "loss",
+    "accuracy",
+    "learning_rate",
+    "images_per_second",
+    "gradient_norm",
+    "weight_norm",
+    "epoch_seconds",
+  } <= train_tags["scalars"]
+  assert {"class_samples", "augmented_inputs"} <= train_tags["images"]
+  assert "weights/stem_conv/kernel" in train_tags["histograms"]
+  assert len(train_tags["histograms"]) == 7 + 7 * 2 + 2  # 7 convs, 7 BNs (gamma, beta), dense.
+
+  validation_tags = tags_by_plugin(event_tags(os.path.join(root, "validation")))
+  per_class = {f"accuracy_per_class/{name}" for name in CLASS_NAMES}
+  assert {"loss", "accuracy", "best_accuracy", *per_class} <= validation_tags["scalars"]
+  assert {"confusion_matrix", "most_confident_mistakes"} <= validation_tags["images"]
+
+  run_events = event_tags(root)
+  run_tags = tags_by_plugin(run_events)
+  assert {"config", "run_record"} <= run_tags["text"]
+  assert len(run_tags["hparams"]) == 2  # The experiment's config and this run's values.
+  config_text = tf.make_ndarray(run_events.Tensors("config")[0].tensor_proto).item().decode()
+  assert "| --model | resnet8 |" in config_text
+
+  # Images decode to the size their summaries announce.
+  validation_events = event_tags(os.path.join(root, "validation"))
+  for tag in ("confusion_matrix", "most_confident_mistakes"):
+    width, height, png = tf.make_ndarray(validation_events.Tensors(tag)[-1].tensor_proto)
+    decoded = tf.io.decode_png(png)
+    assert decoded.shape[:2] == (int(height), int(width)) and int(width) > 200, tag
 
 
 def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(

@@ -75,10 +75,9 @@ def test_evaluate_counts_every_example_and_agrees_with_predict(strategy_name):
   images = rng.integers(0, 256, (23, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 3, 23).astype(np.int32)
   dataset = pipeline.distribute_eval_dataset(strategy, images, labels, global_batch_size=8)
-  result = train_lib.evaluate(train_lib.make_eval_step(strategy, model, 3), dataset)
-  probabilities, seen_labels = train_lib.predict(
-    train_lib.make_predict_step(strategy, model), dataset, 23
-  )
+  predict_step = train_lib.make_predict_step(strategy, model)
+  result = train_lib.evaluate(predict_step, dataset, 23, 3)
+  probabilities, seen_labels = train_lib.predict(predict_step, dataset, 23)
   np.testing.assert_array_equal(seen_labels, labels)
   assert result["num_examples"] == 23 and result["confusion_matrix"].sum() == 23
   predictions = probabilities.argmax(axis=1)
