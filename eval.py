@@ -58,25 +58,67 @@ def load_eval_split(record, split, dataset, tfds_data_dir):
   return images, labels, description
 
 
+CALIBRATION_BINS = 15  # As in Guo et al. 2017, "On Calibration of Modern Neural Networks".
+
+
+def calibration(probabilities, labels, num_bins=CALIBRATION_BINS):
+  """Expected calibration error over equal-width bins of top-1 confidence.
+
+  ECE = sum over bins of (examples in bin / N) x |accuracy - mean confidence|.
+
+  Returns:
+    {"ece", "bin_confidence", "bin_accuracy" (None for empty bins: valid
+     JSON), "bin_counts"}.
+  """
+  confidence = probabilities.max(axis=1)
+  correct = probabilities.argmax(axis=1) == labels
+  bins = np.minimum((confidence * num_bins).astype(int), num_bins - 1)  # Confidence 1.0: last.
+  counts = np.bincount(bins, minlength=num_bins)
+  with np.errstate(invalid="ignore"):  # Empty bins: NaN.
+    bin_confidence = np.bincount(bins, weights=confidence, minlength=num_bins) / counts
+    bin_accuracy = np.bincount(bins, weights=correct, minlength=num_bins) / counts
+  gaps = np.nan_to_num(np.abs(bin_accuracy - bin_confidence))
+  return {
+    "ece": float(np.sum(counts / len(labels) * gaps)),
+    "bin_confidence": [None if np.isnan(x) else float(x) for x in bin_confidence],
+    "bin_accuracy": [None if np.isnan(x) else float(x) for x in bin_accuracy],
+    "bin_counts": counts.tolist(),
+  }
+
+
+def top_k_values(num_classes):
+  """The k of the top-k accuracies reported: 1 and 5 for CIFAR-10 (fewer for few classes)."""
+  return sorted({1, min(5, max(num_classes - 1, 1))})
+
+
 def compute_metrics(probabilities, labels, class_names):
-  """Accuracy, loss, confusion matrix and per-class scores with scikit-learn.
+  """Accuracy, loss, top-k, calibration, confusion matrix and per-class scores.
 
   Args:
     probabilities: float [N, C] predicted class probabilities; labels: int [N].
 
   Returns:
     A JSON-ready dict: accuracy, loss (mean cross-entropy, nats), num_examples,
-    confusion_matrix (rows true, columns predicted), per_class, macro_avg.
+    top_k_accuracy {k: accuracy}, ece, calibration (per bin), confusion_matrix
+    (rows true, columns predicted), per_class, macro_avg. Scores come from
+    scikit-learn.
   """
   predictions = probabilities.argmax(axis=1)
   class_ids = list(range(len(class_names)))
   precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
     labels, predictions, labels=class_ids, zero_division=0
   )
+  reliability = calibration(probabilities, labels)
   return {
     "accuracy": float(sk_metrics.accuracy_score(labels, predictions)),
     "loss": float(sk_metrics.log_loss(labels, probabilities, labels=class_ids)),
     "num_examples": int(len(labels)),
+    "top_k_accuracy": {
+      str(k): float(sk_metrics.top_k_accuracy_score(labels, probabilities, k=k, labels=class_ids))
+      for k in top_k_values(len(class_names))
+    },
+    "ece": reliability.pop("ece"),
+    "calibration": reliability,
     "confusion_matrix": sk_metrics.confusion_matrix(labels, predictions, labels=class_ids).tolist(),
     "per_class": {
       name: {
@@ -108,10 +150,17 @@ def format_table(metrics):
     f"{'macro avg':<12} {macro['precision']:>9.4f} {macro['recall']:>9.4f} "
     f"{macro['f1']:>9.4f} {metrics['num_examples']:>8d}"
   )
+  top_k = "   ".join(f"top-{k} {value:.4f}" for k, value in metrics["top_k_accuracy"].items())
   lines.append(
-    f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   "
-    f"examples {metrics['num_examples']}"
+    f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   {top_k}   "
+    f"ECE {metrics['ece']:.4f}   examples {metrics['num_examples']}"
   )
+  if "flip_tta" in metrics:
+    tta = metrics["flip_tta"]
+    lines.append(
+      f"with flip test-time augmentation: accuracy {tta['accuracy']:.4f}   "
+      f"loss {tta['loss']:.4f}   ECE {tta['ece']:.4f}"
+    )
   return "\n".join(lines)
 
 
@@ -123,8 +172,14 @@ def evaluate_model_dir(
   checkpoint_path=None,
   batch_size=256,
   strategy_name="auto",
+  tta_flip=False,
 ):
   """Evaluates a checkpoint of the run in `model_dir` on every example of a split.
+
+  Writes MODEL_DIR/eval/<split>/: metrics.json, report.txt (the per-class
+  table), predictions.npz, confusion_matrix.png, mistakes.png (the most
+  confident mistakes) and reliability.png (calibration); and the headline
+  figures to TensorBoard under eval_<split>.
 
   Args:
     model_dir: a train.py model directory (holds run.json and best/).
@@ -134,6 +189,8 @@ def evaluate_model_dir(
     batch_size: global evaluation batch size.
     strategy_name: one of EVAL_STRATEGIES. Evaluation runs in one process:
       "auto" mirrors over several local GPUs and ignores TF_CONFIG.
+    tta_flip: also predict the left-right flipped images and report the
+      metrics of the averaged probabilities as "flip_tta".
 
   Returns:
     The metrics dict that is also written to MODEL_DIR/eval/<split>/metrics.json.
@@ -163,6 +220,14 @@ def evaluate_model_dir(
   predict_step = train_lib.make_predict_step(strategy, model)
   probabilities, seen_labels = train_lib.predict(predict_step, eval_dataset, len(labels))
   metrics = compute_metrics(probabilities, seen_labels, class_names)
+  if tta_flip:  # The training augmentation flips left-right; average both views.
+    flipped = pipeline.distribute_eval_dataset(
+      strategy, images[:, :, ::-1], labels, global_batch_size=batch_size
+    )
+    flipped_probabilities, _ = train_lib.predict(predict_step, flipped, len(labels))
+    averaged = (probabilities + flipped_probabilities) / 2
+    tta = compute_metrics(averaged, seen_labels, class_names)
+    metrics["flip_tta"] = {key: tta[key] for key in ("accuracy", "loss", "top_k_accuracy", "ece")}
   metrics.update(
     split=split,
     dataset=dataset,
@@ -173,27 +238,67 @@ def evaluate_model_dir(
 
   output_dir = os.path.join(model_dir, "eval", split)
   checkpointing.write_json(os.path.join(output_dir, "metrics.json"), metrics)
+  with open(os.path.join(output_dir, "report.txt"), "w") as file:
+    file.write(f"{config['model']} ({checkpoint_path}) on {description}\n{format_table(metrics)}\n")
   np.savez_compressed(
     os.path.join(output_dir, "predictions.npz"), labels=seen_labels, probabilities=probabilities
   )
-  png = visualize.confusion_matrix_png(
-    metrics["confusion_matrix"], class_names, title=f"{config['model']} on {description}"
-  )
-  with open(os.path.join(output_dir, "confusion_matrix.png"), "wb") as file:
-    file.write(png)
+  title = f"{config['model']} on {description}"
+  pictures = {
+    "confusion_matrix": visualize.confusion_matrix_png(
+      metrics["confusion_matrix"], class_names, title=title
+    ),
+    "mistakes": visualize.mistakes_png(
+      images, seen_labels, probabilities, class_names, count=32, title=f"Mistakes: {title}"
+    ),
+    "reliability": visualize.reliability_diagram_png(
+      metrics["calibration"]["bin_confidence"],
+      metrics["calibration"]["bin_accuracy"],
+      metrics["calibration"]["bin_counts"],
+      metrics["ece"],
+      title=title,
+    ),
+  }
+  for name, png in pictures.items():
+    with open(os.path.join(output_dir, f"{name}.png"), "wb") as file:
+      file.write(png)
   step = int(tf.train.load_variable(checkpoint_path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
   writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", f"eval_{split}"))
   with writer.as_default(step=step):
     tf.summary.scalar("accuracy", metrics["accuracy"])
     tf.summary.scalar("loss", metrics["loss"])
-    tf.summary.image("confusion_matrix", tf.io.decode_png(png)[None])
+    tf.summary.scalar("ece", metrics["ece"])
+    for k, value in metrics["top_k_accuracy"].items():
+      tf.summary.scalar(f"top{k}_accuracy", value)
+    for name, png in pictures.items():
+      tf.summary.image(name, tf.io.decode_png(png)[None])
   writer.flush()
   return metrics
+
+
+def format_comparison(rows):
+  """One table of several runs' metrics: rows of (model_dir, metrics)."""
+  ks = sorted({k for _, metrics in rows for k in metrics["top_k_accuracy"]}, key=int)
+  header = f"{'model_dir':<32} {'model':<10} {'accuracy':>9} " + " ".join(
+    f"{'top-' + k:>7}" for k in ks
+  )
+  lines = [header + f" {'loss':>8} {'ECE':>7} {'flip TTA':>9} {'examples':>9}"]
+  for model_dir, metrics in rows:
+    top_k = " ".join(f"{metrics['top_k_accuracy'].get(k, float('nan')):>7.4f}" for k in ks)
+    tta = metrics.get("flip_tta", {}).get("accuracy")
+    lines.append(
+      f"{model_dir[-32:]:<32} {metrics['model']:<10} {metrics['accuracy']:>9.4f} {top_k} "
+      f"{metrics['loss']:>8.4f} {metrics['ece']:>7.4f} "
+      f"{'-' if tta is None else f'{tta:.4f}':>9} {metrics['num_examples']:>9d}"
+    )
+  return "\n".join(lines)
 
 
 def define_flags():
   """Defines the command-line flags."""
   flags.DEFINE_string("model_dir", None, "Model directory written by train.py.")
+  flags.DEFINE_list("compare", [], "Model directories to evaluate alike and compare in one table.")
+  flags.DEFINE_bool("tta_flip", False, "Also report left-right flip test-time augmentation.")
   flags.DEFINE_enum("split", "test", list(SPLITS), "Split to evaluate, every example once.")
   flags.DEFINE_string("dataset", None, "cifar10 or folder:PATH (default: the run's dataset).")
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (default: the run's).")
@@ -202,28 +307,43 @@ def define_flags():
   flags.DEFINE_enum(
     "strategy", "auto", list(EVAL_STRATEGIES), "auto: mirrored over several GPUs, else default."
   )
-  flags.mark_flag_as_required("model_dir")
+  flags.register_validator(
+    "model_dir",
+    lambda value: value or flags.FLAGS.compare,
+    message="--model_dir (or --compare=DIR,DIR,...) is required.",
+  )
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   FLAGS = flags.FLAGS
+  model_dirs = FLAGS.compare or [FLAGS.model_dir]
+  rows = []
   try:
-    metrics = evaluate_model_dir(
-      FLAGS.model_dir,
-      FLAGS.split,
-      FLAGS.dataset,
-      FLAGS.tfds_data_dir,
-      FLAGS.checkpoint,
-      FLAGS.batch_size,
-      FLAGS.strategy,
-    )
+    for model_dir in model_dirs:
+      metrics = evaluate_model_dir(
+        model_dir,
+        FLAGS.split,
+        FLAGS.dataset,
+        FLAGS.tfds_data_dir,
+        FLAGS.checkpoint,
+        FLAGS.batch_size,
+        FLAGS.strategy,
+        FLAGS.tta_flip,
+      )
+      rows.append((model_dir, metrics))
   except (pipeline.DataError, checkpointing.CheckpointError) as error:
     sys.exit(f"eval.py: error: {error}")
+  if FLAGS.compare:
+    print(f"{FLAGS.split} split of each run's dataset" if not FLAGS.dataset else FLAGS.dataset)
+    print(format_comparison(rows))
+    return
   print(f"{metrics['model']} ({metrics['checkpoint']}) on {metrics['description']}")
   print(format_table(metrics))
-  print(f"Wrote {os.path.join(FLAGS.model_dir, 'eval', FLAGS.split)}/metrics.json")
+  print(
+    f"Wrote {os.path.join(FLAGS.model_dir, 'eval', FLAGS.split)}/ (metrics.json, report.txt, ...)"
+  )
 
 
 if __name__ == "__main__":

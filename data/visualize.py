@@ -136,12 +136,14 @@ def reliability_diagram_png(bin_confidence, bin_accuracy, bin_counts, ece, title
 
   Args:
     bin_confidence, bin_accuracy: mean confidence and accuracy in each bin
-      (NaN for empty bins); bin_counts: examples per bin; ece: expected
-      calibration error, shown in the title.
+      (None or NaN for empty bins); bin_counts: examples per bin; ece:
+      expected calibration error, shown in the title.
 
   Returns:
     PNG bytes.
   """
+  bin_confidence = np.array(bin_confidence, dtype=float)  # None -> NaN.
+  bin_accuracy = np.array(bin_accuracy, dtype=float)
   num_bins = len(bin_counts)
   edges = np.linspace(0.0, 1.0, num_bins + 1)
   centers = (edges[:-1] + edges[1:]) / 2

@@ -14,6 +14,7 @@ import tensorflow as tf
 from sklearn import metrics as sk_metrics
 
 import train
+from data import pipeline
 from resnet import checkpointing
 from resnet import model as model_lib
 from tests.conftest import CLASS_NAMES, TEST_PER_CLASS, write_image_folder
@@ -182,3 +183,56 @@ def test_eval_of_a_checkpoint_of_another_depth_is_refused(model_dir, tmp_path):
   path = tf.train.Checkpoint(model=other).write(str(tmp_path / "resnet20"))
   with pytest.raises(checkpointing.CheckpointError, match="Cannot restore resnet8"):
     eval_main.evaluate_model_dir(model_dir, "test", checkpoint_path=path)
+
+
+def test_calibration_error_on_a_hand_made_example():
+  # Four predictions at confidence 0.9, three right: |0.75 - 0.9| = 0.15 in one bin;
+  # two at 0.6, both right: |1.0 - 0.6| = 0.4. ECE = 4/6 x 0.15 + 2/6 x 0.4.
+  probabilities = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
+  labels = np.array([0, 0, 0, 1, 0, 0])
+  result = eval_main.calibration(probabilities, labels, num_bins=10)
+  assert result["ece"] == pytest.approx(4 / 6 * 0.15 + 2 / 6 * 0.4)
+  assert result["bin_counts"][9] == 4 and result["bin_counts"][6] == 2
+  assert result["bin_accuracy"][9] == pytest.approx(0.75)
+  assert result["bin_accuracy"][0] is None  # An empty bin (JSON null).
+
+
+def test_report_files_top_k_and_flip_test_time_augmentation(model_dir):
+  metrics = eval_main.evaluate_model_dir(model_dir, "test", batch_size=8, tta_flip=True)
+  output = os.path.join(model_dir, "eval", "test")
+  predictions = np.load(os.path.join(output, "predictions.npz"))
+  probabilities, labels = predictions["probabilities"], predictions["labels"]
+  assert metrics["top_k_accuracy"]["1"] == pytest.approx(metrics["accuracy"])
+  top2 = np.mean((np.argsort(-probabilities, axis=1)[:, :2] == labels[:, None]).any(axis=1))
+  assert metrics["top_k_accuracy"]["2"] == pytest.approx(top2)  # 3 classes: top-1, top-2.
+  assert metrics["ece"] == pytest.approx(eval_main.calibration(probabilities, labels)["ece"])
+
+  # Flip TTA: the average of the model's probabilities on the images and their mirror.
+  images, _, _ = pipeline.load_split(
+    json.load(open(os.path.join(model_dir, "run.json")))["config"]["dataset"], "test"
+  )
+  record = checkpointing.read_run_record(model_dir)
+  model = model_lib.create_model(record["config"]["model"], num_classes=3)
+  checkpointing.restore_model(model, checkpointing.best_checkpoint_path(model_dir))
+  flipped = tf.nn.softmax(model(pipeline.normalize(images[:, :, ::-1]), training=False)).numpy()
+  averaged = (probabilities + flipped) / 2
+  assert metrics["flip_tta"]["accuracy"] == pytest.approx(
+    np.mean(averaged.argmax(axis=1) == labels)
+  )
+  for name in ("report.txt", "mistakes.png", "reliability.png", "confusion_matrix.png"):
+    assert os.path.getsize(os.path.join(output, name)) > 100, name
+  report = open(os.path.join(output, "report.txt")).read()
+  assert "macro avg" in report and "flip test-time augmentation" in report
+  assert tf.io.decode_png(open(os.path.join(output, "reliability.png"), "rb").read()).shape[0] > 200
+
+
+def test_compare_prints_one_table_of_several_runs(model_dir, tmp_path):
+  other = str(tmp_path / "other_run")
+  shutil.copytree(model_dir, other)
+  result = run("eval.py", f"--compare={model_dir},{other}", "--split=test", "--batch_size=8")
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.strip().splitlines()
+  header = next(line for line in lines if line.startswith("model_dir"))
+  assert "accuracy" in header and "top-2" in header and "ECE" in header
+  rows = [line for line in lines if "resnet8" in line]
+  assert len(rows) == 2 and rows[0].split()[2:] == rows[1].split()[2:]  # Same model, same figures.
