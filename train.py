@@ -703,6 +703,7 @@ def config_from_flags(flag_values):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  tf.get_logger().setLevel("WARNING")  # TF's own info lines (one per checkpoint save) are noise.
   try:
     result = train_and_evaluate(config_from_flags(flags.FLAGS), flags.FLAGS.model_dir)
   except (RunError, pipeline.DataError, checkpointing.CheckpointError) as error:
