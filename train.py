@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from data import pipeline, visualize  # noqa: E402
-from resnet import checkpointing, console, summaries, train_lib  # noqa: E402
+from resnet import checkpointing, console, export, summaries, train_lib  # noqa: E402
 from resnet import model as model_lib
 
 
@@ -58,6 +58,7 @@ class Config:
   steps_per_epoch: int = 0  # 0: a full pass over the training examples.
   log_every_steps: int = 50
   checkpoint_every_steps: int = 0  # 0: only at the end of each epoch.
+  export: bool = True  # Export the best model to MODEL_DIR/export when training ends.
   on_nan: str = "stop"  # Or "recover": restore the latest checkpoint, lower the rate.
   nan_lr_factor: float = 0.5  # Learning-rate multiplier of each recovery.
 
@@ -460,6 +461,10 @@ def _train(config, model_dir, strategy, scratch_dir):
     save_latest()  # A no-op if this step is saved already.
   for writer in writers.values():
     writer.flush()
+  if chief and config.export and not stop.received and step >= total_steps:
+    with _writing("the exported model", model_dir):
+      paths = export.export_best_model(model_dir)
+    logging.info("Exported the best model to %s and %s.", paths["saved_model"], paths["keras"])
   return {
     "stopped_by": stop.received,
     "step": step,
@@ -679,6 +684,12 @@ def define_flags(flag_values=flags.FLAGS):
     "checkpoint_every_steps",
     d.checkpoint_every_steps,
     "Steps between mid-epoch checkpoints; 0 saves only at the end of each epoch.",
+    **fv,
+  )
+  flags.DEFINE_bool(
+    "export",
+    d.export,
+    "When training ends, export the best model (SavedModel and .keras) to MODEL_DIR/export.",
     **fv,
   )
   flags.DEFINE_enum(

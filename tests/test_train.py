@@ -36,6 +36,7 @@ def debug_config(image_folder, **overrides):
     steps_per_epoch=3,
     log_every_steps=2,
     strategy="default",
+    export=False,  # Tested once, with trained_run; it adds seconds to every run.
   )
   return dataclasses.replace(config, **overrides)
 
@@ -61,7 +62,7 @@ def final_weights(model_dir):
 def trained_run(image_folder, tmp_path_factory):
   """One short run, shared by the tests that only read its outputs."""
   model_dir = str(tmp_path_factory.mktemp("run"))
-  result = train.train_and_evaluate(debug_config(image_folder), model_dir)
+  result = train.train_and_evaluate(debug_config(image_folder, export=True), model_dir)
   return model_dir, result
 
 
@@ -77,6 +78,8 @@ def test_run_writes_checkpoints_best_records_and_summaries(trained_run):
   assert record["config"]["model"] == "resnet8" and record["class_names"] == CLASS_NAMES
   assert record["num_train_examples"] == 120 - 24 and len(record["starts"]) == 1
   assert os.path.getsize(os.path.join(model_dir, "class_samples.png")) > 1000
+  assert os.path.exists(os.path.join(model_dir, "export", "saved_model", "saved_model.pb"))
+  assert os.path.getsize(os.path.join(model_dir, "export", "model.keras")) > 10_000
 
   train_events = event_tags(os.path.join(model_dir, "tensorboard", "train"))
   assert [e.step for e in train_events.Tensors("loss")] == [2, 3, 4, 6]  # Every 2, epoch ends.

@@ -1,0 +1,166 @@
+r"""Exports the best model of a training run for serving, as a SavedModel and a .keras file.
+
+  python -m resnet.export --model_dir=runs/resnet20
+  python -m resnet.export --model_dir=runs/resnet20 --checkpoint=runs/resnet20/checkpoints/ckpt-7800
+
+Writes (replacing an older export):
+  MODEL_DIR/export/saved_model/  TensorFlow SavedModel. Its "serving_default" signature takes
+                                 `images` uint8 [B, 32, 32, 3] (any B) and returns
+                                 `probabilities` float32 [B, C], `classes` string [B] (the top
+                                 class) and `class_names` string [C].
+  MODEL_DIR/export/model.keras   Keras model, uint8 [B, 32, 32, 3] -> probabilities [B, C]; load
+                                 it with `import resnet.model` then `keras.saving.load_model`.
+
+Both normalise the images themselves (data.pipeline.normalize's per-channel mean and std) and
+compute in float32, whatever precision the run trained in.
+"""
+
+import os
+import shutil
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's warnings, drop its info lines.
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from data import pipeline  # noqa: E402
+from resnet import checkpointing  # noqa: E402
+from resnet import model as model_lib  # noqa: E402
+
+EXPORT_DIR = "export"
+
+
+def export_paths(model_dir):
+  """{"saved_model": MODEL_DIR/export/saved_model, "keras": MODEL_DIR/export/model.keras}."""
+  export_dir = os.path.join(model_dir, EXPORT_DIR)
+  return {
+    "saved_model": os.path.join(export_dir, "saved_model"),
+    "keras": os.path.join(export_dir, "model.keras"),
+  }
+
+
+class _Serving(tf.Module):
+  """The SavedModel's root object: the ResNet, the class names and the serving function."""
+
+  def __init__(self, model, class_names):
+    super().__init__()
+    self.model = model
+    self.class_names = tf.constant(class_names)
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")])
+  def serve(self, images):
+    logits = self.model(pipeline.normalize(images), training=False)
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
+    return {
+      "probabilities": probabilities,
+      "classes": tf.gather(self.class_names, tf.argmax(probabilities, axis=1)),
+      "class_names": self.class_names,
+    }
+
+
+def keras_classifier(model):
+  """Wraps a ResNet into a functional keras.Model: uint8 [B, 32, 32, 3] -> probabilities [B, C].
+
+  The input is normalised by Rescaling and Normalization layers (the maths of
+  pipeline.normalize, up to float rounding), so the .keras file needs no code
+  of ours beyond the ResNet class.
+  """
+  images = keras.Input((32, 32, 3), dtype="uint8", name="images")
+  # Explicit float32 layers: a global mixed-precision policy must not leak into the export.
+  x = keras.layers.Rescaling(1.0 / 255.0, dtype="float32")(images)
+  x = keras.layers.Normalization(
+    mean=pipeline.CIFAR10_MEAN, variance=np.square(pipeline.CIFAR10_STD), dtype="float32"
+  )(x)
+  probabilities = keras.layers.Softmax(dtype="float32", name="probabilities")(model(x))
+  return keras.Model(images, probabilities, name=f"{model.name}_classifier")
+
+
+def _move_into_place(temporary, final):
+  """Renames `temporary` (a file or a directory) to `final`, replacing an older `final`.
+
+  A directory cannot replace a non-empty one in one rename, so the old one is
+  renamed aside first: `final` is always the old export, the new one, or (for
+  an instant) absent, never half written.
+  """
+  if os.path.isdir(final):
+    old = f"{temporary}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(final, old)
+    os.rename(temporary, final)
+    shutil.rmtree(old)
+  else:
+    os.replace(temporary, final)
+
+
+def export_best_model(model_dir, checkpoint_path=None):
+  """Writes the SavedModel and the .keras file of a run's best checkpoint (see the module doc).
+
+  Both are written under temporary names in MODEL_DIR/export and renamed into
+  place only when complete, so a kill or a full disk never leaves a partial
+  export where an older good one was.
+
+  Args:
+    model_dir: a train.py model directory (holds run.json and best/).
+    checkpoint_path: checkpoint to export (default: the best one).
+
+  Returns:
+    export_paths(model_dir): the paths written.
+
+  Raises:
+    CheckpointError: no run.json, no best checkpoint, or a checkpoint of another model.
+    OSError: MODEL_DIR/export cannot be written (the older export is then left as it was).
+  """
+  record = checkpointing.read_run_record(model_dir)
+  if record is None:
+    raise checkpointing.CheckpointError(
+      f"{model_dir} is not a training run: it has no {checkpointing.RUN_RECORD}."
+    )
+  checkpoint_path = checkpoint_path or checkpointing.best_checkpoint_path(model_dir)
+  class_names = record["class_names"]
+  # float32 whatever the run's --precision: checkpoints hold float32 weights.
+  model = model_lib.create_model(
+    record["config"]["model"], num_classes=len(class_names), precision="float32"
+  )
+  checkpointing.restore_model(model, checkpoint_path)
+
+  paths = export_paths(model_dir)
+  export_dir = os.path.dirname(paths["saved_model"])
+  os.makedirs(export_dir, exist_ok=True)
+  # Fixed temporary names: leftovers of a killed export are removed by the next one.
+  temporary = {
+    "saved_model": os.path.join(export_dir, ".saved_model.tmp"),
+    "keras": os.path.join(export_dir, ".model.tmp.keras"),  # Keras insists on the suffix.
+  }
+  shutil.rmtree(temporary["saved_model"], ignore_errors=True)
+  serving = _Serving(model, class_names)
+  tf.saved_model.save(
+    serving, temporary["saved_model"], signatures={"serving_default": serving.serve}
+  )
+  keras_classifier(model).save(temporary["keras"])
+  for key, path in paths.items():
+    _move_into_place(temporary[key], path)
+  return paths
+
+
+def main(argv):
+  """Exports --model_dir's best (or --checkpoint) model and prints the paths written."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  # SavedModel saving logs info lines ("Writing fingerprint to ...") through absl: noise here.
+  logging.set_verbosity(logging.WARNING)
+  try:
+    paths = export_best_model(flags.FLAGS.model_dir, flags.FLAGS.checkpoint)
+  except (checkpointing.CheckpointError, OSError, tf.errors.OpError) as error:
+    sys.exit(f"resnet.export: error: {checkpointing.first_line(error)}")
+  print(f"Wrote {paths['saved_model']}")
+  print(f"Wrote {paths['keras']}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("model_dir", None, "Model directory written by train.py.")
+  flags.DEFINE_string("checkpoint", None, "Checkpoint to export (default: MODEL_DIR/best).")
+  flags.mark_flag_as_required("model_dir")
+  app.run(main)
