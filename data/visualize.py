@@ -18,6 +18,52 @@ def figure_to_png(figure):
   return buffer.getvalue()
 
 
+def _mosaic_png(tiles, columns, titles=None, row_labels=None, title=None):
+  """Images in a grid drawn as one picture (one matplotlib axis: fast, unlike subplots).
+
+  Args:
+    tiles: uint8 [N, H, W, 3]; titles: N strings over the images, or None;
+    row_labels: a label left of each row, or None.
+  """
+  count, height, width = len(tiles), tiles.shape[1], tiles.shape[2]
+  rows = max(1, -(-count // columns))
+  gap = 2 if titles is None else 14  # Pixels between tiles (room for two-line titles).
+  cell_h, cell_w = height + gap, width + 2
+  mosaic = np.full((rows * cell_h, columns * cell_w, 3), 255, np.uint8)
+  for index, tile in enumerate(tiles):
+    row, column = divmod(index, columns)
+    top, left = row * cell_h + gap - 1, column * cell_w + 1
+    mosaic[top : top + height, left : left + width] = tile
+  scale = 0.035 if titles is None else 0.04  # Inches per pixel.
+  label_room = 1.2 if row_labels is not None else 0.2
+  figure = Figure(figsize=(mosaic.shape[1] * scale + label_room, mosaic.shape[0] * scale + 0.4))
+  axis = figure.subplots()
+  axis.imshow(mosaic, interpolation="nearest")
+  axis.set_xticks([])
+  axis.set_frame_on(False)
+  if row_labels is not None:
+    axis.set_yticks(
+      [row * cell_h + gap + height / 2 for row in range(rows)], row_labels, fontsize=9
+    )
+    axis.tick_params(length=0)
+  else:
+    axis.set_yticks([])
+  for index, text in enumerate(titles or []):
+    row, column = divmod(index, columns)
+    axis.text(
+      column * cell_w + cell_w / 2,
+      row * cell_h + gap - 2,
+      text,
+      ha="center",
+      va="bottom",
+      fontsize=6,
+      linespacing=0.9,
+    )
+  if title:
+    axis.set_title(title, fontsize=9)
+  return figure_to_png(figure)
+
+
 def class_grid_png(images, labels, class_names, per_class=8, seed=0):
   """A grid with one row per class of `per_class` random examples of it.
 
@@ -28,20 +74,12 @@ def class_grid_png(images, labels, class_names, per_class=8, seed=0):
     PNG bytes.
   """
   rng = np.random.default_rng(seed)
-  figure = Figure(figsize=(per_class * 0.8 + 1.2, len(class_names) * 0.8))
-  axes = figure.subplots(len(class_names), per_class, squeeze=False)
-  for label, name in enumerate(class_names):
+  tiles = np.full((len(class_names) * per_class, *images.shape[1:]), 255, np.uint8)
+  for label in range(len(class_names)):
     members = np.flatnonzero(labels == label)
     chosen = rng.choice(members, size=min(per_class, len(members)), replace=False)
-    for column, axis in enumerate(axes[label]):
-      axis.set_xticks([])
-      axis.set_yticks([])
-      axis.set_frame_on(False)
-      if column < len(chosen):
-        axis.imshow(images[chosen[column]], interpolation="nearest")
-    axes[label][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
-  figure.subplots_adjust(wspace=0.05, hspace=0.05)
-  return figure_to_png(figure)
+    tiles[label * per_class : label * per_class + len(chosen)] = images[chosen]
+  return _mosaic_png(tiles, per_class, row_labels=list(class_names))
 
 
 def confusion_matrix_png(confusion_matrix, class_names, title="Confusion matrix"):
@@ -87,19 +125,7 @@ def image_grid_png(images, titles, columns=8, title=None):
   Returns:
     PNG bytes.
   """
-  rows = max(1, -(-len(images) // columns))
-  figure = Figure(figsize=(columns * 1.1, rows * 1.25 + (0.3 if title else 0)))
-  axes = figure.subplots(rows, columns, squeeze=False)
-  for index, axis in enumerate(axes.flat):
-    axis.set_xticks([])
-    axis.set_yticks([])
-    axis.set_frame_on(False)
-    if index < len(images):
-      axis.imshow(images[index], interpolation="nearest")
-      axis.set_title(titles[index], fontsize=6)
-  if title:
-    figure.suptitle(title, fontsize=9)
-  return figure_to_png(figure)
+  return _mosaic_png(np.asarray(images), columns, titles=list(titles), title=title)
 
 
 def most_confident_mistakes(probabilities, labels, count=16):
@@ -127,7 +153,7 @@ def mistakes_png(images, labels, probabilities, class_names, count=16, title=Non
     for i in chosen
   ]
   if not len(chosen):
-    title = f"{title or ''} (no mistakes)"
+    return image_grid_png(images[:0], [], title=f"{title or ''} (no mistakes)")
   return image_grid_png(images[chosen], titles, columns=8, title=title)
 
 
