@@ -347,7 +347,7 @@ def _train(config, model_dir, strategy, scratch_dir):
   writers = summaries.create_writers(model_dir, chief)
   if chief:
     summaries.write_run_start(
-      writers["run"],
+      writers,
       start_step,
       dataclasses.asdict(config),
       run_record,

@@ -1,8 +1,9 @@
 """TensorBoard summaries of a run, written from the host loop (never inside a tf.function).
 
-MODEL_DIR/tensorboard/            hyperparameters (HParams dashboard), resolved flags (text)
+MODEL_DIR/tensorboard/            resolved flags and run record (text)
 MODEL_DIR/tensorboard/train/      loss, accuracy, learning rate, throughput, norms, images
-MODEL_DIR/tensorboard/validation/ loss, accuracy (overall, per class, best), images
+MODEL_DIR/tensorboard/validation/ loss, accuracy (overall, per class, best), images, and the
+                                  hyperparameters (HParams dashboard)
 """
 
 import json
@@ -54,24 +55,27 @@ def weight_norm(model):
   return float(tf.linalg.global_norm([variable.value for variable in model.trainable_variables]))
 
 
-def write_run_start(writer, step, config, run_record, run_name):
+def write_run_start(writers, step, config, run_record, run_name):
   """Hyperparameters for the HParams dashboard, and the flags and run record as text.
 
-  `run_name` (the model directory's name) identifies the run among others
-  under one `tensorboard --logdir PARENT`.
+  The hyperparameters go with the validation summaries, whose scalars are the
+  dashboard's metrics: then it finds them whether --logdir is this run's
+  tensorboard/ directory or a parent of several runs. `run_name` (the model
+  directory's name) identifies the run among others.
   """
   # HParams takes bool/int/float/str; None (e.g. an unset --tfds_data_dir) is left out.
   hparams = {key: value for key, value in config.items() if value is not None}
-  with writer.as_default(step=step):
+  with writers["validation"].as_default(step=step):
     hparams_api.hparams_config(
       hparams=[hparams_api.HParam(key) for key in sorted(hparams)],
       metrics=[
-        hparams_api.Metric(BEST_ACCURACY_TAG, group="validation", display_name="best val acc"),
-        hparams_api.Metric("accuracy", group="validation", display_name="val accuracy"),
-        hparams_api.Metric("loss", group="validation", display_name="val loss"),
+        hparams_api.Metric(BEST_ACCURACY_TAG, display_name="best val acc"),
+        hparams_api.Metric("accuracy", display_name="val accuracy"),
+        hparams_api.Metric("loss", display_name="val loss"),
       ],
     )
     hparams_api.hparams(hparams, trial_id=run_name)
+  with writers["run"].as_default(step=step):
     tf.summary.text("config", _markdown_table(config))
     tf.summary.text("run_record", f"```\n{json.dumps(run_record, indent=2, default=str)}\n```")
 

@@ -125,11 +125,11 @@ def test_tensorboard_has_every_dashboard(trained_run):
   per_class = {f"accuracy_per_class/{name}" for name in CLASS_NAMES}
   assert {"loss", "accuracy", "best_accuracy", *per_class} <= validation_tags["scalars"]
   assert {"confusion_matrix", "most_confident_mistakes"} <= validation_tags["images"]
+  assert len(validation_tags["hparams"]) == 2  # The experiment's config and this run's values.
 
   run_events = event_tags(root)
   run_tags = tags_by_plugin(run_events)
   assert {"config", "run_record"} <= run_tags["text"]
-  assert len(run_tags["hparams"]) == 2  # The experiment's config and this run's values.
   config_text = tf.make_ndarray(run_events.Tensors("config")[0].tensor_proto).item().decode()
   assert "| --model | resnet8 |" in config_text
 
