@@ -1,0 +1,309 @@
+r"""Throughput benchmark: our train step, input pipeline, end to end, evaluation, model.fit.
+
+  python -m resnet.benchmark --dataset=folder:../shared/data/cifar10-jpeg75
+  python -m resnet.benchmark --model=resnet20 --batch_size=128 --precisions=float32 \
+    --steps=30 --repeats=5 --output=/tmp/benchmark.json
+
+Every figure is measured in this one process, on this machine, with the variants
+alternated in each round (so that drift on a shared machine hits them alike), and
+reported as the median and the spread (min-max) over `--repeats` rounds. Without
+--dataset, random uint8 images stand in for the data (the arithmetic is the same).
+It is a benchmark, not a test: run it on a quiet machine.
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # As train.py sets it.
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from data import pipeline  # noqa: E402
+from resnet import model as model_lib  # noqa: E402
+from resnet import train_lib  # noqa: E402
+
+
+def forward_flops_per_image(model):
+  """2 x multiply-adds of one forward pass of a CIFAR ResNet: convolutions and the classifier.
+
+  A convolution's output is 32x32 in the stem and stage 1, 16x16 in stage 2 and
+  8x8 in stage 3; BatchNorm, ReLU, pooling and the shortcuts (under 1%) are
+  left out.
+  """
+  flops = 2 * 32 * 32 * int(np.prod(model.stem_conv.kernel.shape))
+  for name in model.block_names:
+    side = 32 >> (int(name[len("stage")]) - 1)
+    block = getattr(model, name)
+    for conv in (block.conv1, block.conv2):
+      flops += 2 * side * side * int(np.prod(conv.kernel.shape))
+  return flops + 2 * int(np.prod(model.classifier.kernel.shape))
+
+
+def _median_and_spread(values):
+  return {
+    "median": float(np.median(values)),
+    "min": float(np.min(values)),
+    "max": float(np.max(values)),
+    "runs": [float(v) for v in values],
+  }
+
+
+def _timed(function):
+  start = time.perf_counter()
+  function()
+  return time.perf_counter() - start
+
+
+def matmul_peak(dtype, size=2048, iterations=10):
+  """FLOP/s of a square matmul chain in `dtype` (the machine's practical peak)."""
+  a = tf.random.normal((size, size), dtype=tf.float32)
+  a = tf.cast(a, dtype)
+
+  @tf.function
+  def chain(x):
+    for _ in range(iterations):
+      x = tf.matmul(x, a) * tf.cast(1e-3, dtype)  # Scaled: values stay finite.
+    return tf.reduce_sum(tf.cast(x, tf.float32))
+
+  chain(a).numpy()
+  seconds = _timed(lambda: chain(a).numpy())
+  return 2 * size**3 * iterations / seconds
+
+
+class _Variants:
+  """Benchmarks registered by name, each a function (no arguments) -> images per second."""
+
+  def __init__(self):
+    self.functions = {}
+
+  def add(self, name, function):
+    self.functions[name] = function
+
+  def run(self, repeats):
+    results = {name: [] for name in self.functions}
+    for round_index in range(repeats):
+      for name, function in self.functions.items():  # Alternated within each round.
+        results[name].append(function())
+      logging.info("round %d/%d done", round_index + 1, repeats)
+    return {name: _median_and_spread(values) for name, values in results.items()}
+
+
+def run_benchmark(
+  model_name="resnet20",
+  batch_size=128,
+  precisions=("float32",),
+  steps=20,
+  repeats=3,
+  dataset=None,
+  fit_baseline=True,
+):
+  """Measures everything listed in the module docstring; returns a JSON-ready dict."""
+  if dataset:
+    (images, labels), (val_images, val_labels), class_names, _ = pipeline.load_train_and_validation(
+      dataset, 5000
+    )
+  else:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (max(4096, 4 * batch_size), 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, len(images)).astype(np.int32)
+    val_images, val_labels, class_names = images[:2048], labels[:2048], [str(i) for i in range(10)]
+  num_classes = len(class_names)
+  strategy = tf.distribute.get_strategy()  # What train.py's auto picks without GPUs.
+  steps_per_epoch = len(labels) // batch_size
+  variants = _Variants()
+
+  def train_dataset(start_step=0, total_steps=10**6):
+    return pipeline.make_train_dataset(
+      images,
+      labels,
+      global_batch_size=batch_size,
+      steps_per_epoch=steps_per_epoch,
+      start_step=start_step,
+      total_steps=total_steps,
+      seed=0,
+    )
+
+  flops = {}
+  for precision in precisions:
+    keras.utils.set_random_seed(0)
+    model = model_lib.create_model(model_name, num_classes, precision=precision)
+    optimizer = train_lib.create_optimizer(1e-3, precision)
+    optimizer.build(model.trainable_variables)
+    train_steps = train_lib.make_train_steps(
+      strategy, model, optimizer, global_batch_size=batch_size, num_classes=num_classes
+    )
+    flops[precision] = forward_flops_per_image(model)
+    # Synthetic: one batch held in memory, so only the step is timed.
+    batch = next(iter(train_dataset()))
+    synthetic = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    train_steps(synthetic, tf.constant(2))  # Trace and warm up.
+
+    def step_only(train_steps=train_steps, synthetic=synthetic):
+      return steps * batch_size / _timed(lambda: train_steps(synthetic, tf.constant(steps)))
+
+    variants.add(f"train_step[{precision}]", step_only)
+
+    if precision == precisions[0]:
+      # End to end as train.py runs it: the pipeline feeding the steps.
+      fed = iter(
+        pipeline.distribute_train_dataset(
+          strategy,
+          images,
+          labels,
+          global_batch_size=batch_size,
+          steps_per_epoch=steps_per_epoch,
+          start_step=0,
+          total_steps=10**6,
+          seed=0,
+        )
+      )
+      train_steps(fed, tf.constant(2))
+
+      def end_to_end(train_steps=train_steps, fed=fed):
+        return steps * batch_size / _timed(lambda: train_steps(fed, tf.constant(steps)))
+
+      variants.add("end_to_end", end_to_end)
+
+      predict_step = train_lib.make_predict_step(strategy, model)
+      eval_dataset = pipeline.distribute_eval_dataset(
+        strategy, val_images, val_labels, global_batch_size=batch_size
+      )
+      train_lib.predict(predict_step, eval_dataset, len(val_labels))
+
+      def evaluation(predict_step=predict_step, eval_dataset=eval_dataset):
+        seconds = _timed(lambda: train_lib.predict(predict_step, eval_dataset, len(val_labels)))
+        return len(val_labels) / seconds
+
+      variants.add("evaluation", evaluation)
+
+  pipeline_iterator = iter(train_dataset())
+  next(pipeline_iterator)
+
+  def pipeline_only():
+    def take():
+      for _ in range(steps * 5):
+        next(pipeline_iterator)
+
+    return steps * 5 * batch_size / _timed(take)
+
+  variants.add("input_pipeline", pipeline_only)
+
+  if fit_baseline:
+    keras.utils.set_random_seed(0)
+    fit_model = model_lib.create_model(model_name, num_classes)
+    fit_model.compile(
+      optimizer=keras.optimizers.Adam(1e-3),
+      loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+      metrics=["accuracy"],
+    )  # Keras defaults otherwise (jit_compile="auto", steps_per_execution=1).
+    one_hot = train_dataset().map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+    fit_iterator = one_hot.repeat()
+    fit_model.fit(fit_iterator, steps_per_epoch=2, epochs=1, verbose=0)
+
+    def keras_fit():
+      seconds = _timed(
+        lambda: fit_model.fit(fit_iterator, steps_per_epoch=steps, epochs=1, verbose=0)
+      )
+      return steps * batch_size / seconds
+
+    variants.add("keras_model_fit", keras_fit)
+
+  results = variants.run(repeats)
+  peaks = {
+    "float32": matmul_peak(tf.float32),
+    "bfloat16": matmul_peak(tf.bfloat16),
+  }
+  report = {
+    "machine": {
+      "processor": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(),
+      "devices": [d.name for d in tf.config.list_logical_devices()],
+      "tensorflow": tf.__version__,
+      "keras": keras.__version__,
+    },
+    "settings": {
+      "model": model_name,
+      "batch_size": batch_size,
+      "steps": steps,
+      "repeats": repeats,
+      "dataset": dataset or "random uint8 images",
+    },
+    "images_per_second": results,
+    "forward_flops_per_image": flops[precisions[0]],
+    "matmul_peak_flops": peaks,
+  }
+  for precision in precisions:
+    rate = results[f"train_step[{precision}]"]["median"]
+    achieved = 3 * flops[precision] * rate  # Forward + backward ~ 3x the forward.
+    peak = peaks["bfloat16" if "bfloat16" in precision else "float32"]
+    report.setdefault("train_step_flops", {})[precision] = {
+      "achieved": achieved,
+      "fraction_of_peak": achieved / peak,
+    }
+  if fit_baseline:
+    report["end_to_end_over_keras_fit"] = (
+      results["end_to_end"]["median"] / results["keras_model_fit"]["median"]
+    )
+  return report
+
+
+def format_report(report):
+  """The report as a table of medians and spreads."""
+  lines = [f"{'images/s':<26} {'median':>9} {'min':>9} {'max':>9}"]
+  for name, figures in report["images_per_second"].items():
+    lines.append(
+      f"{name:<26} {figures['median']:>9.0f} {figures['min']:>9.0f} {figures['max']:>9.0f}"
+    )
+  lines.append(f"forward GFLOP per image: {report['forward_flops_per_image'] / 1e9:.4f}")
+  peaks = report["matmul_peak_flops"]
+  lines.append(
+    f"matmul peak GFLOP/s: float32 {peaks['float32'] / 1e9:.0f}, "
+    f"bfloat16 {peaks['bfloat16'] / 1e9:.0f}"
+  )
+  for precision, figures in report["train_step_flops"].items():
+    lines.append(
+      f"train step [{precision}]: {figures['achieved'] / 1e9:.0f} GFLOP/s "
+      f"= {figures['fraction_of_peak']:.0%} of the matmul peak"
+    )
+  if "end_to_end_over_keras_fit" in report:
+    lines.append(f"end to end / model.fit: {report['end_to_end_over_keras_fit']:.2f}x")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS
+  logging.set_verbosity(logging.INFO)
+  report = run_benchmark(
+    FLAGS.model,
+    FLAGS.batch_size,
+    tuple(FLAGS.precisions),
+    FLAGS.steps,
+    FLAGS.repeats,
+    FLAGS.dataset,
+    FLAGS.fit_baseline,
+  )
+  print(format_report(report))
+  if FLAGS.output:
+    with open(FLAGS.output, "w") as file:
+      json.dump(report, file, indent=2)
+    print(f"Wrote {FLAGS.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  flags.DEFINE_enum("model", "resnet20", list(model_lib.DEPTHS), "ResNet depth.")
+  flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+  flags.DEFINE_list("precisions", ["float32"], "Train-step precisions to measure.")
+  flags.DEFINE_integer("steps", 20, "Steps (batches) per measurement.")
+  flags.DEFINE_integer("repeats", 3, "Rounds; each figure is the median over them.")
+  flags.DEFINE_string("dataset", None, "cifar10 or folder:PATH; default random images.")
+  flags.DEFINE_bool("fit_baseline", True, "Also time keras model.fit on the same pipeline.")
+  flags.DEFINE_string("output", None, "JSON file to write.")
+  app.run(main)

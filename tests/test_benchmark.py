@@ -1,0 +1,30 @@
+"""The benchmark runs and reports every figure (its numbers are for people, not asserts)."""
+
+import json
+
+from resnet import benchmark
+from resnet import model as model_lib
+
+
+def test_forward_flops_match_the_known_count():
+  # ResNet-20: 40.55M multiply-adds per 32x32 image (conv layers + classifier).
+  assert benchmark.forward_flops_per_image(model_lib.create_model("resnet20")) == 81_102_080
+
+
+def test_a_tiny_benchmark_reports_every_figure(tmp_path):
+  report = benchmark.run_benchmark("resnet8", batch_size=16, steps=2, repeats=1)
+  rates = report["images_per_second"]
+  assert set(rates) == {
+    "train_step[float32]",
+    "end_to_end",
+    "evaluation",
+    "input_pipeline",
+    "keras_model_fit",
+  }
+  assert all(figures["median"] > 0 and len(figures["runs"]) == 1 for figures in rates.values())
+  assert report["matmul_peak_flops"]["float32"] > 1e9
+  assert 0 < report["train_step_flops"]["float32"]["fraction_of_peak"] < 1.5
+  assert report["end_to_end_over_keras_fit"] > 0
+  (tmp_path / "report.json").write_text(json.dumps(report))  # JSON-ready.
+  text = benchmark.format_report(report)
+  assert "end to end / model.fit" in text and "matmul peak" in text
