@@ -23,8 +23,7 @@ from absl import app, flags, logging  # noqa: E402
 from sklearn import metrics as sk_metrics  # noqa: E402
 
 from data import pipeline, visualize  # noqa: E402
-from resnet import checkpointing, train_lib  # noqa: E402
-from resnet import model as model_lib  # noqa: E402
+from resnet import checkpointing, summaries, train_lib  # noqa: E402
 
 SPLITS = ("test", "validation", "train")
 EVAL_STRATEGIES = ("auto", "default", "one_device", "mirrored")  # One process, local devices.
@@ -195,22 +194,14 @@ def evaluate_model_dir(
   Returns:
     The metrics dict that is also written to MODEL_DIR/eval/<split>/metrics.json.
   """
-  record = checkpointing.read_run_record(model_dir)
-  if record is None:
-    raise checkpointing.CheckpointError(
-      f"{model_dir} is not a training run: it has no {checkpointing.RUN_RECORD}."
-    )
-  checkpoint_path = checkpoint_path or checkpointing.best_checkpoint_path(model_dir)
-  config, class_names = record["config"], record["class_names"]
-  dataset = dataset or config["dataset"]
-  tfds_data_dir = tfds_data_dir or config["tfds_data_dir"]
-
   if strategy_name == "auto":
     strategy_name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
   strategy = train_lib.create_strategy(strategy_name)
   with strategy.scope():
-    model = model_lib.create_model(config["model"], num_classes=len(class_names))
-  checkpointing.restore_model(model, checkpoint_path)
+    model, record, checkpoint_path = checkpointing.load_trained_model(model_dir, checkpoint_path)
+  config, class_names = record["config"], record["class_names"]
+  dataset = dataset or config["dataset"]
+  tfds_data_dir = tfds_data_dir or config["tfds_data_dir"]
   images, labels, description = load_eval_split(record, split, dataset, tfds_data_dir)
   logging.info("Evaluating %s on %d examples of %s.", checkpoint_path, len(labels), description)
 
@@ -264,14 +255,11 @@ def evaluate_model_dir(
       file.write(png)
   step = int(tf.train.load_variable(checkpoint_path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
   writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", f"eval_{split}"))
-  with writer.as_default(step=step):
-    tf.summary.scalar("accuracy", metrics["accuracy"])
-    tf.summary.scalar("loss", metrics["loss"])
-    tf.summary.scalar("ece", metrics["ece"])
-    for k, value in metrics["top_k_accuracy"].items():
-      tf.summary.scalar(f"top{k}_accuracy", value)
-    for name, png in pictures.items():
-      tf.summary.image(name, tf.io.decode_png(png)[None])
+  scalars = {key: metrics[key] for key in ("accuracy", "loss", "ece")}
+  scalars.update({f"top{k}_accuracy": v for k, v in metrics["top_k_accuracy"].items()})
+  summaries.write_scalars(writer, step, scalars)
+  for name, png in pictures.items():
+    summaries.write_png(writer, step, name, png)
   writer.flush()
   return metrics
 

@@ -119,16 +119,17 @@ def run_benchmark(
   steps_per_epoch = len(labels) // batch_size
   variants = _Variants()
 
-  def train_dataset(start_step=0, total_steps=10**6):
-    return pipeline.make_train_dataset(
-      images,
-      labels,
-      global_batch_size=batch_size,
-      steps_per_epoch=steps_per_epoch,
-      start_step=start_step,
-      total_steps=total_steps,
-      seed=0,
-    )
+  # The training input as train.py builds it (one endless run of epochs).
+  train_kwargs = dict(
+    global_batch_size=batch_size,
+    steps_per_epoch=steps_per_epoch,
+    start_step=0,
+    total_steps=10**6,
+    seed=0,
+  )
+
+  def train_dataset():
+    return pipeline.make_train_dataset(images, labels, **train_kwargs)
 
   flops = {}
   for precision in precisions:
@@ -152,18 +153,7 @@ def run_benchmark(
 
     if precision == precisions[0]:
       # End to end as train.py runs it: the pipeline feeding the steps.
-      fed = iter(
-        pipeline.distribute_train_dataset(
-          strategy,
-          images,
-          labels,
-          global_batch_size=batch_size,
-          steps_per_epoch=steps_per_epoch,
-          start_step=0,
-          total_steps=10**6,
-          seed=0,
-        )
-      )
+      fed = iter(pipeline.distribute_train_dataset(strategy, images, labels, **train_kwargs))
       train_steps(fed, tf.constant(2))
 
       def end_to_end(train_steps=train_steps, fed=fed):

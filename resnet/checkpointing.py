@@ -21,6 +21,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from resnet import model as model_lib
+
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 RUN_RECORD = "run.json"
@@ -221,3 +223,25 @@ def restore_model(model, path):
     status.assert_existing_objects_matched()
   except (tf.errors.OpError, AssertionError, ValueError) as error:  # Missing, damaged, other.
     raise CheckpointError(f"Cannot restore {model.name} from {path}: {first_line(error)}") from None
+
+
+def load_trained_model(model_dir, checkpoint_path=None):
+  """The float32 model of a train.py run with its weights from `checkpoint_path` (default:
+  the best checkpoint). Call it inside a strategy's scope to place the model there.
+
+  Returns:
+    (model, run record, the checkpoint path restored).
+
+  Raises:
+    CheckpointError: no run.json, no best checkpoint, or a checkpoint of another model.
+  """
+  record = read_run_record(model_dir)
+  if record is None:
+    raise CheckpointError(f"{model_dir} is not a training run: it has no {RUN_RECORD}.")
+  checkpoint_path = checkpoint_path or best_checkpoint_path(model_dir)
+  # float32 whatever the run's --precision: checkpoints hold float32 weights.
+  model = model_lib.create_model(
+    record["config"]["model"], num_classes=len(record["class_names"]), precision="float32"
+  )
+  restore_model(model, checkpoint_path)
+  return model, record, checkpoint_path

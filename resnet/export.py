@@ -28,7 +28,6 @@ from absl import app, flags, logging  # noqa: E402
 
 from data import pipeline  # noqa: E402
 from resnet import checkpointing  # noqa: E402
-from resnet import model as model_lib  # noqa: E402
 
 EXPORT_DIR = "export"
 
@@ -113,18 +112,8 @@ def export_best_model(model_dir, checkpoint_path=None):
     CheckpointError: no run.json, no best checkpoint, or a checkpoint of another model.
     OSError: MODEL_DIR/export cannot be written (the older export is then left as it was).
   """
-  record = checkpointing.read_run_record(model_dir)
-  if record is None:
-    raise checkpointing.CheckpointError(
-      f"{model_dir} is not a training run: it has no {checkpointing.RUN_RECORD}."
-    )
-  checkpoint_path = checkpoint_path or checkpointing.best_checkpoint_path(model_dir)
+  model, record, _ = checkpointing.load_trained_model(model_dir, checkpoint_path)
   class_names = record["class_names"]
-  # float32 whatever the run's --precision: checkpoints hold float32 weights.
-  model = model_lib.create_model(
-    record["config"]["model"], num_classes=len(class_names), precision="float32"
-  )
-  checkpointing.restore_model(model, checkpoint_path)
 
   paths = export_paths(model_dir)
   export_dir = os.path.dirname(paths["saved_model"])
