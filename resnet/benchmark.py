@@ -46,6 +46,24 @@ def forward_flops_per_image(model):
   return flops + 2 * int(np.prod(model.classifier.kernel.shape))
 
 
+# CPU features that make reduced precision fast on x86 (oneDNN uses them);
+# without them TensorFlow emulates bfloat16 and float16 arithmetic in float32.
+REDUCED_PRECISION_CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+
+
+def cpu_flags(cpuinfo_path="/proc/cpuinfo"):
+  """Which of REDUCED_PRECISION_CPU_FLAGS this CPU has ({} where /proc/cpuinfo is missing)."""
+  try:
+    with open(cpuinfo_path) as file:
+      present = set()
+      for line in file:
+        if line.startswith("flags"):
+          present.update(line.split(":", 1)[1].split())
+  except OSError:
+    return {}
+  return {flag: flag in present for flag in REDUCED_PRECISION_CPU_FLAGS}
+
+
 def _median_and_spread(values):
   return {
     "median": float(np.median(values)),
@@ -214,6 +232,7 @@ def run_benchmark(
     "machine": {
       "processor": platform.processor() or platform.machine(),
       "cpu_count": os.cpu_count(),
+      "cpu_flags": cpu_flags(),
       "devices": [d.name for d in tf.config.list_logical_devices()],
       "tensorflow": tf.__version__,
       "keras": keras.__version__,
@@ -250,6 +269,13 @@ def format_report(report):
   for name, figures in report["images_per_second"].items():
     lines.append(
       f"{name:<26} {figures['median']:>9.0f} {figures['min']:>9.0f} {figures['max']:>9.0f}"
+    )
+  flags_present = report["machine"].get("cpu_flags", {})
+  if flags_present:
+    names = [flag for flag, present in flags_present.items() if present]
+    lines.append(
+      f"CPU {report['machine']['processor']}, {report['machine']['cpu_count']} cores; "
+      f"reduced-precision features: {', '.join(names) or 'none (bfloat16/float16 emulated)'}"
     )
   lines.append(f"forward GFLOP per image: {report['forward_flops_per_image'] / 1e9:.4f}")
   peaks = report["matmul_peak_flops"]

@@ -28,3 +28,17 @@ def test_a_tiny_benchmark_reports_every_figure(tmp_path):
   (tmp_path / "report.json").write_text(json.dumps(report))  # JSON-ready.
   text = benchmark.format_report(report)
   assert "end to end / model.fit" in text and "matmul peak" in text
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nflags\t: fpu\n")
+  flags = benchmark.cpu_flags(str(cpuinfo))
+  assert flags == {
+    "avx512f": True,
+    "avx512_bf16": True,
+    "avx512_fp16": False,
+    "amx_bf16": False,
+    "amx_fp16": False,
+  }
+  assert benchmark.cpu_flags(str(tmp_path / "missing")) == {}

@@ -1,0 +1,43 @@
+"""resnet.curves reads a run's TensorBoard events into the right table."""
+
+import json
+
+import pytest
+import tensorflow as tf
+
+from resnet import curves
+
+
+def _write_run(model_dir, steps_per_epoch=10):
+  (model_dir / "run.json").write_text(json.dumps({"steps_per_epoch": steps_per_epoch}))
+  root = tf.summary.create_file_writer(str(model_dir / "tensorboard"))
+  train = tf.summary.create_file_writer(str(model_dir / "tensorboard" / "train"))
+  validation = tf.summary.create_file_writer(str(model_dir / "tensorboard" / "validation"))
+  with root.as_default():
+    tf.summary.text("config", "start", step=0)
+  for step, accuracy in [(5, 0.25), (10, 0.5), (15, 0.625), (20, 0.75)]:
+    with train.as_default():
+      tf.summary.scalar("accuracy", accuracy, step=step)
+  for step, accuracy in [(10, 0.375), (20, 0.875)]:
+    with validation.as_default():
+      tf.summary.scalar("accuracy", accuracy, step=step)
+  for writer in (root, train, validation):
+    writer.close()
+
+
+def test_curve_rows_table_and_plot(tmp_path):
+  _write_run(tmp_path)
+  rows = curves.read_curve(str(tmp_path))
+  assert [row["epoch"] for row in rows] == [1, 2]
+  assert [row["train_accuracy"] for row in rows] == [0.5, 0.75]
+  assert [row["validation_accuracy"] for row in rows] == [0.375, 0.875]
+  assert all(0 <= row["minutes"] < 5 for row in rows)
+  table = curves.markdown_table(rows).splitlines()
+  assert len(table) == 4 and table[-1].endswith("| 75.0 | 87.50 |")
+  curves.plot_curves({"run": rows}, str(tmp_path / "curves.png"))
+  assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_directory_without_events_is_refused(tmp_path):
+  with pytest.raises(FileNotFoundError, match="No TensorBoard validation events"):
+    curves.read_curve(str(tmp_path))
