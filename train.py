@@ -45,7 +45,8 @@ class Config:
   learning_rate: float = 1e-3
   lr_schedule: str = "cosine"
   warmup_epochs: float = 2.0
-  weight_decay: float = 2e-4
+  weight_decay: float = 2e-4  # L2 term in the loss.
+  decoupled_weight_decay: float = 0.0  # AdamW-style: kernels *= 1 - lr * this, per step.
   label_smoothing: float = 0.0
   seed: int = 0
   deterministic: bool = False  # Op determinism: bit-identical reruns, slower on GPUs.
@@ -77,6 +78,7 @@ def _validate(config):
       raise RunError(f"--{name} must be positive, got {getattr(config, name)}.")
   for name in (
     "weight_decay",
+    "decoupled_weight_decay",
     "warmup_epochs",
     "steps_per_epoch",
     "checkpoint_every_steps",
@@ -285,7 +287,9 @@ def _train(config, model_dir, strategy, scratch_dir):
       warmup_steps=int(config.warmup_epochs * steps_per_epoch),
       multiplier=state["lr_multiplier"],
     )
-    optimizer = train_lib.create_optimizer(schedule, config.precision)
+    optimizer = train_lib.create_optimizer(
+      schedule, config.precision, config.decoupled_weight_decay
+    )
     optimizer.build(model.trainable_variables)  # Slots exist before a restore fills them.
     # Adam is saved under the same name with or without loss scaling, so a run
     # can resume in another precision; the loss scale is saved on its own.
@@ -630,6 +634,13 @@ def define_flags(flag_values=flags.FLAGS):
   )
   flags.DEFINE_float("warmup_epochs", d.warmup_epochs, "Linear warm-up, in epochs.", **fv)
   flags.DEFINE_float("weight_decay", d.weight_decay, "L2 coefficient on kernels.", **fv)
+  flags.DEFINE_float(
+    "decoupled_weight_decay",
+    d.decoupled_weight_decay,
+    "Decoupled (AdamW-style) decay of kernels: each step multiplies them by "
+    "1 - learning rate * this. Use instead of --weight_decay, e.g. 0.1.",
+    **fv,
+  )
   flags.DEFINE_float("label_smoothing", d.label_smoothing, "Label smoothing, in [0, 1).", **fv)
   flags.DEFINE_integer("seed", d.seed, "Seed of initial weights, data order, augmentation.", **fv)
   flags.DEFINE_bool(

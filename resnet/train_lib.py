@@ -156,8 +156,15 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
     )
 
 
-def create_optimizer(schedule, precision="float32"):
+def create_optimizer(schedule, precision="float32", decoupled_weight_decay=0.0):
   """Keras Adam driven by `schedule` (evaluated at its iteration count).
+
+  `decoupled_weight_decay` > 0 is Keras' own decoupled decay (Loshchilov &
+  Hutter's AdamW): each step multiplies every convolution and dense kernel by
+  (1 - learning rate * decoupled_weight_decay), outside Adam's normalisation.
+  An L2 term in the loss, by contrast, is divided by Adam's running gradient
+  scale, so kernels with small gradients shrink at up to the learning rate per
+  step. BatchNorm scales and offsets, and biases, are not decayed.
 
   With "mixed_float16" the Adam is wrapped in Keras 3's LossScaleOptimizer
   (dynamic loss scale): float16 gradients of small losses underflow to zero
@@ -167,7 +174,9 @@ def create_optimizer(schedule, precision="float32"):
   """
   if precision not in PRECISIONS:
     raise ValueError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
-  adam = keras.optimizers.Adam(learning_rate=schedule)
+  adam = keras.optimizers.Adam(learning_rate=schedule, weight_decay=decoupled_weight_decay or None)
+  if decoupled_weight_decay:
+    adam.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
   if precision == "mixed_float16":
     return keras.optimizers.LossScaleOptimizer(adam)
   return adam

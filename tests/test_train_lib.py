@@ -23,6 +23,21 @@ def test_learning_rate_schedules():
   assert float(train_lib.LearningRateSchedule("constant", 0.3, 100)(99)) == pytest.approx(0.3)
 
 
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_decoupled_weight_decay_shrinks_kernels_only(precision):
+  # Zero gradients: Adam's own update is 0, so what remains is the decay,
+  # kernel *= 1 - 0.1 * 0.5; BatchNorm scales/offsets and biases are untouched.
+  model = model_lib.create_model("resnet8")
+  optimizer = train_lib.create_optimizer(0.1, precision, decoupled_weight_decay=0.5)
+  variables = model.trainable_variables
+  before = [v.numpy() for v in variables]
+  optimizer.apply([tf.zeros_like(v) for v in variables], variables)
+  for variable, old in zip(variables, before, strict=True):
+    factor = 0.95 if variable.name == "kernel" else 1.0
+    np.testing.assert_allclose(variable.numpy(), factor * old, rtol=1e-6, err_msg=variable.path)
+  assert {v.name for v in variables} == {"kernel", "gamma", "beta", "bias"}
+
+
 def test_cross_entropy_matches_its_definition():
   logits = tf.constant([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
   labels = tf.constant([0, 2])
