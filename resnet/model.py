@@ -81,28 +81,27 @@ class FusedBatchNormalization(layers.BatchNormalization):
     return outputs
 
 
-def _batch_norm(synchronized, dtype=None, name=None):
+def _batch_norm(synchronized, fused=True, dtype=None, name=None):
   # Momentum and epsilon of the reference Torch/PyTorch implementations
   # (momentum 0.1 there is 0.9 here). By default statistics are per replica:
   # each replica normalises its own per-replica batch, as the paper's
   # multi-GPU training did; `synchronized` all-reduces them over replicas.
-  return FusedBatchNormalization(
-    momentum=0.9, epsilon=1e-5, synchronized=synchronized, dtype=dtype, name=name
-  )
+  layer = FusedBatchNormalization if fused else layers.BatchNormalization
+  return layer(momentum=0.9, epsilon=1e-5, synchronized=synchronized, dtype=dtype, name=name)
 
 
 class BasicBlock(layers.Layer):
   """Two 3x3 convolutions with batch norm and a parameter-free shortcut."""
 
-  def __init__(self, filters, strides=1, sync_batch_norm=False, **kwargs):
+  def __init__(self, filters, strides=1, sync_batch_norm=False, fused_batch_norm=True, **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
     self.strides = strides
     # Named like their attributes, so weights read "stage1_block1/conv1/kernel".
     self.conv1 = _conv3x3(filters, strides, dtype=self.dtype_policy, name="conv1")
-    self.bn1 = _batch_norm(sync_batch_norm, dtype=self.dtype_policy, name="bn1")
+    self.bn1 = _batch_norm(sync_batch_norm, fused_batch_norm, self.dtype_policy, name="bn1")
     self.conv2 = _conv3x3(filters, dtype=self.dtype_policy, name="conv2")
-    self.bn2 = _batch_norm(sync_batch_norm, dtype=self.dtype_policy, name="bn2")
+    self.bn2 = _batch_norm(sync_batch_norm, fused_batch_norm, self.dtype_policy, name="bn2")
 
   def call(self, inputs, training=False):
     x = keras.ops.relu(self.bn1(self.conv1(inputs), training=training))
@@ -128,7 +127,7 @@ class ResNet(keras.Model):
   precision.
   """
 
-  def __init__(self, depth, num_classes=10, sync_batch_norm=False, **kwargs):
+  def __init__(self, depth, num_classes=10, sync_batch_norm=False, fused_batch_norm=True, **kwargs):
     super().__init__(**kwargs)
     if depth < 8 or (depth - 2) % 6:
       raise ValueError(f"ResNet depth must be 6n + 2 with n >= 1, got {depth}.")
@@ -136,9 +135,10 @@ class ResNet(keras.Model):
     self.num_classes = num_classes
     blocks_per_stage = (depth - 2) // 6
     self.sync_batch_norm = sync_batch_norm
+    self.fused_batch_norm = fused_batch_norm
     policy = self.dtype_policy
     self.stem_conv = _conv3x3(STAGE_FILTERS[0], dtype=policy, name="stem_conv")
-    self.stem_bn = _batch_norm(sync_batch_norm, dtype=policy, name="stem_bn")
+    self.stem_bn = _batch_norm(sync_batch_norm, fused_batch_norm, policy, name="stem_bn")
     # Blocks are attributes (stage1_block1, ...), not a list: tf.train.Checkpoint
     # does not see layers inside a Keras 3 list, and would silently skip them.
     self.block_names = []
@@ -146,7 +146,9 @@ class ResNet(keras.Model):
       for index in range(blocks_per_stage):
         name = f"stage{stage + 1}_block{index + 1}"
         strides = 2 if stage > 0 and index == 0 else 1
-        block = BasicBlock(filters, strides, sync_batch_norm, dtype=policy, name=name)
+        block = BasicBlock(
+          filters, strides, sync_batch_norm, fused_batch_norm, dtype=policy, name=name
+        )
         setattr(self, name, block)
         self.block_names.append(name)
     self.pool = layers.GlobalAveragePooling2D(dtype=policy, name="pool")
@@ -162,6 +164,7 @@ class ResNet(keras.Model):
       "depth": self.depth,
       "num_classes": self.num_classes,
       "sync_batch_norm": self.sync_batch_norm,
+      "fused_batch_norm": self.fused_batch_norm,
     }
 
   def call(self, images, training=False):
@@ -171,11 +174,15 @@ class ResNet(keras.Model):
     return self.classifier(self.pool(x))
 
 
-def create_model(name_or_depth, num_classes=10, precision="float32", sync_batch_norm=False):
+def create_model(
+  name_or_depth, num_classes=10, precision="float32", sync_batch_norm=False, fused_batch_norm=True
+):
   """Builds a ResNet by name ("resnet20", ...) or depth, with its weights created.
 
   `precision` is the Keras dtype policy of its layers (see ResNet);
-  `sync_batch_norm` computes BatchNorm statistics over all replicas' batches.
+  `sync_batch_norm` computes BatchNorm statistics over all replicas' batches;
+  `fused_batch_norm=False` uses stock keras.layers.BatchNormalization (the
+  same variables and results, slower; for comparisons).
 
   Raises:
     ValueError: an unknown name or a depth that is not 6n + 2.
@@ -186,6 +193,13 @@ def create_model(name_or_depth, num_classes=10, precision="float32", sync_batch_
     depth = DEPTHS[name_or_depth]
   else:
     depth = name_or_depth
-  model = ResNet(depth, num_classes, sync_batch_norm, name=f"resnet{depth}", dtype=precision)
+  model = ResNet(
+    depth,
+    num_classes,
+    sync_batch_norm,
+    fused_batch_norm,
+    name=f"resnet{depth}",
+    dtype=precision,
+  )
   model(keras.ops.zeros((1, 32, 32, 3)))  # Creates the weights (a subclassed model has no build()).
   return model

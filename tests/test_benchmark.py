@@ -16,15 +16,18 @@ def test_a_tiny_benchmark_reports_every_figure(tmp_path):
   rates = report["images_per_second"]
   assert set(rates) == {
     "train_step[float32]",
+    "train_step[float32,keras_batch_norm]",
     "end_to_end",
     "evaluation",
     "input_pipeline",
     "keras_model_fit",
+    "keras_model_fit[keras_batch_norm]",
   }
   assert all(figures["median"] > 0 and len(figures["runs"]) == 1 for figures in rates.values())
   assert report["matmul_peak_flops"]["float32"] > 1e9
   assert 0 < report["train_step_flops"]["float32"]["fraction_of_peak"] < 1.5
   assert report["end_to_end_over_keras_fit"] > 0
+  assert report["end_to_end_over_keras_fit_keras_batch_norm"] > 0
   (tmp_path / "report.json").write_text(json.dumps(report))  # JSON-ready.
   text = benchmark.format_report(report)
   assert "end to end / model.fit" in text and "matmul peak" in text

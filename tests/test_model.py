@@ -97,3 +97,19 @@ def test_fused_batch_norm_equals_keras_batch_norm(policy):
       gradients.append(tape.gradient(loss, [images, layer.gamma, layer.beta]))
     for expected, actual in zip(*gradients, strict=True):
       np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_fused_and_stock_batch_norm_models_share_checkpoints_and_outputs(tmp_path):
+  fused = model_lib.create_model("resnet8")
+  stock = model_lib.create_model("resnet8", fused_batch_norm=False)
+  assert isinstance(fused.stem_bn, model_lib.FusedBatchNormalization)
+  assert not isinstance(stock.stem_bn, model_lib.FusedBatchNormalization)
+  path = tf.train.Checkpoint(model=fused).write(str(tmp_path / "ckpt"))
+  tf.train.Checkpoint(model=stock).read(path).assert_existing_objects_matched()
+  images = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype(np.float32)
+  for training in (True, False):
+    np.testing.assert_allclose(
+      stock(images, training=training).numpy(),
+      fused(images, training=training).numpy(),
+      atol=1e-4,
+    )
