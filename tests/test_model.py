@@ -113,3 +113,16 @@ def test_fused_and_stock_batch_norm_models_share_checkpoints_and_outputs(tmp_pat
       fused(images, training=training).numpy(),
       atol=1e-4,
     )
+
+
+def test_fused_batch_norm_falls_back_to_keras_where_the_kernel_does_not_apply():
+  # channels-first and scale-less layers go through Keras' own implementation.
+  import keras
+
+  images = np.random.default_rng(2).normal(size=(4, 3, 5, 5)).astype(np.float32)
+  for kwargs in ({"axis": 1}, {"axis": 1, "scale": False}):
+    reference = keras.layers.BatchNormalization(**kwargs)
+    fused = model_lib.FusedBatchNormalization(**kwargs)
+    np.testing.assert_allclose(
+      fused(images, training=True).numpy(), reference(images, training=True).numpy(), atol=1e-5
+    )
