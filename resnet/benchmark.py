@@ -95,6 +95,28 @@ def matmul_peak(dtype, size=2048, iterations=10):
   return 2 * size**3 * iterations / seconds
 
 
+def _build_train_steps(
+  strategy, model_name, num_classes, batch_size, precision, fused_batch_norm=True
+):
+  """(model, train_steps) as train.py builds them, Adam at a constant 1e-3."""
+  keras.utils.set_random_seed(0)
+  model = model_lib.create_model(
+    model_name, num_classes, precision=precision, fused_batch_norm=fused_batch_norm
+  )
+  optimizer = train_lib.create_optimizer(1e-3, precision)
+  optimizer.build(model.trainable_variables)
+  train_steps = train_lib.make_train_steps(
+    strategy, model, optimizer, global_batch_size=batch_size, num_classes=num_classes
+  )
+  return model, train_steps
+
+
+def _rate_of(train_steps, iterator, steps, batch_size):
+  """A function timing one call of `steps` steps on `iterator` -> images/s (traced first)."""
+  train_steps(iterator, tf.constant(2))  # Trace and warm up.
+  return lambda: steps * batch_size / _timed(lambda: train_steps(iterator, tf.constant(steps)))
+
+
 class _StepTimes(keras.callbacks.Callback):
   """perf_counter() at the end of every training batch of a model.fit call."""
 
@@ -174,50 +196,30 @@ def run_benchmark(
   def train_dataset():
     return pipeline.make_train_dataset(images, labels, **train_kwargs)
 
+  # Synthetic: one batch held in memory, so only the step is timed.
+  batch = next(iter(train_dataset()))
+  synthetic = iter(tf.data.Dataset.from_tensors(batch).repeat())
   flops = {}
   for precision in precisions:
-    keras.utils.set_random_seed(0)
-    model = model_lib.create_model(model_name, num_classes, precision=precision)
-    optimizer = train_lib.create_optimizer(1e-3, precision)
-    optimizer.build(model.trainable_variables)
-    train_steps = train_lib.make_train_steps(
-      strategy, model, optimizer, global_batch_size=batch_size, num_classes=num_classes
+    model, train_steps = _build_train_steps(
+      strategy, model_name, num_classes, batch_size, precision
     )
     flops[precision] = forward_flops_per_image(model)
-    # Synthetic: one batch held in memory, so only the step is timed.
-    batch = next(iter(train_dataset()))
-    synthetic = iter(tf.data.Dataset.from_tensors(batch).repeat())
-    train_steps(synthetic, tf.constant(2))  # Trace and warm up.
+    variants.add(f"train_step[{precision}]", _rate_of(train_steps, synthetic, steps, batch_size))
 
-    def step_only(train_steps=train_steps, synthetic=synthetic):
-      return steps * batch_size / _timed(lambda: train_steps(synthetic, tf.constant(steps)))
-
-    variants.add(f"train_step[{precision}]", step_only)
-
-    if precision == "float32":
-      keras.utils.set_random_seed(0)
-      stock = model_lib.create_model(model_name, num_classes, fused_batch_norm=False)
-      stock_optimizer = train_lib.create_optimizer(1e-3)
-      stock_optimizer.build(stock.trainable_variables)
-      stock_steps = train_lib.make_train_steps(
-        strategy, stock, stock_optimizer, global_batch_size=batch_size, num_classes=num_classes
+    if precision == "float32":  # What the fused BatchNorm kernel buys.
+      _, stock_steps = _build_train_steps(
+        strategy, model_name, num_classes, batch_size, precision, fused_batch_norm=False
       )
-      stock_steps(synthetic, tf.constant(2))
-
-      def stock_step_only(stock_steps=stock_steps, synthetic=synthetic):
-        return steps * batch_size / _timed(lambda: stock_steps(synthetic, tf.constant(steps)))
-
-      variants.add("train_step[float32,keras_batch_norm]", stock_step_only)
+      variants.add(
+        "train_step[float32,keras_batch_norm]",
+        _rate_of(stock_steps, synthetic, steps, batch_size),
+      )
 
     if precision == precisions[0]:
       # End to end as train.py runs it: the pipeline feeding the steps.
       fed = iter(pipeline.distribute_train_dataset(strategy, images, labels, **train_kwargs))
-      train_steps(fed, tf.constant(2))
-
-      def end_to_end(train_steps=train_steps, fed=fed):
-        return steps * batch_size / _timed(lambda: train_steps(fed, tf.constant(steps)))
-
-      variants.add("end_to_end", end_to_end)
+      variants.add("end_to_end", _rate_of(train_steps, fed, steps, batch_size))
 
       predict_step = train_lib.make_predict_step(strategy, model)
       eval_dataset = pipeline.distribute_eval_dataset(
