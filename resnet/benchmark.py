@@ -31,19 +31,25 @@ from resnet import train_lib  # noqa: E402
 
 
 def forward_flops_per_image(model):
-  """2 x multiply-adds of one forward pass of a CIFAR ResNet: convolutions and the classifier.
+  """2 x multiply-adds of one forward pass of one 32x32 image: convolutions and dense layers.
 
-  A convolution's output is 32x32 in the stem and stage 1, 16x16 in stage 2 and
-  8x8 in stage 3; BatchNorm, ReLU, pooling and the shortcuts (under 1%) are
-  left out.
+  Read off the model's traced graph (each Conv2D and MatMul op with its
+  shapes), so it holds for every architecture in resnet/model.py; BatchNorm,
+  ReLU, pooling and the shortcuts (under 1%) are left out.
   """
-  flops = 2 * 32 * 32 * int(np.prod(model.stem_conv.kernel.shape))
-  for name in model.block_names:
-    side = 32 >> (int(name[len("stage")]) - 1)
-    block = getattr(model, name)
-    for conv in (block.conv1, block.conv2):
-      flops += 2 * side * side * int(np.prod(conv.kernel.shape))
-  return flops + 2 * int(np.prod(model.classifier.kernel.shape))
+  graph = (
+    tf.function(lambda images: model(images, training=False))
+    .get_concrete_function(tf.TensorSpec([1, 32, 32, 3], tf.float32))
+    .graph
+  )
+  flops = 0
+  for op in graph.get_operations():
+    if op.type == "Conv2D":  # Output [1, H, W, C_out]; kernel [kh, kw, C_in, C_out].
+      _, height, width, _ = op.outputs[0].shape
+      flops += 2 * height * width * int(np.prod(op.inputs[1].shape))
+    elif op.type == "MatMul":  # One image: kernel [C_in, C_out].
+      flops += 2 * int(np.prod(op.inputs[1].shape))
+  return flops
 
 
 # CPU features that make reduced precision fast on x86 (oneDNN uses them);
@@ -357,7 +363,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_enum("model", "resnet20", list(model_lib.DEPTHS), "ResNet depth.")
+  flags.DEFINE_enum("model", "resnet20", list(model_lib.MODEL_NAMES), "Model (resnet/model.py).")
   flags.DEFINE_integer("batch_size", 128, "Global batch size.")
   flags.DEFINE_list("precisions", ["float32"], "Train-step precisions to measure.")
   flags.DEFINE_integer("steps", 20, "Steps (batches) per measurement.")

@@ -11,6 +11,16 @@ def test_forward_flops_match_the_known_count():
   assert benchmark.forward_flops_per_image(model_lib.create_model("resnet20")) == 81_102_080
 
 
+def test_forward_flops_of_resnet9_count_each_convolution_at_its_resolution():
+  # Page's ResNet-9, by hand: prep 3->64 at 32x32 (3.54M FLOPs); layer1 64->128
+  # at 32x32 (pooled after the convolution), two 128->128 at 16x16, layer2
+  # 128->256 at 16x16, layer3 256->512 at 8x8, two 512->512 at 4x4 (151.0M
+  # each); classifier 512->10.
+  big_convolution = 2 * 32 * 32 * 9 * 64 * 128
+  expected = 2 * 32 * 32 * 9 * 3 * 64 + 5 * big_convolution + 2 * 512 * 10
+  assert benchmark.forward_flops_per_image(model_lib.create_model("resnet9")) == expected
+
+
 def test_a_tiny_benchmark_reports_every_figure(tmp_path):
   report = benchmark.run_benchmark("resnet8", batch_size=16, steps=2, repeats=1)
   rates = report["images_per_second"]

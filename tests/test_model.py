@@ -1,5 +1,6 @@
 """The network: the paper's parameter counts, outputs, and complete checkpoints."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -29,6 +30,32 @@ def test_parameter_counts_match_the_paper(name):
   depth = model_lib.DEPTHS[name]
   convolutions = [v for v in model.trainable_variables if v.name == "kernel"]
   assert len(convolutions) == depth - 1 + 1  # depth - 1 convolutions plus the dense layer.
+
+
+# Page's ResNet-9: 6.57M parameters at his widths (64, 128, 256, 512); the
+# half-width CPU variant has a quarter of the convolution weights.
+RESNET9_PARAMETERS = {"resnet9": 6_573_130, "resnet9_half": 1_646_122}
+
+
+@pytest.mark.parametrize("name", sorted(RESNET9_PARAMETERS))
+def test_resnet9_parameter_counts(name):
+  model = model_lib.create_model(name)
+  assert count_parameters(model.trainable_variables) == RESNET9_PARAMETERS[name]
+  convolutions = [v for v in model.trainable_variables if v.name == "kernel"]
+  assert len(convolutions) == 8 + 1  # Eight convolutions plus the classifier.
+
+
+def test_resnet9_checkpoint_holds_every_variable_and_restores_the_logits(tmp_path):
+  model = model_lib.create_model("resnet9_half", num_classes=3)
+  images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[1, 2])
+  model(images, training=True)  # Moves the BN statistics away from their initial values.
+  path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+  saved = [name for name, _ in tf.train.list_variables(path) if name.startswith("model/")]
+  assert len(saved) == len(model.variables) == 8 * 5 + 2  # Kernel + 4 BN variables per block.
+
+  restored = model_lib.create_model("resnet9_half", num_classes=3)
+  tf.train.Checkpoint(model=restored).read(path).assert_existing_objects_matched()
+  np.testing.assert_array_equal(restored(images), model(images))
 
 
 def test_logits_shape_and_dtype():
@@ -126,3 +153,15 @@ def test_fused_batch_norm_falls_back_to_keras_where_the_kernel_does_not_apply():
     np.testing.assert_allclose(
       fused(images, training=True).numpy(), reference(images, training=True).numpy(), atol=1e-5
     )
+
+
+def test_resnet9_saves_and_loads_as_a_keras_file(tmp_path):
+  # resnet/export.py writes .keras files; ResNet9 must rebuild from its config.
+  model = model_lib.create_model("resnet9_half", num_classes=4, precision="mixed_bfloat16")
+  path = str(tmp_path / "model.keras")
+  model.save(path)
+  loaded = keras.saving.load_model(path)
+  assert loaded.widths == (32, 64, 128, 256)
+  assert loaded.dtype_policy.name == "mixed_bfloat16"
+  images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[3, 4])
+  np.testing.assert_array_equal(loaded(images), model(images))
