@@ -48,6 +48,7 @@ class Config:
   weight_decay: float = 2e-4  # L2 term in the loss.
   decoupled_weight_decay: float = 0.0  # AdamW-style: kernels *= 1 - lr * this, per step.
   label_smoothing: float = 0.0
+  crop_padding: int = 4  # Random translations of up to this many pixels.
   seed: int = 0
   deterministic: bool = False  # Op determinism: bit-identical reruns, slower on GPUs.
   strategy: str = "auto"
@@ -88,6 +89,8 @@ def _validate(config):
       raise RunError(f"--{name} must not be negative, got {getattr(config, name)}.")
   if not 0 <= config.label_smoothing < 1:
     raise RunError(f"--label_smoothing must be in [0, 1), got {config.label_smoothing}.")
+  if not 0 <= config.crop_padding <= 16:
+    raise RunError(f"--crop_padding must be in [0, 16] pixels, got {config.crop_padding}.")
   if config.on_nan not in ON_NAN:
     raise RunError(f"--on_nan must be one of {', '.join(ON_NAN)}, got {config.on_nan!r}.")
   if not 0 < config.nan_lr_factor < 1:
@@ -339,6 +342,7 @@ def _train(config, model_dir, strategy, scratch_dir):
         start_step=first_step,
         total_steps=total_steps,
         seed=config.seed,
+        crop_padding=config.crop_padding,
       )
     )
 
@@ -490,6 +494,7 @@ def _augmented_inputs_png(config, train_images, train_labels, class_names, steps
         start_step=step,
         total_steps=step + 1,
         seed=config.seed,
+        crop_padding=config.crop_padding,
       )
     )
   )
@@ -614,7 +619,7 @@ def define_flags(flag_values=flags.FLAGS):
   d = Config()
   fv = dict(flag_values=flag_values)
   # Model and data.
-  flags.DEFINE_enum("model", d.model, list(model_lib.DEPTHS), "ResNet depth.", **fv)
+  flags.DEFINE_enum("model", d.model, list(model_lib.MODEL_NAMES), "Model (resnet/model.py).", **fv)
   flags.DEFINE_string(
     "dataset", d.dataset, "cifar10 (TFDS) or folder:PATH with PATH/<split>/<class>/<image>.", **fv
   )
@@ -642,6 +647,9 @@ def define_flags(flag_values=flags.FLAGS):
     **fv,
   )
   flags.DEFINE_float("label_smoothing", d.label_smoothing, "Label smoothing, in [0, 1).", **fv)
+  flags.DEFINE_integer(
+    "crop_padding", d.crop_padding, "Augmentation: random translations of up to N pixels.", **fv
+  )
   flags.DEFINE_integer("seed", d.seed, "Seed of initial weights, data order, augmentation.", **fv)
   flags.DEFINE_bool(
     "deterministic",

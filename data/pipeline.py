@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 # --- Constants -----------------------------------------------------------------
 
 IMAGE_SIZE = 32  # pixels, height == width
-CROP_PADDING = 4  # pixels of zero padding on each side before the random crop
+CROP_PADDING = 4  # default pixels of zero padding on each side before the random crop
 # Per-channel statistics of the CIFAR-10 training images, in [0, 1] units.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -226,35 +226,36 @@ def denormalize(images):
   return tf.cast(tf.clip_by_value(tf.round(images * 255.0), 0.0, 255.0), tf.uint8)
 
 
-def crop_and_flip(images, offsets, flips):
-  """Pads by 4 pixels, crops 32x32 at per-example offsets and flips left-right.
+def crop_and_flip(images, offsets, flips, crop_padding=CROP_PADDING):
+  """Pads by `crop_padding` pixels, crops 32x32 at per-example offsets, flips left-right.
 
   Args:
     images: uint8 [B, 32, 32, 3].
-    offsets: int32 [B, 2], (row, column) of each crop's corner, in [0, 8].
+    offsets: int32 [B, 2], (row, column) of each crop's corner, in [0, 2 * crop_padding].
     flips: bool [B], whether to mirror each example.
+    crop_padding: zero pixels added on each side (4: translations of up to +-4 pixels).
 
   Returns:
     uint8 [B, 32, 32, 3].
   """
-  pad = CROP_PADDING
+  pad = crop_padding
   padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
   window = tf.range(IMAGE_SIZE)
   rows = offsets[:, 0:1] + window  # [B, 32]
   cols = offsets[:, 1:2] + window  # [B, 32]
-  cropped = tf.gather(padded, rows, axis=1, batch_dims=1)  # [B, 32, 40, 3]
+  cropped = tf.gather(padded, rows, axis=1, batch_dims=1)  # [B, 32, 32 + 2 * pad, 3]
   cropped = tf.gather(cropped, cols, axis=2, batch_dims=1)  # [B, 32, 32, 3]
   return tf.where(flips[:, None, None, None], tf.reverse(cropped, axis=[2]), cropped)
 
 
-def _epoch_plan(seed, epoch, num_examples, examples_per_epoch):
+def _epoch_plan(seed, epoch, num_examples, examples_per_epoch, crop_padding):
   """Order, crop offsets and flips of one epoch: a pure function of (seed, epoch)."""
   key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
   order_key, offset_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, num=3))
   order = tf.argsort(tf.random.stateless_uniform([num_examples], order_key))
   order = tf.cast(order[:examples_per_epoch], tf.int32)
   offsets = tf.random.stateless_uniform(
-    [examples_per_epoch, 2], offset_key, minval=0, maxval=2 * CROP_PADDING + 1, dtype=tf.int32
+    [examples_per_epoch, 2], offset_key, minval=0, maxval=2 * crop_padding + 1, dtype=tf.int32
   )
   flips = tf.random.stateless_uniform([examples_per_epoch], flip_key) < 0.5
   return tf.data.Dataset.from_tensor_slices((order, offsets, flips))
@@ -292,6 +293,7 @@ def make_train_dataset(
   start_step,
   total_steps,
   seed,
+  crop_padding=CROP_PADDING,
   input_context=None,
 ):
   """Augmented training batches for one input pipeline, from `start_step` to `total_steps`.
@@ -311,6 +313,7 @@ def make_train_dataset(
       of each epoch's order is dropped so every batch is full).
     start_step, total_steps: the half-open range of global steps to produce.
     seed: the data order and augmentation seed.
+    crop_padding: random translations of up to this many pixels (see crop_and_flip).
     input_context: a tf.distribute.InputContext, or None for one pipeline.
 
   Returns:
@@ -330,12 +333,12 @@ def make_train_dataset(
 
   def plan(epoch):
     skip = tf.where(epoch == start_epoch, start_offset * global_batch_size, 0)
-    return _epoch_plan(seed, epoch, len(labels), examples_per_epoch).skip(tf.cast(skip, tf.int64))
+    epoch_plan = _epoch_plan(seed, epoch, len(labels), examples_per_epoch, crop_padding)
+    return epoch_plan.skip(tf.cast(skip, tf.int64))
 
   def gather_and_augment(order, offsets, flips):
-    return normalize(crop_and_flip(tf.gather(images, order), offsets, flips)), tf.gather(
-      labels, order
-    )
+    augmented = crop_and_flip(tf.gather(images, order), offsets, flips, crop_padding)
+    return normalize(augmented), tf.gather(labels, order)
 
   dataset = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(plan)
   dataset = dataset.take((total_steps - start_step) * global_batch_size)

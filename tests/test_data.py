@@ -112,6 +112,20 @@ def test_crop_and_flip():
   np.testing.assert_array_equal(corner[:, 4:, 4:], images[:, :28, :28])
 
 
+def test_crop_padding_bounds_the_translation():
+  images, labels = random_split(45)
+  images = np.full_like(images, 255)  # So every zero pixel in a crop is padding.
+  padding_value = pipeline.normalize(tf.zeros([3], tf.uint8)).numpy()
+  for crop_padding in (0, 2):
+    batches = train_batches(images, labels, crop_padding=crop_padding)
+    crops = np.concatenate([batch_images for batch_images, _ in batches])  # [80, 32, 32, 3]
+    is_padding = np.isclose(crops, padding_value).all(axis=-1)  # [80, 32, 32]
+    padded_rows = is_padding.all(axis=2).sum(axis=1)
+    padded_columns = is_padding.all(axis=1).sum(axis=1)
+    # Translations reach crop_padding pixels (80 crops), never more.
+    assert padded_rows.max() == padded_columns.max() == crop_padding
+
+
 # --- Datasets ---------------------------------------------------------------------------
 
 
