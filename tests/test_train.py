@@ -207,6 +207,15 @@ def test_two_replicas_train_to_the_end(image_folder, tmp_path):
   assert result["step"] == 6 and result["validation"]["num_examples"] == 24
 
 
+@pytest.mark.parametrize("crop_padding", [-1, 17])
+def test_crop_padding_out_of_range_is_refused_before_anything_is_written(
+  image_folder, tmp_path, crop_padding
+):
+  with pytest.raises(train.RunError, match=r"--crop_padding must be in \[0, 16\] pixels"):
+    train.train_and_evaluate(debug_config(image_folder, crop_padding=crop_padding), str(tmp_path))
+  assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob("configs/*.cfg")), ids=os.path.basename)
 def test_every_config_parses(path):
   flag_values = flags.FlagValues()
