@@ -10,8 +10,8 @@ by 2 and pads the new channels with zeros (the paper's option A), so
 shortcuts add no parameters.
 
 ResNet9 (David Page, "How to train your ResNet", 2018; the DAWNBench
-CIFAR-10 winner): four wide 3x3 convolutions that each double the width,
-three of them followed by 2x2 max pooling (32 -> 16 -> 8 -> 4), with a
+CIFAR-10 winner): four 3x3 convolutions that set the width (64, 128, 256,
+512), the last three followed by 2x2 max pooling (32 -> 16 -> 8 -> 4), with a
 residual block of two more convolutions after the first and the last
 pooling; global max pooling and a classifier whose logits are scaled by
 1/8. Fewer, wider layers than ResNet-20: per FLOP about 1.5x faster on a
