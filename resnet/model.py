@@ -297,7 +297,9 @@ def create_model(
   Raises:
     ValueError: an unknown name or a depth that is not 6n + 2.
   """
-  if isinstance(name_or_depth, str) and name_or_depth in RESNET9_WIDTHS:
+  if isinstance(name_or_depth, str) and name_or_depth not in MODEL_NAMES:
+    raise ValueError(f"Unknown model {name_or_depth!r}; choose one of {', '.join(MODEL_NAMES)}.")
+  if name_or_depth in RESNET9_WIDTHS:
     model = ResNet9(
       RESNET9_WIDTHS[name_or_depth],
       num_classes,
@@ -307,14 +309,7 @@ def create_model(
       dtype=precision,
     )
   else:
-    if isinstance(name_or_depth, str):
-      if name_or_depth not in DEPTHS:
-        raise ValueError(
-          f"Unknown model {name_or_depth!r}; choose one of {', '.join(MODEL_NAMES)}."
-        )
-      depth = DEPTHS[name_or_depth]
-    else:
-      depth = name_or_depth
+    depth = DEPTHS.get(name_or_depth, name_or_depth)
     model = ResNet(
       depth, num_classes, sync_batch_norm, fused_batch_norm, name=f"resnet{depth}", dtype=precision
     )
