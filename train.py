@@ -42,6 +42,9 @@ class Config:
   validation_size: int = 5000
   epochs: int = 200
   batch_size: int = 128  # Global, over all replicas.
+  optimizer: str = "adam"  # Or "sgd" (with momentum), the paper's.
+  momentum: float = 0.9  # SGD only.
+  nesterov: bool = False  # SGD only.
   learning_rate: float = 1e-3
   lr_schedule: str = "cosine"
   warmup_epochs: float = 2.0
@@ -95,6 +98,14 @@ def _validate(config):
     raise RunError(f"--on_nan must be one of {', '.join(ON_NAN)}, got {config.on_nan!r}.")
   if not 0 < config.nan_lr_factor < 1:
     raise RunError(f"--nan_lr_factor must be in (0, 1), got {config.nan_lr_factor}.")
+  if config.optimizer not in train_lib.OPTIMIZERS:
+    raise RunError(
+      f"--optimizer must be one of {', '.join(train_lib.OPTIMIZERS)}, got {config.optimizer!r}."
+    )
+  if not 0 <= config.momentum < 1:
+    raise RunError(f"--momentum must be in [0, 1), got {config.momentum}.")
+  if config.nesterov and not (config.optimizer == "sgd" and config.momentum > 0):
+    raise RunError("--nesterov needs --optimizer=sgd with a --momentum above 0.")
   if config.precision not in train_lib.PRECISIONS:
     raise RunError(f"--precision must be one of {', '.join(train_lib.PRECISIONS)}.")
 
@@ -291,14 +302,19 @@ def _train(config, model_dir, strategy, scratch_dir):
       multiplier=state["lr_multiplier"],
     )
     optimizer = train_lib.create_optimizer(
-      schedule, config.precision, config.decoupled_weight_decay
+      schedule,
+      config.precision,
+      config.decoupled_weight_decay,
+      name=config.optimizer,
+      momentum=config.momentum,
+      nesterov=config.nesterov,
     )
     optimizer.build(model.trainable_variables)  # Slots exist before a restore fills them.
-    # Adam is saved under the same name with or without loss scaling, so a run
-    # can resume in another precision; the loss scale is saved on its own.
-    adam = getattr(optimizer, "inner_optimizer", optimizer)
-    loss_scale = {"loss_scale_optimizer": optimizer} if optimizer is not adam else {}
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=adam, **loss_scale, **state)
+    # Adam (or SGD) is saved under the same name with or without loss scaling, so
+    # a run can resume in another precision; the loss scale is saved on its own.
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    loss_scale = {"loss_scale_optimizer": optimizer} if optimizer is not inner else {}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=inner, **loss_scale, **state)
   read_manager, _ = checkpointing.create_managers(checkpoint, model_dir)
   latest_manager, best_manager = checkpointing.create_managers(checkpoint, write_dir)
 
@@ -633,7 +649,12 @@ def define_flags(flag_values=flags.FLAGS):
   # Optimisation.
   flags.DEFINE_integer("epochs", d.epochs, "Epochs to train for in total.", **fv)
   flags.DEFINE_integer("batch_size", d.batch_size, "Global batch size (all replicas).", **fv)
-  flags.DEFINE_float("learning_rate", d.learning_rate, "Adam's peak learning rate.", **fv)
+  flags.DEFINE_enum(
+    "optimizer", d.optimizer, list(train_lib.OPTIMIZERS), "adam, or sgd with momentum.", **fv
+  )
+  flags.DEFINE_float("momentum", d.momentum, "SGD's momentum, in [0, 1).", **fv)
+  flags.DEFINE_bool("nesterov", d.nesterov, "SGD with Nesterov momentum.", **fv)
+  flags.DEFINE_float("learning_rate", d.learning_rate, "Peak learning rate.", **fv)
   flags.DEFINE_enum(
     "lr_schedule", d.lr_schedule, list(train_lib.LR_SCHEDULES), "Decay after the warm-up.", **fv
   )

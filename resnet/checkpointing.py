@@ -26,8 +26,10 @@ from resnet import model as model_lib
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 RUN_RECORD = "run.json"
-# Config keys that define the model or the data: resuming with other values is refused.
-RUN_DEFINING_KEYS = ("model", "dataset", "validation_size", "batch_size", "seed")
+# Config keys that define the model, the data or the optimizer's state: resuming with other
+# values is refused. Runs recorded before a key existed had its default (RUN_KEY_DEFAULTS).
+RUN_DEFINING_KEYS = ("model", "dataset", "validation_size", "batch_size", "seed", "optimizer")
+RUN_KEY_DEFAULTS = {"optimizer": "adam"}
 
 
 class CheckpointError(ValueError):
@@ -156,6 +158,27 @@ def _git_commit():
     return None
 
 
+def cpu_model(cpuinfo_path="/proc/cpuinfo"):
+  """The CPU's model name ("AMD EPYC", ...) from /proc/cpuinfo, else platform's guess."""
+  try:
+    with open(cpuinfo_path) as file:
+      for line in file:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine_description():
+  """{"host", "cpu", "cpu_count", "gpus"}: what a run's speed figures were measured on."""
+  gpus = []
+  for device in tf.config.list_physical_devices("GPU"):
+    details = tf.config.experimental.get_device_details(device)
+    gpus.append(details.get("device_name", device.name))
+  return {"host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpus": gpus}
+
+
 def start_run_record(model_dir, config, write=True, **facts):
   """Creates MODEL_DIR/run.json, or extends it when a run resumes.
 
@@ -174,7 +197,7 @@ def start_run_record(model_dir, config, write=True, **facts):
   if record is None:
     record = {"config": config, "starts": []}
   else:
-    previous = record["config"]
+    previous = {**RUN_KEY_DEFAULTS, **record["config"]}
     changed = [key for key in RUN_DEFINING_KEYS if previous.get(key) != config.get(key)]
     if changed:
       details = ", ".join(
@@ -196,6 +219,8 @@ def start_run_record(model_dir, config, write=True, **facts):
     versions={"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
   )
   record["starts"].append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+  # Per start, as a resumed run may land on another machine (figures are per machine).
+  record.setdefault("machines", []).append(machine_description())
   if write:
     write_json(os.path.join(model_dir, RUN_RECORD), record)
   return record

@@ -16,6 +16,7 @@ import tensorflow as tf
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
+OPTIMIZERS = ("adam", "sgd")
 
 
 # --- Strategy -----------------------------------------------------------------------
@@ -156,8 +157,19 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
     )
 
 
-def create_optimizer(schedule, precision="float32", decoupled_weight_decay=0.0):
-  """Keras Adam driven by `schedule` (evaluated at its iteration count).
+def create_optimizer(
+  schedule,
+  precision="float32",
+  decoupled_weight_decay=0.0,
+  name="adam",
+  momentum=0.9,
+  nesterov=False,
+):
+  """Keras Adam (`name="adam"`) or SGD with momentum (`"sgd"`) driven by `schedule`.
+
+  SGD is the paper's optimizer (He et al. 2016: momentum 0.9); Keras' form,
+  v <- momentum * v - rate * g; w <- w + v, equals the usual one while the
+  rate is constant. `momentum` and `nesterov` apply only to SGD.
 
   `decoupled_weight_decay` > 0 is Keras' own decoupled decay (Loshchilov &
   Hutter's AdamW): each step multiplies every convolution and dense kernel by
@@ -166,20 +178,31 @@ def create_optimizer(schedule, precision="float32", decoupled_weight_decay=0.0):
   scale, so kernels with small gradients shrink at up to the learning rate per
   step. BatchNorm scales and offsets, and biases, are not decayed.
 
-  With "mixed_float16" the Adam is wrapped in Keras 3's LossScaleOptimizer
+  With "mixed_float16" the optimizer is wrapped in Keras 3's LossScaleOptimizer
   (dynamic loss scale): float16 gradients of small losses underflow to zero
   without it. bfloat16 has float32's exponent range and needs no scaling.
   Returns the optimizer to step with; its `inner_optimizer` (if wrapped) is
-  the Adam to checkpoint, so that checkpoints move between precisions.
+  the one to checkpoint, so that checkpoints move between precisions.
+
+  Raises:
+    ValueError: an unknown precision or optimizer name.
   """
   if precision not in PRECISIONS:
     raise ValueError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
-  adam = keras.optimizers.Adam(learning_rate=schedule, weight_decay=decoupled_weight_decay or None)
+  weight_decay = decoupled_weight_decay or None
+  if name == "adam":
+    optimizer = keras.optimizers.Adam(learning_rate=schedule, weight_decay=weight_decay)
+  elif name == "sgd":
+    optimizer = keras.optimizers.SGD(
+      learning_rate=schedule, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+    )
+  else:
+    raise ValueError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
   if decoupled_weight_decay:
-    adam.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
   if precision == "mixed_float16":
-    return keras.optimizers.LossScaleOptimizer(adam)
-  return adam
+    return keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
 
 
 # --- Loss --------------------------------------------------------------------------

@@ -181,6 +181,25 @@ def test_resume_with_other_model_is_refused_and_changes_nothing(trained_run, ima
   assert before == after
 
 
+def test_resume_with_other_optimizer_is_refused_and_old_records_mean_adam(
+  trained_run, image_folder
+):
+  model_dir, _ = trained_run
+  with pytest.raises(checkpointing.CheckpointError, match="--optimizer='adam' there, 'sgd' now"):
+    train.train_and_evaluate(debug_config(image_folder, optimizer="sgd"), model_dir)
+  # A run recorded before --optimizer existed trained with Adam: it still resumes.
+  record_path = os.path.join(model_dir, "run.json")
+  with open(record_path) as file:
+    record = json.load(file)
+  del record["config"]["optimizer"]
+  checkpointing.write_json(record_path, record)
+  assert train.train_and_evaluate(debug_config(image_folder), model_dir)["step"] == 6
+  with open(record_path) as file:
+    record = json.load(file)
+  assert record["config"]["optimizer"] == "adam"
+  assert record["machines"][-1]["cpu"] == checkpointing.cpu_model()
+
+
 def test_finished_run_does_nothing_more(trained_run, image_folder):
   model_dir, first = trained_run
   again = train.train_and_evaluate(debug_config(image_folder), model_dir)

@@ -38,6 +38,24 @@ def test_decoupled_weight_decay_shrinks_kernels_only(precision):
   assert {v.name for v in variables} == {"kernel", "gamma", "beta", "bias"}
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_takes_momentum_steps(nesterov):
+  # A constant gradient g: heavy-ball steps lr*g, lr*g*(1+m); Nesterov's look
+  # ahead makes them lr*g*(1+m), lr*g*(1+m+m^2).
+  weight = keras.Variable(np.zeros(3, np.float32))
+  optimizer = train_lib.create_optimizer(0.1, name="sgd", momentum=0.9, nesterov=nesterov)
+  gradient = tf.constant([1.0, -2.0, 0.5])
+  positions = []
+  for _ in range(2):
+    optimizer.apply([gradient], [weight])
+    positions.append(weight.numpy().copy())
+  factors = (1.9, 1.9 + 2.71) if nesterov else (1.0, 1.0 + 1.9)
+  for position, factor in zip(positions, factors, strict=True):
+    np.testing.assert_allclose(position, -0.1 * factor * gradient.numpy(), rtol=1e-5)
+  with pytest.raises(ValueError, match="Unknown optimizer 'rmsprop'"):
+    train_lib.create_optimizer(0.1, name="rmsprop")
+
+
 def test_cross_entropy_matches_its_definition():
   logits = tf.constant([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
   labels = tf.constant([0, 2])
