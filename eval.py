@@ -20,10 +20,10 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
-from sklearn import metrics as sk_metrics  # noqa: E402
 
 from data import pipeline, visualize  # noqa: E402
 from resnet import checkpointing, summaries, train_lib  # noqa: E402
+from resnet import metrics as metrics_lib  # noqa: E402
 
 SPLITS = ("test", "validation", "train")
 EVAL_STRATEGIES = ("auto", "default", "one_device", "mirrored")  # One process, local devices.
@@ -55,85 +55,6 @@ def load_eval_split(record, split, dataset, tfds_data_dir):
       f"{record['class_names']}: labels would not line up."
     )
   return images, labels, description
-
-
-CALIBRATION_BINS = 15  # As in Guo et al. 2017, "On Calibration of Modern Neural Networks".
-
-
-def calibration(probabilities, labels, num_bins=CALIBRATION_BINS):
-  """Expected calibration error over equal-width bins of top-1 confidence.
-
-  ECE = sum over bins of (examples in bin / N) x |accuracy - mean confidence|.
-
-  Returns:
-    {"ece", "bin_confidence", "bin_accuracy" (None for empty bins: valid
-     JSON), "bin_counts"}.
-  """
-  confidence = probabilities.max(axis=1)
-  correct = probabilities.argmax(axis=1) == labels
-  bins = np.minimum((confidence * num_bins).astype(int), num_bins - 1)  # Confidence 1.0: last.
-  counts = np.bincount(bins, minlength=num_bins)
-  with np.errstate(invalid="ignore"):  # Empty bins: NaN.
-    bin_confidence = np.bincount(bins, weights=confidence, minlength=num_bins) / counts
-    bin_accuracy = np.bincount(bins, weights=correct, minlength=num_bins) / counts
-  gaps = np.nan_to_num(np.abs(bin_accuracy - bin_confidence))
-  return {
-    "ece": float(np.sum(counts / len(labels) * gaps)),
-    "bin_confidence": [None if np.isnan(x) else float(x) for x in bin_confidence],
-    "bin_accuracy": [None if np.isnan(x) else float(x) for x in bin_accuracy],
-    "bin_counts": counts.tolist(),
-  }
-
-
-def top_k_values(num_classes):
-  """The k of the top-k accuracies reported: 1 and 5 for CIFAR-10 (fewer for few classes)."""
-  return sorted({1, min(5, max(num_classes - 1, 1))})
-
-
-def compute_metrics(probabilities, labels, class_names):
-  """Accuracy, loss, top-k, calibration, confusion matrix and per-class scores.
-
-  Args:
-    probabilities: float [N, C] predicted class probabilities; labels: int [N].
-
-  Returns:
-    A JSON-ready dict: accuracy, loss (mean cross-entropy, nats), num_examples,
-    top_k_accuracy {k: accuracy}, ece, calibration (per bin), confusion_matrix
-    (rows true, columns predicted), per_class, macro_avg. Scores come from
-    scikit-learn.
-  """
-  predictions = probabilities.argmax(axis=1)
-  class_ids = list(range(len(class_names)))
-  precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
-    labels, predictions, labels=class_ids, zero_division=0
-  )
-  reliability = calibration(probabilities, labels)
-  return {
-    "accuracy": float(sk_metrics.accuracy_score(labels, predictions)),
-    "loss": float(sk_metrics.log_loss(labels, probabilities, labels=class_ids)),
-    "num_examples": int(len(labels)),
-    "top_k_accuracy": {
-      str(k): float(sk_metrics.top_k_accuracy_score(labels, probabilities, k=k, labels=class_ids))
-      for k in top_k_values(len(class_names))
-    },
-    "ece": reliability.pop("ece"),
-    "calibration": reliability,
-    "confusion_matrix": sk_metrics.confusion_matrix(labels, predictions, labels=class_ids).tolist(),
-    "per_class": {
-      name: {
-        "precision": float(precision[i]),
-        "recall": float(recall[i]),
-        "f1": float(f1[i]),
-        "support": int(support[i]),
-      }
-      for i, name in enumerate(class_names)
-    },
-    "macro_avg": {
-      "precision": float(precision.mean()),
-      "recall": float(recall.mean()),
-      "f1": float(f1.mean()),
-    },
-  }
 
 
 def format_table(metrics):
@@ -209,15 +130,15 @@ def evaluate_model_dir(
     strategy, images, labels, global_batch_size=batch_size
   )
   predict_step = train_lib.make_predict_step(strategy, model)
-  probabilities, seen_labels = train_lib.predict(predict_step, eval_dataset, len(labels))
-  metrics = compute_metrics(probabilities, seen_labels, class_names)
+  probabilities, seen_labels = metrics_lib.predict(predict_step, eval_dataset, len(labels))
+  metrics = metrics_lib.compute_metrics(probabilities, seen_labels, class_names)
   if tta_flip:  # The training augmentation flips left-right; average both views.
     flipped = pipeline.distribute_eval_dataset(
       strategy, images[:, :, ::-1], labels, global_batch_size=batch_size
     )
-    flipped_probabilities, _ = train_lib.predict(predict_step, flipped, len(labels))
+    flipped_probabilities, _ = metrics_lib.predict(predict_step, flipped, len(labels))
     averaged = (probabilities + flipped_probabilities) / 2
-    tta = compute_metrics(averaged, seen_labels, class_names)
+    tta = metrics_lib.compute_metrics(averaged, seen_labels, class_names)
     metrics["flip_tta"] = {key: tta[key] for key in ("accuracy", "loss", "top_k_accuracy", "ece")}
   metrics.update(
     split=split,

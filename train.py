@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from data import pipeline, visualize  # noqa: E402
-from resnet import checkpointing, console, export, summaries, train_lib  # noqa: E402
+from resnet import checkpointing, console, export, metrics, summaries, train_lib  # noqa: E402
 from resnet import model as model_lib
 
 
@@ -449,9 +449,7 @@ def _train(config, model_dir, strategy, scratch_dir):
 
       if step_in_epoch == 0:
         average_moving_statistics()  # One model on every replica; see train_lib.
-        validation = train_lib.evaluate(
-          predict_step, val_dataset, len(val_labels), len(class_names)
-        )
+        validation = metrics.evaluate(predict_step, val_dataset, len(val_labels), class_names)
         state["epoch"].assign(epoch)
         improved = validation["accuracy"] > float(state["best_accuracy"].numpy())
         if improved:
@@ -531,7 +529,10 @@ def _write_validation_summaries(
       "loss": validation["loss"],
       "accuracy": validation["accuracy"],
       summaries.BEST_ACCURACY_TAG: float(state["best_accuracy"].numpy()),
-      **summaries.per_class_accuracy(validation["confusion_matrix"], class_names),
+      **{
+        f"accuracy_per_class/{name}": scores["recall"]  # A class's recall is its accuracy.
+        for name, scores in validation["per_class"].items()
+      },
     },
   )
   summaries.write_png(

@@ -26,8 +26,8 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from data import pipeline  # noqa: E402
+from resnet import metrics, train_lib  # noqa: E402
 from resnet import model as model_lib  # noqa: E402
-from resnet import train_lib  # noqa: E402
 
 
 def forward_flops_per_image(model):
@@ -231,10 +231,10 @@ def run_benchmark(
       eval_dataset = pipeline.distribute_eval_dataset(
         strategy, val_images, val_labels, global_batch_size=batch_size
       )
-      train_lib.predict(predict_step, eval_dataset, len(val_labels))
+      metrics.predict(predict_step, eval_dataset, len(val_labels))
 
       def evaluation(predict_step=predict_step, eval_dataset=eval_dataset):
-        seconds = _timed(lambda: train_lib.predict(predict_step, eval_dataset, len(val_labels)))
+        seconds = _timed(lambda: metrics.predict(predict_step, eval_dataset, len(val_labels)))
         return len(val_labels) / seconds
 
       variants.add("evaluation", evaluation)

@@ -9,7 +9,6 @@ MODEL_DIR/tensorboard/validation/ loss, accuracy (overall, per class, best), ima
 import json
 import os
 
-import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
@@ -83,13 +82,3 @@ def write_run_start(writers, step, config, run_record, run_name):
 def _markdown_table(config):
   rows = [f"| --{key} | {value} |" for key, value in sorted(config.items())]
   return "\n".join(["| flag | value |", "| --- | --- |", *rows])
-
-
-def per_class_accuracy(confusion_matrix, class_names):
-  """{"accuracy_per_class/<name>": recall of that class} from a [C, C] confusion matrix."""
-  confusion_matrix = np.asarray(confusion_matrix)
-  totals = np.maximum(confusion_matrix.sum(axis=1), 1)
-  return {
-    f"accuracy_per_class/{name}": float(confusion_matrix[i, i] / totals[i])
-    for i, name in enumerate(class_names)
-  }

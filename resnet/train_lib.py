@@ -10,7 +10,6 @@ import math
 import os
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
@@ -361,45 +360,3 @@ def make_predict_step(strategy, model):
     return {key: strategy.gather(value, axis=0) for key, value in per_replica.items()}
 
   return predict_step
-
-
-def predict(predict_step, distributed_dataset, num_examples):
-  """Per-example outputs over a whole eval dataset, padding removed, in split order.
-
-  Returns:
-    (probabilities float32 [N, C], labels int32 [N]) with row i = example i.
-  """
-  probabilities, labels, indices = [], [], []
-  for batch in distributed_dataset:
-    outputs = {key: value.numpy() for key, value in predict_step(batch).items()}
-    real = outputs["mask"] > 0
-    probabilities.append(outputs["probabilities"][real])
-    labels.append(outputs["label"][real])
-    indices.append(outputs["index"][real])
-  indices = np.concatenate(indices)
-  if not np.array_equal(np.sort(indices), np.arange(num_examples)):
-    raise RuntimeError("Evaluation did not see every example exactly once.")
-  order = np.argsort(indices)
-  return np.concatenate(probabilities)[order], np.concatenate(labels)[order]
-
-
-def evaluate(predict_step, distributed_dataset, num_examples, num_classes):
-  """Metrics of a whole eval dataset, from the per-example outputs of `predict`.
-
-  Returns:
-    {"loss": mean cross-entropy (nats), "accuracy": correct / seen,
-     "num_examples": int, "confusion_matrix": int64 [C, C] (rows = true labels),
-     "probabilities": float32 [N, C], "labels": int32 [N] (in split order)}.
-  """
-  probabilities, labels = predict(predict_step, distributed_dataset, num_examples)
-  true_class_probability = probabilities[np.arange(len(labels)), labels].astype(np.float64)
-  predictions = probabilities.argmax(axis=1)
-  confusion = np.bincount(labels * num_classes + predictions, minlength=num_classes**2)
-  return {
-    "loss": float(-np.log(np.maximum(true_class_probability, 1e-30)).mean()),
-    "accuracy": float(np.mean(predictions == labels)),
-    "num_examples": len(labels),
-    "confusion_matrix": confusion.reshape(num_classes, num_classes).astype(np.int64),
-    "probabilities": probabilities,
-    "labels": labels,
-  }

@@ -16,6 +16,7 @@ from sklearn import metrics as sk_metrics
 import train
 from data import pipeline
 from resnet import checkpointing
+from resnet import metrics as metrics_lib
 from resnet import model as model_lib
 from tests.conftest import CLASS_NAMES, TEST_PER_CLASS, write_image_folder
 from tests.test_train import debug_config
@@ -191,18 +192,6 @@ def test_eval_of_a_checkpoint_of_another_depth_is_refused(model_dir, tmp_path):
     eval_main.evaluate_model_dir(model_dir, "test", checkpoint_path=path)
 
 
-def test_calibration_error_on_a_hand_made_example():
-  # Four predictions at confidence 0.9, three right: |0.75 - 0.9| = 0.15 in one bin;
-  # two at 0.6, both right: |1.0 - 0.6| = 0.4. ECE = 4/6 x 0.15 + 2/6 x 0.4.
-  probabilities = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
-  labels = np.array([0, 0, 0, 1, 0, 0])
-  result = eval_main.calibration(probabilities, labels, num_bins=10)
-  assert result["ece"] == pytest.approx(4 / 6 * 0.15 + 2 / 6 * 0.4)
-  assert result["bin_counts"][9] == 4 and result["bin_counts"][6] == 2
-  assert result["bin_accuracy"][9] == pytest.approx(0.75)
-  assert result["bin_accuracy"][0] is None  # An empty bin (JSON null).
-
-
 def test_report_files_top_k_and_flip_test_time_augmentation(model_dir):
   metrics = eval_main.evaluate_model_dir(model_dir, "test", batch_size=8, tta_flip=True)
   output = os.path.join(model_dir, "eval", "test")
@@ -211,7 +200,7 @@ def test_report_files_top_k_and_flip_test_time_augmentation(model_dir):
   assert metrics["top_k_accuracy"]["1"] == pytest.approx(metrics["accuracy"])
   top2 = np.mean((np.argsort(-probabilities, axis=1)[:, :2] == labels[:, None]).any(axis=1))
   assert metrics["top_k_accuracy"]["2"] == pytest.approx(top2)  # 3 classes: top-1, top-2.
-  assert metrics["ece"] == pytest.approx(eval_main.calibration(probabilities, labels)["ece"])
+  assert metrics["ece"] == pytest.approx(metrics_lib.calibration(probabilities, labels)["ece"])
 
   # Flip TTA: the average of the model's probabilities on the images and their mirror.
   images, _, _ = pipeline.load_split(

@@ -1,0 +1,93 @@
+"""Metrics on the host: exact counting over replicas, and agreement with scikit-learn."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn import metrics as sk_metrics
+
+from data import pipeline
+from resnet import metrics, train_lib
+from resnet import model as model_lib
+
+
+@pytest.mark.parametrize("strategy_name", ["default", "one_device", "mirrored"])
+def test_evaluate_counts_every_example_and_agrees_with_predict(strategy_name):
+  strategy = train_lib.create_strategy(strategy_name)
+  with strategy.scope():
+    keras.utils.set_random_seed(2)
+    model = model_lib.create_model("resnet8", num_classes=3)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (23, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 3, 23).astype(np.int32)
+  dataset = pipeline.distribute_eval_dataset(strategy, images, labels, global_batch_size=8)
+  predict_step = train_lib.make_predict_step(strategy, model)
+  result = metrics.evaluate(predict_step, dataset, 23, ["bird", "cat", "dog"])
+  probabilities, seen_labels = metrics.predict(predict_step, dataset, 23)
+  np.testing.assert_array_equal(seen_labels, labels)
+  assert result["num_examples"] == 23 and np.sum(result["confusion_matrix"]) == 23
+  predictions = probabilities.argmax(axis=1)
+  assert result["accuracy"] == pytest.approx(np.mean(predictions == labels))
+  expected_loss = -np.log(probabilities[np.arange(23), labels]).mean()
+  assert result["loss"] == pytest.approx(expected_loss, rel=1e-4)
+  # The same model on the same data gives the same numbers on one or two replicas.
+  reference = model_lib.create_model("resnet8", num_classes=3)
+  reference.set_weights(model.get_weights())
+  logits = reference(pipeline.normalize(images), training=False)
+  np.testing.assert_allclose(probabilities, tf.nn.softmax(logits).numpy(), atol=1e-5)
+
+
+def test_calibration_error_on_a_hand_made_example():
+  # Four predictions at confidence 0.9, three right: |0.75 - 0.9| = 0.15 in one bin;
+  # two at 0.6, both right: |1.0 - 0.6| = 0.4. ECE = 4/6 x 0.15 + 2/6 x 0.4.
+  probabilities = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
+  labels = np.array([0, 0, 0, 1, 0, 0])
+  result = metrics.calibration(probabilities, labels, num_bins=10)
+  assert result["ece"] == pytest.approx(4 / 6 * 0.15 + 2 / 6 * 0.4)
+  assert result["bin_counts"][9] == 4 and result["bin_counts"][6] == 2
+  assert result["bin_accuracy"][9] == pytest.approx(0.75)
+  assert result["bin_accuracy"][0] is None  # An empty bin (JSON null).
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compute_metrics_agrees_with_scikit_learn(dtype):
+  class_names = ["plane", "car", "bird", "cat", "deer", "dog", "frog"]
+  class_ids = list(range(len(class_names)))
+  rng = np.random.default_rng(3)
+  probabilities = rng.dirichlet(np.ones(len(class_names)), size=300)
+  labels = rng.integers(0, 5, 300)  # Classes 5 and 6 never occur: recall 0 by zero_division.
+  probabilities[:, 3] = probabilities.min(axis=1) / 2  # Class 3 is never predicted.
+  probabilities[:, 4] = np.where(labels == 4, 0.0, probabilities[:, 4])  # Log loss clips these.
+  probabilities[:10] = np.eye(len(class_names))[0]  # Certain: ties for every k > 1.
+  probabilities = (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(dtype)
+  result = metrics.compute_metrics(probabilities, labels, class_names)
+
+  predictions = probabilities.argmax(axis=1)
+  assert 3 not in predictions and 5 in predictions and (labels == 4).any()
+  assert result["accuracy"] == pytest.approx(sk_metrics.accuracy_score(labels, predictions))
+  assert np.isfinite(result["loss"])
+  assert result["loss"] == pytest.approx(
+    sk_metrics.log_loss(labels, probabilities, labels=class_ids)
+  )
+  assert result["num_examples"] == 300
+  assert list(result["top_k_accuracy"]) == ["1", "5"]
+  for k, accuracy in result["top_k_accuracy"].items():
+    assert accuracy == pytest.approx(
+      sk_metrics.top_k_accuracy_score(labels, probabilities, k=int(k), labels=class_ids)
+    )
+  expected_confusion = sk_metrics.confusion_matrix(labels, predictions, labels=class_ids)
+  assert result["confusion_matrix"] == expected_confusion.tolist()
+  precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+    labels, predictions, labels=class_ids, zero_division=0
+  )
+  per_class = [result["per_class"][name] for name in class_names]
+  assert [scores["precision"] for scores in per_class] == pytest.approx(precision)
+  assert [scores["recall"] for scores in per_class] == pytest.approx(recall)
+  assert [scores["f1"] for scores in per_class] == pytest.approx(f1)
+  assert [scores["support"] for scores in per_class] == support.tolist()
+  assert result["per_class"]["cat"]["precision"] == 0.0  # Never predicted.
+  assert result["per_class"]["frog"]["recall"] == 0.0  # Never a label.
+  assert result["macro_avg"] == pytest.approx(
+    {"precision": precision.mean(), "recall": recall.mean(), "f1": f1.mean()}
+  )
+  assert result["ece"] == pytest.approx(metrics.calibration(probabilities, labels)["ece"])
