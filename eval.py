@@ -21,8 +21,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from data import pipeline, visualize  # noqa: E402
-from resnet import checkpointing, summaries, train_lib  # noqa: E402
+from data import pipeline  # noqa: E402
+from resnet import checkpointing, plots, summaries, train_lib  # noqa: E402
 from resnet import metrics as metrics_lib  # noqa: E402
 
 SPLITS = ("test", "validation", "train")
@@ -82,6 +82,31 @@ def format_table(metrics):
       f"loss {tta['loss']:.4f}   ECE {tta['ece']:.4f}"
     )
   return "\n".join(lines)
+
+
+def report_pictures(metrics, images, labels, probabilities, class_names, title):
+  """{"confusion_matrix", "mistakes", "reliability"}: PNG bytes of eval.py's report.
+
+  Args:
+    metrics: resnet.metrics.compute_metrics' dict of these predictions.
+    images: uint8 [N, 32, 32, 3]; labels: int [N]; probabilities: float [N, C].
+    class_names: the C class names; title: what was evaluated on what.
+  """
+  return {
+    "confusion_matrix": plots.confusion_matrix_png(
+      metrics["confusion_matrix"], class_names, title=title
+    ),
+    "mistakes": plots.mistakes_png(
+      images, labels, probabilities, class_names, count=32, title=f"Mistakes: {title}"
+    ),
+    "reliability": plots.reliability_diagram_png(
+      metrics["calibration"]["bin_confidence"],
+      metrics["calibration"]["bin_accuracy"],
+      metrics["calibration"]["bin_counts"],
+      metrics["ece"],
+      title=title,
+    ),
+  }
 
 
 def evaluate_model_dir(
@@ -155,22 +180,9 @@ def evaluate_model_dir(
   np.savez_compressed(
     os.path.join(output_dir, "predictions.npz"), labels=seen_labels, probabilities=probabilities
   )
-  title = f"{config['model']} on {description}"
-  pictures = {
-    "confusion_matrix": visualize.confusion_matrix_png(
-      metrics["confusion_matrix"], class_names, title=title
-    ),
-    "mistakes": visualize.mistakes_png(
-      images, seen_labels, probabilities, class_names, count=32, title=f"Mistakes: {title}"
-    ),
-    "reliability": visualize.reliability_diagram_png(
-      metrics["calibration"]["bin_confidence"],
-      metrics["calibration"]["bin_accuracy"],
-      metrics["calibration"]["bin_counts"],
-      metrics["ece"],
-      title=title,
-    ),
-  }
+  pictures = report_pictures(
+    metrics, images, seen_labels, probabilities, class_names, f"{config['model']} on {description}"
+  )
   for name, png in pictures.items():
     with open(os.path.join(output_dir, f"{name}.png"), "wb") as file:
       file.write(png)

@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from data import pipeline, visualize  # noqa: E402
-from resnet import checkpointing, console, export, metrics, summaries, train_lib  # noqa: E402
+from resnet import checkpointing, console, export, metrics, plots, summaries, train_lib  # noqa: E402
 from resnet import model as model_lib
 
 
@@ -539,7 +539,7 @@ def _write_validation_summaries(
     writer,
     step,
     "confusion_matrix",
-    visualize.confusion_matrix_png(
+    plots.confusion_matrix_png(
       validation["confusion_matrix"], class_names, title=f"Validation, epoch {epoch}"
     ),
   )
@@ -547,7 +547,7 @@ def _write_validation_summaries(
     writer,
     step,
     "most_confident_mistakes",
-    visualize.mistakes_png(
+    plots.mistakes_png(
       images,
       validation["labels"],
       validation["probabilities"],

@@ -37,7 +37,7 @@ def write_scalars(writer, step, scalars):
 
 
 def write_png(writer, step, tag, png_bytes, description=None):
-  """One PNG image (from data/visualize.py) at `step`."""
+  """One PNG image (from data/visualize.py or resnet/plots.py) at `step`."""
   with writer.as_default(step=step):
     tf.summary.image(tag, tf.io.decode_png(png_bytes)[None], description=description)
 
