@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from data import pipeline  # noqa: E402
+from data import pipeline, sources  # noqa: E402
 from resnet import checkpointing, plots, summaries, train_lib  # noqa: E402
 from resnet import metrics as metrics_lib  # noqa: E402
 
@@ -41,16 +41,16 @@ def load_eval_split(record, split, dataset, tfds_data_dir):
   """
   config = record["config"]
   if dataset == config["dataset"] and split in ("train", "validation"):
-    train, validation, class_names, source = pipeline.load_train_and_validation(
+    train, validation, class_names, source = sources.load_train_and_validation(
       dataset, config["validation_size"], tfds_data_dir
     )
     images, labels = train if split == "train" else validation
     description = f"{dataset} {split} ({source})" if split == "validation" else f"{dataset} train"
   else:
-    images, labels, class_names = pipeline.load_split(dataset, split, tfds_data_dir)
+    images, labels, class_names = sources.load_split(dataset, split, tfds_data_dir)
     description = f"{dataset} {split} (whole split)"
   if list(class_names) != list(record["class_names"]):
-    raise pipeline.DataError(
+    raise sources.DataError(
       f"{dataset} has classes {class_names}, but the model was trained on "
       f"{record['class_names']}: labels would not line up."
     )
@@ -254,7 +254,7 @@ def main(argv):
         FLAGS.tta_flip,
       )
       rows.append((model_dir, metrics))
-  except (pipeline.DataError, checkpointing.CheckpointError) as error:
+  except (sources.DataError, checkpointing.CheckpointError) as error:
     sys.exit(f"eval.py: error: {error}")
   if FLAGS.compare:
     print(f"{FLAGS.split} split of each run's dataset" if not FLAGS.dataset else FLAGS.dataset)

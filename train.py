@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from data import pipeline, visualize  # noqa: E402
+from data import pipeline, sources, visualize  # noqa: E402
 from resnet import checkpointing, console, export, metrics, plots, summaries, train_lib  # noqa: E402
 from resnet import model as model_lib
 
@@ -246,7 +246,7 @@ def _train(config, model_dir, strategy, scratch_dir):
 
   # --- Data --------------------------------------------------------------------------
   (train_images, train_labels), (val_images, val_labels), class_names, val_source = (
-    pipeline.load_train_and_validation(config.dataset, config.validation_size, config.tfds_data_dir)
+    sources.load_train_and_validation(config.dataset, config.validation_size, config.tfds_data_dir)
   )
   steps_per_epoch = config.steps_per_epoch or len(train_labels) // config.batch_size
   if not 0 < steps_per_epoch * config.batch_size <= len(train_labels):
@@ -758,7 +758,7 @@ def main(argv):
   tf.get_logger().setLevel("WARNING")  # TF's own info lines (one per checkpoint save) are noise.
   try:
     result = train_and_evaluate(config_from_flags(flags.FLAGS), flags.FLAGS.model_dir)
-  except (RunError, pipeline.DataError, checkpointing.CheckpointError) as error:
+  except (RunError, sources.DataError, checkpointing.CheckpointError) as error:
     sys.exit(f"train.py: error: {error}")
   if result["stopped_by"]:
     print(

@@ -1,214 +1,25 @@
-"""CIFAR-10 input pipeline: load once into memory, then index-based tf.data.
+"""CIFAR-10 input pipeline: index-based tf.data over splits held in memory.
 
-Every split is decoded once into a uint8 array held in memory (CIFAR-10's 60,000
-images are 184 MB). Training batches are then described by *positions*: for
-epoch `e` the order of the examples, the crop offsets and the flips are a pure
-function of `(seed, e)`. That gives
+data/sources.py decodes every split once into a uint8 array held in memory.
+Training batches are then described by *positions*: for epoch `e` the order
+of the examples, the crop offsets and the flips are a pure function of
+`(seed, e)`. That gives
   * the same global batches for any number of replicas or workers (each input
     pipeline takes its shard of one global order),
   * exact mid-epoch resume: start the plan at any step,
   * cheap per-batch, vectorised augmentation (one gather per batch).
 """
 
-import os
-import socket
-
-import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
+
+from data import sources
 
 # --- Constants -----------------------------------------------------------------
 
-IMAGE_SIZE = 32  # pixels, height == width
 CROP_PADDING = 4  # default pixels of zero padding on each side before the random crop
 # Per-channel statistics of the CIFAR-10 training images, in [0, 1] units.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-# Where TFDS downloads CIFAR-10 from: checked first, so that an offline machine
-# gets the explanation at once instead of after minutes of download retries.
-DOWNLOAD_HOSTS = {"cifar10": "www.cs.toronto.edu"}
-
-OFFLINE_HELP = """\
-The TFDS dataset {name!r} is not prepared in {data_dir} and could not be \
-downloaded ({error}). If this machine has no network access, either point \
---tfds_data_dir at a directory where `tfds build {name}` was run on a \
-connected machine (copy the whole directory over), or use an image folder \
-with --dataset=folder:PATH, where PATH/<split>/<class>/<image>.png|jpg (for \
-example PATH/train/cat/0001.png)."""
-
-
-class DataError(ValueError):
-  """Input data that cannot be used, with a message meant for the user."""
-
-
-# --- Loading ---------------------------------------------------------------------
-
-
-def _to_arrays(dataset, name):
-  """Materialises a dataset of (image, label) into uint8/int32 numpy arrays."""
-  images, labels = [], []
-  try:
-    for image_batch, label_batch in tfds.as_numpy(dataset.batch(4096)):
-      images.append(image_batch)
-      labels.append(label_batch)
-  except tf.errors.InvalidArgumentError as error:
-    raise DataError(f"Could not decode the images of {name}: {error.message}") from None
-  if not images:
-    raise DataError(f"{name} holds no images.")
-  return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)
-
-
-def _decode_image(image_bytes):
-  """JPEG/PNG bytes -> [32, 32, 3] uint8 (grey becomes RGB, other sizes are resized)."""
-  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-  image = tf.ensure_shape(image, [None, None, 3])
-  resized = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
-  resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-  is_cifar_sized = tf.reduce_all(tf.shape(image)[:2] == IMAGE_SIZE)
-  return tf.cond(is_cifar_sized, lambda: image, lambda: resized)
-
-
-def _find_unreadable_file(filenames):
-  """Returns the first file that does not decode (slow; only used on the error path)."""
-  for filename in filenames:
-    try:
-      _decode_image(tf.io.read_file(filename))
-    except tf.errors.InvalidArgumentError:
-      return filename
-  return None
-
-
-def _load_folder_split(root, split):
-  """Loads PATH/<split>/<class>/<file> through TFDS's ImageFolder builder."""
-  if not os.path.isdir(root):
-    raise DataError(f"--dataset=folder:{root}: {root} is not a directory.")
-  builder = tfds.ImageFolder(root)
-  splits = sorted(builder.info.splits.keys())
-  if split not in splits:
-    raise DataError(
-      f"The image folder {root} has no {split!r} split (found: {splits or 'none'}); "
-      f"expected images in {os.path.join(root, split, '<class>', '<image>.jpg')}."
-    )
-  class_names = builder.info.features["label"].names
-  split_dir = os.path.join(root, split)
-  if builder.info.splits[split].num_examples == 0:
-    raise DataError(f"The image folder {split_dir} holds no PNG or JPEG images.")
-  # Empty class folders are invisible to ImageFolder; say so instead of silently
-  # training a classifier that can never predict that class.
-  empty_classes = [
-    c
-    for c in class_names
-    if os.path.isdir(os.path.join(split_dir, c))
-    and not any(
-      f.lower().endswith((".png", ".jpg", ".jpeg")) for f in os.listdir(os.path.join(split_dir, c))
-    )
-  ]
-  if empty_classes:
-    raise DataError(f"Class folders without images in {split_dir}: {', '.join(empty_classes)}.")
-  raw = builder.as_dataset(
-    split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
-  )
-  filenames = raw.map(lambda example: example["image/filename"])
-  dataset = raw.map(
-    lambda example: (_decode_image(example["image"]), example["label"]),
-    num_parallel_calls=tf.data.AUTOTUNE,
-  )
-  try:
-    images, labels = _to_arrays(dataset, split_dir)
-  except DataError:
-    bad = _find_unreadable_file(f.decode() for f in tfds.as_numpy(filenames))
-    raise DataError(f"Unreadable image file in {split_dir}: {bad}") from None
-  return images, labels, list(class_names)
-
-
-def download_host_reachable(host, timeout_s=10.0):
-  """Whether a TCP connection to host:443 succeeds within `timeout_s` seconds."""
-  try:
-    socket.create_connection((host, 443), timeout=timeout_s).close()
-    return True
-  except OSError:
-    return False
-
-
-def _load_tfds_split(name, split, data_dir):
-  """Loads a TFDS dataset split, downloading it on first use."""
-  builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
-    host = DOWNLOAD_HOSTS.get(name)
-    if host and not download_host_reachable(host):
-      raise DataError(
-        OFFLINE_HELP.format(name=name, data_dir=builder.data_dir, error=f"cannot reach {host}")
-      )
-    try:
-      builder.download_and_prepare()
-    except Exception as error:  # noqa: BLE001 - any failure here means "cannot download".
-      raise DataError(
-        OFFLINE_HELP.format(
-          name=name, data_dir=builder.data_dir, error=f"{type(error).__name__}: {error}"
-        )
-      ) from None
-  try:
-    dataset = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
-  except (KeyError, ValueError) as error:
-    raise DataError(f"TFDS dataset {name!r} has no {split!r} split: {error}") from None
-  images, labels = _to_arrays(dataset, f"{name}[{split}]")
-  return images, labels, list(builder.info.features["label"].names)
-
-
-def load_split(dataset, split, tfds_data_dir=None):
-  """Loads one whole split into memory.
-
-  Args:
-    dataset: "cifar10" (TFDS) or "folder:PATH" (an image-folder tree).
-    split: split name, e.g. "train" or "test".
-    tfds_data_dir: TFDS data directory (None: the TFDS default).
-
-  Returns:
-    (images, labels, class_names): uint8 [N, 32, 32, 3], int32 [N], list of str.
-
-  Raises:
-    DataError: the data cannot be found or read; the message says what to do.
-  """
-  if dataset.startswith("folder:"):
-    return _load_folder_split(os.path.expanduser(dataset[len("folder:") :]), split)
-  return _load_tfds_split(dataset, split, tfds_data_dir)
-
-
-def split_off_validation(num_examples, validation_size):
-  """Deterministically partitions range(num_examples) into (train, validation) indices.
-
-  The permutation is fixed (seed 0, independent of the training seed) so that
-  every run of a study is selected on the same validation examples.
-  """
-  if not 0 < validation_size < num_examples:
-    raise DataError(
-      f"--validation_size={validation_size} must be between 1 and "
-      f"{num_examples - 1} for a training split of {num_examples} examples."
-    )
-  order = np.random.default_rng(0).permutation(num_examples)
-  return np.sort(order[validation_size:]), np.sort(order[:validation_size])
-
-
-def load_train_and_validation(dataset, validation_size, tfds_data_dir=None):
-  """Loads the training data and the data used for model selection.
-
-  Returns:
-    (train, validation, class_names, validation_source) where train and
-    validation are (images, labels) pairs and validation_source says where the
-    validation examples came from.
-  """
-  images, labels, class_names = load_split(dataset, "train", tfds_data_dir)
-  if validation_size == 0:
-    test_images, test_labels, _ = load_split(dataset, "test", tfds_data_dir)
-    return (images, labels), (test_images, test_labels), class_names, "test split"
-  train_index, validation_index = split_off_validation(len(labels), validation_size)
-  return (
-    (images[train_index], labels[train_index]),
-    (images[validation_index], labels[validation_index]),
-    class_names,
-    f"{validation_size} examples held out of the training split",
-  )
 
 
 # --- Preprocessing (per batch, vectorised) --------------------------------------------
@@ -240,7 +51,7 @@ def crop_and_flip(images, offsets, flips, crop_padding=CROP_PADDING):
   """
   pad = crop_padding
   padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-  window = tf.range(IMAGE_SIZE)
+  window = tf.range(sources.IMAGE_SIZE)
   rows = offsets[:, 0:1] + window  # [B, 32]
   cols = offsets[:, 1:2] + window  # [B, 32]
   cropped = tf.gather(padded, rows, axis=1, batch_dims=1)  # [B, 32, 32 + 2 * pad, 3]
@@ -323,7 +134,7 @@ def make_train_dataset(
   num_pipelines, pipeline_id, batch_size = _shard_and_batch_size(input_context, global_batch_size)
   examples_per_epoch = steps_per_epoch * global_batch_size
   if examples_per_epoch > len(labels):
-    raise DataError(
+    raise sources.DataError(
       f"{steps_per_epoch} steps of {global_batch_size} examples need "
       f"{examples_per_epoch} training examples; there are {len(labels)}."
     )
@@ -383,10 +194,10 @@ def make_eval_dataset(images, labels, *, global_batch_size, input_context=None):
 
 
 def check_global_batch_size(strategy, global_batch_size):
-  """Raises DataError unless the global batch divides evenly across replicas."""
+  """Raises sources.DataError unless the global batch divides evenly across replicas."""
   replicas = strategy.num_replicas_in_sync
   if global_batch_size <= 0 or global_batch_size % replicas:
-    raise DataError(
+    raise sources.DataError(
       f"--batch_size={global_batch_size} must be a positive multiple of the "
       f"number of replicas ({replicas})."
     )

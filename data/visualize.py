@@ -100,10 +100,10 @@ def main(argv):
   """Writes the class grid of a dataset's training split to --output."""
   from absl import flags
 
-  from data import pipeline
+  from data import sources
 
   del argv
-  images, labels, class_names = pipeline.load_split(
+  images, labels, class_names = sources.load_split(
     flags.FLAGS.dataset, flags.FLAGS.split, flags.FLAGS.tfds_data_dir
   )
   with open(flags.FLAGS.output, "wb") as file:

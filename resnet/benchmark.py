@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from data import pipeline  # noqa: E402
+from data import pipeline, sources  # noqa: E402
 from resnet import metrics, train_lib  # noqa: E402
 from resnet import model as model_lib  # noqa: E402
 
@@ -177,7 +177,7 @@ def run_benchmark(
 ):
   """Measures everything listed in the module docstring; returns a JSON-ready dict."""
   if dataset:
-    (images, labels), (val_images, val_labels), class_names, _ = pipeline.load_train_and_validation(
+    (images, labels), (val_images, val_labels), class_names, _ = sources.load_train_and_validation(
       dataset, 5000
     )
   else:

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from data import pipeline  # noqa: E402
+from data import sources  # noqa: E402
 
 tf.config.set_logical_device_configuration(
   tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
@@ -54,6 +54,6 @@ def image_folder(tmp_path_factory):
 @pytest.fixture
 def mock_cifar10(monkeypatch):
   """TFDS's mock CIFAR-10 (random images, no network)."""
-  monkeypatch.setattr(pipeline, "download_host_reachable", lambda host: True)
+  monkeypatch.setattr(sources, "download_host_reachable", lambda host: True)
   with tfds.testing.mock_data(num_examples=300):
     yield

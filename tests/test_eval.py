@@ -14,7 +14,7 @@ import tensorflow as tf
 from sklearn import metrics as sk_metrics
 
 import train
-from data import pipeline
+from data import pipeline, sources
 from resnet import checkpointing
 from resnet import metrics as metrics_lib
 from resnet import model as model_lib
@@ -203,7 +203,7 @@ def test_report_files_top_k_and_flip_test_time_augmentation(model_dir):
   assert metrics["ece"] == pytest.approx(metrics_lib.calibration(probabilities, labels)["ece"])
 
   # Flip TTA: the average of the model's probabilities on the images and their mirror.
-  images, _, _ = pipeline.load_split(
+  images, _, _ = sources.load_split(
     json.load(open(os.path.join(model_dir, "run.json")))["config"]["dataset"], "test"
   )
   record = checkpointing.read_run_record(model_dir)

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import train
-from data import pipeline
+from data import pipeline, sources
 from resnet import checkpointing, export, predict
 from resnet import model as model_lib
 from tests.conftest import CLASS_NAMES
@@ -66,7 +66,7 @@ def in_process_probabilities(model, images):
 @pytest.fixture(scope="module")
 def images(image_folder):
   """5 test images of all three classes, uint8 [5, 32, 32, 3]."""
-  images, labels, _ = pipeline.load_split(f"folder:{image_folder}", "test")
+  images, labels, _ = sources.load_split(f"folder:{image_folder}", "test")
   chosen = np.arange(0, len(labels), 4)[:5]
   assert len(set(labels[chosen])) == 3
   return images[chosen]
@@ -161,7 +161,7 @@ def test_predict_command_prints_the_top_classes_of_png_and_jpeg(
   # probabilities of the in-process model.
   results = predict.predict_files(exported["saved_model"], [png, jpeg], top_k=5)
   assert predict.format_result({**results[0], "top": results[0]["top"][:2]}) == lines[0]
-  decoded = [pipeline._decode_image(tf.io.read_file(path)).numpy() for path in (png, jpeg)]
+  decoded = [sources.decode_image(tf.io.read_file(path)).numpy() for path in (png, jpeg)]
   np.testing.assert_array_equal(predict.read_image(png), decoded[0])
   expected = in_process_probabilities(restored, np.stack(decoded))
   for result_of_file, row in zip(results, expected, strict=True):

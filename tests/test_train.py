@@ -16,7 +16,7 @@ from absl import flags
 from tensorboard.backend.event_processing import event_accumulator
 
 import train
-from data import pipeline
+from data import sources
 from resnet import checkpointing
 from tests.conftest import CLASS_NAMES
 
@@ -438,6 +438,6 @@ def test_a_disk_full_during_a_save_stops_cleanly_and_keeps_what_was_saved(
 
 def test_a_batch_that_does_not_divide_across_replicas_is_refused(image_folder, tmp_path):
   config = debug_config(image_folder, strategy="mirrored", batch_size=15)
-  with pytest.raises(pipeline.DataError, match="multiple of the number of replicas \\(2\\)"):
+  with pytest.raises(sources.DataError, match="multiple of the number of replicas \\(2\\)"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
