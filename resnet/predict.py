@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from data import sources  # noqa: E402
 from resnet import export  # noqa: E402
 
-IMAGE_SIZE = 32  # pixels, height == width
 BATCH_SIZE = 256  # images per call of the model: bounds the memory a long file list needs
 
 
@@ -33,23 +33,18 @@ class PredictError(ValueError):
 
 
 def read_image(path):
-  """PNG/JPEG file -> uint8 [32, 32, 3], decoded and resized as data/pipeline.py does.
+  """PNG/JPEG file -> uint8 [32, 32, 3], by data.sources.decode_image as training reads folders.
 
   Raises:
     PredictError: the file is missing or not a decodable image.
   """
   try:
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return sources.decode_image(tf.io.read_file(path))
   except tf.errors.OpError as error:
     # "{{function_node ...}} PATH; Is a directory [Op:ReadFile]" -> "Is a directory".
     message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).strip()
     message = message.removeprefix(f"{path}; ") or type(error).__name__
     raise PredictError(f"Cannot read the image {path}: {message}") from None
-  if image.shape[:2] == (IMAGE_SIZE, IMAGE_SIZE):
-    return image
-  # The resize of pipeline._decode_image, so that a photo is seen as training saw its images.
-  resized = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
 def predict_files(saved_model_dir, paths, top_k=3):
