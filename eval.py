@@ -9,21 +9,19 @@ MODEL_DIR/eval/<split>/metrics.json, confusion_matrix.png and predictions.npz,
 and TensorBoard summaries under MODEL_DIR/tensorboard/eval_<split>.
 """
 
+import resnet  # noqa: F401 - first: sets TensorFlow's environment (resnet/__init__.py).
+
+# isort: split
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's warnings, drop its info lines.
-# TF turns oneDNN on by itself only on CPUs with AVX-512 VNNI/BF16 or AMX. On the AVX2
-# CPUs we measured, it made resnet20 training 1.6x faster (~190 -> ~310 images/s).
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from data import pipeline, sources  # noqa: E402
-from resnet import checkpointing, plots, summaries, train_lib  # noqa: E402
-from resnet import metrics as metrics_lib  # noqa: E402
+from data import pipeline, sources
+from resnet import checkpointing, distribute, files, plots, run_record, summaries, train_lib
+from resnet import metrics as metrics_lib
 
 SPLITS = ("test", "validation", "train")
 EVAL_STRATEGIES = ("auto", "default", "one_device", "mirrored")  # One process, local devices.
@@ -140,11 +138,9 @@ def evaluate_model_dir(
   Returns:
     The metrics dict that is also written to MODEL_DIR/eval/<split>/metrics.json.
   """
-  if strategy_name == "auto":
-    strategy_name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
-  strategy = train_lib.create_strategy(strategy_name)
+  strategy = distribute.create_strategy(strategy_name, single_process=True)
   with strategy.scope():
-    model, record, checkpoint_path = checkpointing.load_trained_model(model_dir, checkpoint_path)
+    model, record, checkpoint_path = run_record.load_trained_model(model_dir, checkpoint_path)
   config, class_names = record["config"], record["class_names"]
   dataset = dataset or config["dataset"]
   tfds_data_dir = tfds_data_dir or config["tfds_data_dir"]
@@ -173,16 +169,24 @@ def evaluate_model_dir(
     model=config["model"],
   )
 
+  title = f"{config['model']} on {description}"
+  write_report(model_dir, metrics, images, seen_labels, probabilities, class_names, title)
+  return metrics
+
+
+def write_report(model_dir, metrics, images, labels, probabilities, class_names, title):
+  """MODEL_DIR/eval/<split>/ (metrics.json, report.txt, predictions.npz and the
+  pictures) and TensorBoard's eval_<split> summaries at the checkpoint's step."""
+  split, checkpoint_path = metrics["split"], metrics["checkpoint"]
   output_dir = os.path.join(model_dir, "eval", split)
-  checkpointing.write_json(os.path.join(output_dir, "metrics.json"), metrics)
+  files.write_json(os.path.join(output_dir, "metrics.json"), metrics)
   with open(os.path.join(output_dir, "report.txt"), "w") as file:
-    file.write(f"{config['model']} ({checkpoint_path}) on {description}\n{format_table(metrics)}\n")
+    file.write(f"{metrics['model']} ({checkpoint_path}) on {metrics['description']}\n")
+    file.write(f"{format_table(metrics)}\n")
   np.savez_compressed(
-    os.path.join(output_dir, "predictions.npz"), labels=seen_labels, probabilities=probabilities
+    os.path.join(output_dir, "predictions.npz"), labels=labels, probabilities=probabilities
   )
-  pictures = report_pictures(
-    metrics, images, seen_labels, probabilities, class_names, f"{config['model']} on {description}"
-  )
+  pictures = report_pictures(metrics, images, labels, probabilities, class_names, title)
   for name, png in pictures.items():
     with open(os.path.join(output_dir, f"{name}.png"), "wb") as file:
       file.write(png)
@@ -194,7 +198,6 @@ def evaluate_model_dir(
   for name, png in pictures.items():
     summaries.write_png(writer, step, name, png)
   writer.flush()
-  return metrics
 
 
 def format_comparison(rows):

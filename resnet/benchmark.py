@@ -17,17 +17,15 @@ import platform
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # As train.py sets it.
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from data import pipeline, sources  # noqa: E402
-from resnet import metrics, train_lib  # noqa: E402
-from resnet import model as model_lib  # noqa: E402
+from data import pipeline, sources
+from resnet import config as config_lib
+from resnet import metrics, train_lib
+from resnet import model as model_lib
 
 
 def forward_flops_per_image(model):
@@ -104,17 +102,41 @@ def matmul_peak(dtype, size=2048, iterations=10):
 def _build_train_steps(
   strategy, model_name, num_classes, batch_size, precision, fused_batch_norm=True
 ):
-  """(model, train_steps) as train.py builds them, Adam at a constant 1e-3."""
+  """(model, train_steps) as train.py builds them: Adam at a constant 1e-3, no L2 term."""
   keras.utils.set_random_seed(0)
-  model = model_lib.create_model(
-    model_name, num_classes, precision=precision, fused_batch_norm=fused_batch_norm
+  config = config_lib.Config(
+    model=model_name,
+    batch_size=batch_size,
+    precision=precision,
+    learning_rate=1e-3,
+    lr_schedule="constant",
+    warmup_epochs=0,
+    weight_decay=0.0,
   )
-  optimizer = train_lib.create_optimizer(1e-3, precision)
-  optimizer.build(model.trainable_variables)
-  train_steps = train_lib.make_train_steps(
-    strategy, model, optimizer, global_batch_size=batch_size, num_classes=num_classes
+  training = train_lib.create_training(
+    config, strategy, num_classes, steps_per_epoch=1, fused_batch_norm=fused_batch_norm
   )
-  return model, train_steps
+  return training.model, training.train_steps
+
+
+def _evaluation_rate_function(strategy, model, images, labels, batch_size):
+  """A function timing one evaluation pass (metrics.predict) -> images/s (warmed up first)."""
+  predict_step = train_lib.make_predict_step(strategy, model)
+  dataset = pipeline.distribute_eval_dataset(strategy, images, labels, global_batch_size=batch_size)
+  metrics.predict(predict_step, dataset, len(labels))
+  return lambda: len(labels) / _timed(lambda: metrics.predict(predict_step, dataset, len(labels)))
+
+
+def _pipeline_rate_function(dataset, batches, batch_size):
+  """A function timing `batches` batches of the input pipeline alone -> images/s."""
+  iterator = iter(dataset)
+  next(iterator)
+
+  def take():
+    for _ in range(batches):
+      next(iterator)
+
+  return lambda: batches * batch_size / _timed(take)
 
 
 def _rate_of(train_steps, iterator, steps, batch_size):
@@ -227,45 +249,42 @@ def run_benchmark(
       fed = iter(pipeline.distribute_train_dataset(strategy, images, labels, **train_kwargs))
       variants.add("end_to_end", _rate_of(train_steps, fed, steps, batch_size))
 
-      predict_step = train_lib.make_predict_step(strategy, model)
-      eval_dataset = pipeline.distribute_eval_dataset(
-        strategy, val_images, val_labels, global_batch_size=batch_size
+      variants.add(
+        "evaluation", _evaluation_rate_function(strategy, model, val_images, val_labels, batch_size)
       )
-      metrics.predict(predict_step, eval_dataset, len(val_labels))
-
-      def evaluation(predict_step=predict_step, eval_dataset=eval_dataset):
-        seconds = _timed(lambda: metrics.predict(predict_step, eval_dataset, len(val_labels)))
-        return len(val_labels) / seconds
-
-      variants.add("evaluation", evaluation)
-
-  pipeline_iterator = iter(train_dataset())
-  next(pipeline_iterator)
-
-  def pipeline_only():
-    def take():
-      for _ in range(steps * 5):
-        next(pipeline_iterator)
-
-    return steps * 5 * batch_size / _timed(take)
-
-  variants.add("input_pipeline", pipeline_only)
+  variants.add("input_pipeline", _pipeline_rate_function(train_dataset(), steps * 5, batch_size))
 
   if fit_baseline:
-    # Keras defaults otherwise (jit_compile="auto", i.e. off on CPUs; steps_per_execution=1).
-    one_hot = train_dataset().map(lambda x, y: (x, tf.one_hot(y, num_classes))).repeat()
-    for name, fused in (("keras_model_fit", True), ("keras_model_fit[keras_batch_norm]", False)):
-      keras.utils.set_random_seed(0)
-      fit_model = model_lib.create_model(model_name, num_classes, fused_batch_norm=fused)
-      fit_model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-      )
-      fit_model.fit(one_hot, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # Warm up.
-      variants.add(name, _fit_rate_function(fit_model, one_hot, steps, batch_size))
-
+    _add_fit_variants(variants, model_name, num_classes, train_dataset(), steps, batch_size)
   results = variants.run(repeats)
+  settings = {
+    "model": model_name,
+    "batch_size": batch_size,
+    "steps": steps,
+    "repeats": repeats,
+    "dataset": dataset or "random uint8 images",
+  }
+  return _report(results, flops, precisions, settings)
+
+
+def _add_fit_variants(variants, model_name, num_classes, train_dataset, steps, batch_size):
+  """Keras model.fit on the same input, with our fused and with stock Keras BatchNorm."""
+  # Keras defaults otherwise (jit_compile="auto", i.e. off on CPUs; steps_per_execution=1).
+  one_hot = train_dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes))).repeat()
+  for name, fused in (("keras_model_fit", True), ("keras_model_fit[keras_batch_norm]", False)):
+    keras.utils.set_random_seed(0)
+    fit_model = model_lib.create_model(model_name, num_classes, fused_batch_norm=fused)
+    fit_model.compile(
+      optimizer=keras.optimizers.Adam(1e-3),
+      loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+      metrics=["accuracy"],
+    )
+    fit_model.fit(one_hot, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # Warm up.
+    variants.add(name, _fit_rate_function(fit_model, one_hot, steps, batch_size))
+
+
+def _report(results, flops, precisions, settings):
+  """The JSON-ready report: rates, the machine, FLOP/s against the measured matmul peaks."""
   peaks = {
     "float32": matmul_peak(tf.float32),
     "bfloat16": matmul_peak(tf.bfloat16),
@@ -279,13 +298,7 @@ def run_benchmark(
       "tensorflow": tf.__version__,
       "keras": keras.__version__,
     },
-    "settings": {
-      "model": model_name,
-      "batch_size": batch_size,
-      "steps": steps,
-      "repeats": repeats,
-      "dataset": dataset or "random uint8 images",
-    },
+    "settings": settings,
     "images_per_second": results,
     "forward_flops_per_image": flops[precisions[0]],
     "matmul_peak_flops": peaks,
@@ -298,7 +311,7 @@ def run_benchmark(
       "achieved": achieved,
       "fraction_of_peak": achieved / peak,
     }
-  if fit_baseline:
+  if "keras_model_fit" in results:
     report["end_to_end_over_keras_fit"] = (
       results["end_to_end"]["median"] / results["keras_model_fit"]["median"]
     )

@@ -1,229 +1,73 @@
 """Manual checkpointing: the latest state for resuming, the best model by validation accuracy.
 
-MODEL_DIR/checkpoints/  latest training state (model, optimizer, step, epoch,
-                        best validation accuracy), a few kept for safety.
-MODEL_DIR/best/         rewritten only when validation accuracy improves; the
-                        best accuracy is stored inside the checkpoint and in
-                        best/best.json for people and scripts.
-MODEL_DIR/run.json      what eval.py needs to rebuild the model, and the record
-                        of the run (resolved flags, versions, restarts).
+MODEL_DIR/checkpoints/  latest training state (model, optimizer, counters), a few kept
+                        for safety; a resume restores the newest that reads back whole.
+MODEL_DIR/best/         rewritten only when validation accuracy improves; the best
+                        accuracy is stored inside the checkpoint and in best/best.json.
 """
 
-import json
+import contextlib
 import os
-import platform
-import subprocess
 import tempfile
-import time
 
-import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from resnet import model as model_lib
+from resnet import files
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
-RUN_RECORD = "run.json"
-# Config keys that define the model, the data or the optimizer's state: resuming with other
-# values is refused. Runs recorded before a key existed had its default (RUN_KEY_DEFAULTS).
-RUN_DEFINING_KEYS = ("model", "dataset", "validation_size", "batch_size", "seed", "optimizer")
-RUN_KEY_DEFAULTS = {"optimizer": "adam"}
+KEEP_LATEST = 3  # Checkpoints kept in LATEST_DIR: a damaged newest one falls back.
 
 
 class CheckpointError(ValueError):
   """A checkpoint or model directory that cannot be used, with a message for the user."""
 
 
-def create_training_state():
-  """Step, epoch, best accuracy and NaN-recovery variables (create them inside
-  strategy.scope())."""
+class DivergedError(RuntimeError):
+  """The training loss became non-finite and the run cannot (or may not) recover."""
+
+
+def one_line_message(error):
+  """An exception's message for a one-line error: its first line (TF's run to pages), or
+  its type's name."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def create_counters():
+  """The training counters saved with every checkpoint (create them inside strategy.scope()).
+
+  step, epoch: progress; best_accuracy: best validation accuracy so far (-1
+  before the first validation, so that any accuracy is an improvement);
+  lr_multiplier, nan_recoveries: the learning-rate factor and count of
+  recoveries from a non-finite loss (--on_nan=recover).
+  """
   return {
     "step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
     "epoch": tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch"),
-    # -1 until the first validation, so that any accuracy is an improvement.
     "best_accuracy": tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_accuracy"),
-    # Learning-rate multiplier and count of recoveries from a non-finite loss.
     "lr_multiplier": tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_multiplier"),
     "nan_recoveries": tf.Variable(0, dtype=tf.int64, trainable=False, name="nan_recoveries"),
   }
 
 
-def create_managers(checkpoint, model_dir):
-  """(latest, best) tf.train.CheckpointManagers for one tf.train.Checkpoint."""
-  latest = tf.train.CheckpointManager(
-    checkpoint, os.path.join(model_dir, LATEST_DIR), max_to_keep=3
-  )
-  best = tf.train.CheckpointManager(
-    checkpoint, os.path.join(model_dir, BEST_DIR), max_to_keep=1, checkpoint_name="best"
-  )
-  return latest, best
-
-
-def first_line(error):
-  """The first line of an exception's message (TF's run to pages), or its type's name."""
-  return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def restore_newest_readable(checkpoint, manager):
-  """Restores the newest checkpoint of `manager` that reads back whole.
-
-  A damaged newest checkpoint (a kill during a write, a full disk) falls back
-  to the previous one instead of ending the run.
-
-  Returns:
-    The restored path, or None when `manager` has no checkpoint.
+def make_writable_directory(model_dir):
+  """Creates `model_dir` and proves that a file can be written there, before the run starts.
 
   Raises:
-    CheckpointError: there are checkpoints but none of them can be restored.
+    CheckpointError: the directory cannot be created or written (read-only, full).
   """
-  errors = []
-  for path in reversed(manager.checkpoints):
-    try:
-      checkpoint.restore(path).assert_existing_objects_matched()
-      return path
-    except Exception as error:  # noqa: BLE001 - damaged files raise OpError, IndexError, ...
-      logging.warning(
-        "Cannot restore %s (%s); trying the previous checkpoint.", path, first_line(error)
-      )
-      errors.append(f"{os.path.basename(path)}: {first_line(error)}")
-  if errors:
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=model_dir) as probe:
+      probe.write(bytes(1 << 16))  # 64 KiB: an empty file can still be created on a full disk.
+      probe.flush()
+      os.fsync(probe.fileno())
+  except OSError as error:
     raise CheckpointError(
-      f"No checkpoint in {manager.directory} can be restored ("
-      f"{'; '.join(errors)}). Move the directory away to start afresh."
-    )
-  return None
-
-
-def save_best(best_manager, validation, *, epoch, step, write_record=True):
-  """Saves the best checkpoint and (if `write_record`) best/best.json describing it.
-
-  Under MultiWorkerMirroredStrategy every worker must save (saving may run
-  collective ops), each to its own manager's directory; only the chief
-  writes the record.
-  """
-  best_manager.save(checkpoint_number=step)
-  if not write_record:
-    return
-  write_json(
-    os.path.join(best_manager.directory, "best.json"),
-    {
-      "accuracy": validation["accuracy"],
-      "loss": validation["loss"],
-      "epoch": epoch,
-      "step": step,
-      "checkpoint": os.path.basename(best_manager.latest_checkpoint),
-    },
-  )
-
-
-def write_json(path, payload):
-  """Writes JSON atomically: a reader sees the old file or the new one, never half of one."""
-  directory = os.path.dirname(path) or "."
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as file:
-    json.dump(payload, file, indent=2, sort_keys=True, default=_to_builtin)
-    file.write("\n")
-  os.replace(file.name, path)
-
-
-def _to_builtin(value):
-  """JSON fallback for numpy scalars and arrays."""
-  return value.tolist() if hasattr(value, "tolist") else str(value)
-
-
-def read_run_record(model_dir):
-  """The run record of a training run, or None when `model_dir` has none."""
-  path = os.path.join(model_dir, RUN_RECORD)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as file:
-      return json.load(file)
-  except (OSError, json.JSONDecodeError) as error:
-    raise CheckpointError(f"Cannot read the run record {path}: {error}") from None
-
-
-def _git_commit():
-  try:
-    return subprocess.run(
-      ["git", "rev-parse", "HEAD"],
-      capture_output=True,
-      text=True,
-      check=True,
-      cwd=os.path.dirname(os.path.abspath(__file__)),
-    ).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return None
-
-
-def cpu_model(cpuinfo_path="/proc/cpuinfo"):
-  """The CPU's model name ("AMD EPYC", ...) from /proc/cpuinfo, else platform's guess."""
-  try:
-    with open(cpuinfo_path) as file:
-      for line in file:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def machine_description():
-  """{"host", "cpu", "cpu_count", "gpus"}: what a run's speed figures were measured on."""
-  gpus = []
-  for device in tf.config.list_physical_devices("GPU"):
-    details = tf.config.experimental.get_device_details(device)
-    gpus.append(details.get("device_name", device.name))
-  return {"host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpus": gpus}
-
-
-def start_run_record(model_dir, config, write=True, **facts):
-  """Creates MODEL_DIR/run.json, or extends it when a run resumes.
-
-  Args:
-    model_dir: the run's directory (must exist if `write`).
-    config: dict of the resolved flags.
-    write: False only checks compatibility (the non-chief workers of a
-      multi-worker run, which must refuse exactly when the chief does).
-    **facts: more entries to record (classes, dataset sizes, devices, ...).
-
-  Raises:
-    CheckpointError: model_dir holds a run whose RUN_DEFINING_KEYS differ;
-      nothing is written then.
-  """
-  record = read_run_record(model_dir)
-  if record is None:
-    record = {"config": config, "starts": []}
-  else:
-    previous = {**RUN_KEY_DEFAULTS, **record["config"]}
-    changed = [key for key in RUN_DEFINING_KEYS if previous.get(key) != config.get(key)]
-    if changed:
-      details = ", ".join(
-        f"--{k}={previous.get(k)!r} there, {config.get(k)!r} now" for k in changed
-      )
-      raise CheckpointError(
-        f"{model_dir} holds a run with other settings ({details}). Use a "
-        f"new --model_dir, or the same flags to resume it."
-      )
-    if previous != config:
-      logging.warning(
-        "Resuming with changed flags: %s", {k: v for k, v in config.items() if previous.get(k) != v}
-      )
-    record["config"] = config
-  record.update(
-    facts,
-    git_commit=_git_commit(),
-    python=platform.python_version(),
-    versions={"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
-  )
-  record["starts"].append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-  # Per start, as a resumed run may land on another machine (figures are per machine).
-  record.setdefault("machines", []).append(machine_description())
-  if write:
-    write_json(os.path.join(model_dir, RUN_RECORD), record)
-  return record
+      f"Cannot write to --model_dir={model_dir}: {error.strerror or error}. Choose a "
+      "directory you can write to, with free space."
+    ) from None
 
 
 def best_checkpoint_path(model_dir):
@@ -247,26 +91,160 @@ def restore_model(model, path):
     status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
     status.assert_existing_objects_matched()
   except (tf.errors.OpError, AssertionError, ValueError) as error:  # Missing, damaged, other.
-    raise CheckpointError(f"Cannot restore {model.name} from {path}: {first_line(error)}") from None
+    raise CheckpointError(
+      f"Cannot restore {model.name} from {path}: {one_line_message(error)}"
+    ) from None
 
 
-def load_trained_model(model_dir, checkpoint_path=None):
-  """The float32 model of a train.py run with its weights from `checkpoint_path` (default:
-  the best checkpoint). Call it inside a strategy's scope to place the model there.
+class Checkpoints:
+  """The checkpoints of one run: restore, save the latest and the best, recover from NaN.
 
-  Returns:
-    (model, run record, the checkpoint path restored).
-
-  Raises:
-    CheckpointError: no run.json, no best checkpoint, or a checkpoint of another model.
+  Holds the tf.train.Checkpoint of the model, the optimizer and the counters
+  (see create_counters) and the two managers. The optimizer is saved under "optimizer" with or
+  without loss scaling, so a run can resume in another precision; the loss
+  scale is saved on its own. Every process reads the chief's checkpoints in
+  `model_dir`; under MultiWorkerMirroredStrategy every worker must also save
+  (saving runs collective ops), the non-chief ones into `write_dir` (None: the
+  chief, which saves into `model_dir` and writes best/best.json).
   """
-  record = read_run_record(model_dir)
-  if record is None:
-    raise CheckpointError(f"{model_dir} is not a training run: it has no {RUN_RECORD}.")
-  checkpoint_path = checkpoint_path or best_checkpoint_path(model_dir)
-  # float32 whatever the run's --precision: checkpoints hold float32 weights.
-  model = model_lib.create_model(
-    record["config"]["model"], num_classes=len(record["class_names"]), precision="float32"
-  )
-  restore_model(model, checkpoint_path)
-  return model, record, checkpoint_path
+
+  def __init__(self, model_dir, model, optimizer, counters, write_dir=None, before_save=None):
+    self.model_dir = model_dir
+    # Called before each save: under several replicas, averages their BatchNorm statistics.
+    self._before_save = before_save or (lambda: None)
+    self.counters = counters
+    self.is_chief = write_dir is None
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    loss_scale = {"loss_scale_optimizer": optimizer} if optimizer is not inner else {}
+    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=inner, **loss_scale, **counters)
+    write_dir = write_dir or model_dir
+    self._latest = tf.train.CheckpointManager(
+      self.checkpoint, os.path.join(write_dir, LATEST_DIR), max_to_keep=KEEP_LATEST
+    )
+    self._best = tf.train.CheckpointManager(
+      self.checkpoint, os.path.join(write_dir, BEST_DIR), max_to_keep=1, checkpoint_name="best"
+    )
+    self._saved_step = None  # The step of the state on disk: saving it again is a no-op.
+
+  @property
+  def step(self):
+    return int(self.counters["step"].numpy())
+
+  def latest_checkpoint(self):
+    """The newest checkpoint in the chief's directory (a fresh read: it may have grown)."""
+    return tf.train.latest_checkpoint(os.path.join(self.model_dir, LATEST_DIR))
+
+  def restore(self):
+    """Restores the newest of the chief's checkpoints that reads back whole.
+
+    A damaged newest checkpoint (a kill during a write, a full disk) falls back
+    to the previous one instead of ending the run.
+
+    Returns:
+      The restored path, or None when there is no checkpoint.
+
+    Raises:
+      CheckpointError: there are checkpoints but none of them can be restored.
+    """
+    manager = tf.train.CheckpointManager(
+      self.checkpoint, os.path.join(self.model_dir, LATEST_DIR), max_to_keep=KEEP_LATEST
+    )
+    errors = []
+    for path in reversed(manager.checkpoints):
+      try:
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        self._saved_step = self.step
+        best = float(self.counters["best_accuracy"].numpy())
+        logging.info(
+          "Resumed from %s at step %d (best validation accuracy %.4f).", path, self.step, best
+        )
+        return path
+      except Exception as error:  # noqa: BLE001 - damaged files raise OpError, IndexError, ...
+        logging.warning(
+          "Cannot restore %s (%s); trying the previous checkpoint.", path, one_line_message(error)
+        )
+        errors.append(f"{os.path.basename(path)}: {one_line_message(error)}")
+    if errors:
+      raise CheckpointError(
+        f"No checkpoint in {manager.directory} can be restored ("
+        f"{'; '.join(errors)}). Move the directory away to start afresh."
+      )
+    return None
+
+  def save_latest(self):
+    """Saves the current state as checkpoints/ckpt-<step>, unless that step is saved already."""
+    if self._saved_step == self.step:
+      return
+    self._before_save()
+    with self.writing("a checkpoint"):
+      self._latest.save(checkpoint_number=self.step)
+    self._saved_step = self.step
+
+  def save_best(self, validation):
+    """Saves the best checkpoint and (the chief) best/best.json describing it."""
+    step = self.step
+    self._before_save()
+    with self.writing("the best checkpoint"):
+      self._best.save(checkpoint_number=step)
+      if self.is_chief:
+        files.write_json(
+          os.path.join(self._best.directory, "best.json"),
+          {
+            "accuracy": validation["accuracy"],
+            "loss": validation["loss"],
+            "epoch": int(self.counters["epoch"].numpy()),
+            "step": step,
+            "checkpoint": os.path.basename(self._best.latest_checkpoint),
+          },
+        )
+
+  @contextlib.contextmanager
+  def writing(self, what):
+    """Turns a failed write (full disk, lost permissions) into one message for the user."""
+    try:
+      yield
+    except (OSError, tf.errors.OpError) as error:
+      raise CheckpointError(
+        f"Cannot write {what} in {self.model_dir}: {one_line_message(error)}. What was saved "
+        f"before is intact (latest checkpoint: {self.latest_checkpoint()}); make room or "
+        "fix the permissions, then run the same command to resume."
+      ) from None
+
+  def recover_from_non_finite_loss(self, loss, step, num_steps, max_recoveries, lr_factor):
+    """Restores the latest checkpoint and multiplies the learning rate by `lr_factor`.
+
+    Args:
+      loss: the non-finite loss of the `num_steps` steps after `step`.
+      max_recoveries: recoveries allowed in the whole run (0: stop at once).
+
+    Returns:
+      The restored step.
+
+    Raises:
+      DivergedError: no recovery allowed or left, or no checkpoint to go back to.
+    """
+    where = (
+      f"The training loss became {loss} in steps {step + 1}-{step + num_steps}; nothing was "
+      f"saved from them. Last good checkpoint: {self.latest_checkpoint()}."
+    )
+    recoveries = int(self.counters["nan_recoveries"].numpy())
+    if not max_recoveries:
+      raise DivergedError(f"{where} Try a lower --learning_rate, or --on_nan=recover.")
+    if recoveries >= max_recoveries or self.latest_checkpoint() is None:
+      raise DivergedError(
+        f"{where} Stopped after {recoveries} recoveries with lower learning rates."
+      )
+    multiplier = float(self.counters["lr_multiplier"].numpy()) * lr_factor
+    restored = self.restore()
+    self.counters["lr_multiplier"].assign(multiplier)  # After the restore, which resets both.
+    self.counters["nan_recoveries"].assign(recoveries + 1)
+    logging.warning(
+      "%s Restored %s (step %d); learning rate x%g from now on (recovery %d of %d).",
+      where,
+      restored,
+      self.step,
+      multiplier,
+      recoveries + 1,
+      max_recoveries,
+    )
+    return self.step

@@ -1,4 +1,9 @@
-"""Console progress: a live bar on a terminal, plain periodic lines otherwise (CI logs)."""
+"""Console progress: a live bar on a terminal, plain periodic lines otherwise (CI logs).
+
+keras.utils.Progbar draws a bar per epoch, but cannot show the time left in the
+whole run, and off a terminal it prints a bar per update instead of log lines;
+hence this small class. Meter sums the train steps' outputs between reports.
+"""
 
 import sys
 import time
@@ -73,3 +78,34 @@ class Progress:
       self.stream.write("\r\x1b[K")
       self._drawn = False
     print(summary, flush=True)
+
+
+class Meter:
+  """Host-side sums of the train steps' outputs, steps and wall time since the last reset()."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self):
+    self.sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "gradient_norm": 0.0}
+    self.steps = 0
+    self.start = time.perf_counter()
+
+  def add(self, sums, num_steps):
+    """Adds the sums that train_steps returned for `num_steps` steps."""
+    for key in self.sums:
+      self.sums[key] += float(sums[key])
+    self.steps += num_steps
+
+  def seconds(self):
+    return time.perf_counter() - self.start
+
+  def result(self):
+    """Mean loss, accuracy (correct / seen), mean gradient norm and images per second."""
+    count = max(self.sums["count"], 1.0)
+    return {
+      "loss": self.sums["loss_sum"] / count,
+      "accuracy": self.sums["correct"] / count,
+      "gradient_norm": self.sums["gradient_norm"] / max(self.steps, 1),
+      "images_per_second": self.sums["count"] / self.seconds(),
+    }

@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
 
 
-def _scalars(directory, tag):
+def scalars(directory, tag):
   """[(wall_time seconds, step, value)] of a tf.summary.scalar tag in one event directory."""
   accumulator = event_accumulator.EventAccumulator(
     directory, size_guidance={event_accumulator.TENSORS: 0}
@@ -54,11 +54,9 @@ def read_curve(model_dir):
   with open(os.path.join(model_dir, "run.json")) as file:
     steps_per_epoch = json.load(file)["steps_per_epoch"]
   start = _first_wall_time(tensorboard_dir)
-  train = _scalars(os.path.join(tensorboard_dir, "train"), "accuracy")
+  train = scalars(os.path.join(tensorboard_dir, "train"), "accuracy")
   rows = []
-  for wall_time, step, accuracy in _scalars(
-    os.path.join(tensorboard_dir, "validation"), "accuracy"
-  ):
+  for wall_time, step, accuracy in scalars(os.path.join(tensorboard_dir, "validation"), "accuracy"):
     earlier = [value for _, train_step, value in train if train_step <= step]
     rows.append(
       {

@@ -19,17 +19,17 @@ import os
 import shutil
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's warnings, drop its info lines.
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from data import pipeline  # noqa: E402
-from resnet import checkpointing  # noqa: E402
+from data import pipeline, sources
+from resnet import checkpointing, run_record
 
 EXPORT_DIR = "export"
+
+IMAGE_SHAPE = (sources.IMAGE_SIZE, sources.IMAGE_SIZE, 3)  # What the export takes, uint8.
 
 
 def export_paths(model_dir):
@@ -49,7 +49,7 @@ class _Serving(tf.Module):
     self.model = model
     self.class_names = tf.constant(class_names)
 
-  @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")])
+  @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="images")])
   def serve(self, images):
     logits = self.model(pipeline.normalize(images), training=False)
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
@@ -67,7 +67,7 @@ def keras_classifier(model):
   pipeline.normalize, up to float rounding), so the .keras file needs no code
   of ours beyond the ResNet class.
   """
-  images = keras.Input((32, 32, 3), dtype="uint8", name="images")
+  images = keras.Input(IMAGE_SHAPE, dtype="uint8", name="images")
   # Explicit float32 layers: a global mixed-precision policy must not leak into the export.
   x = keras.layers.Rescaling(1.0 / 255.0, dtype="float32")(images)
   x = keras.layers.Normalization(
@@ -112,7 +112,7 @@ def export_best_model(model_dir, checkpoint_path=None):
     CheckpointError: no run.json, no best checkpoint, or a checkpoint of another model.
     OSError: MODEL_DIR/export cannot be written (the older export is then left as it was).
   """
-  model, record, _ = checkpointing.load_trained_model(model_dir, checkpoint_path)
+  model, record, _ = run_record.load_trained_model(model_dir, checkpoint_path)
   class_names = record["class_names"]
 
   paths = export_paths(model_dir)
@@ -143,7 +143,7 @@ def main(argv):
   try:
     paths = export_best_model(flags.FLAGS.model_dir, flags.FLAGS.checkpoint)
   except (checkpointing.CheckpointError, OSError, tf.errors.OpError) as error:
-    sys.exit(f"resnet.export: error: {checkpointing.first_line(error)}")
+    sys.exit(f"resnet.export: error: {checkpointing.one_line_message(error)}")
   print(f"Wrote {paths['saved_model']}")
   print(f"Wrote {paths['keras']}")
 

@@ -12,18 +12,15 @@ Images are PNG or JPEG (GIF and BMP work too); greyscale becomes RGB and other
 sizes are resized to 32x32, as the training pipeline does with image folders.
 """
 
-import os
 import re
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's warnings, drop its info lines.
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from data import sources  # noqa: E402
-from resnet import export  # noqa: E402
+from data import sources
+from resnet import export
 
 BATCH_SIZE = 256  # images per call of the model: bounds the memory a long file list needs
 

@@ -12,6 +12,9 @@ import os
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
+from data import pipeline, visualize
+from resnet import plots
+
 # The HParams dashboard's metric: validation accuracy of the best checkpoint so far.
 BEST_ACCURACY_TAG = "best_accuracy"
 
@@ -29,6 +32,12 @@ def create_writers(model_dir, chief=True):
   }
 
 
+def flush(writers):
+  """Writes out what every writer holds."""
+  for writer in writers.values():
+    writer.flush()
+
+
 def write_scalars(writer, step, scalars):
   """Scalars {tag: float} at `step`."""
   with writer.as_default(step=step):
@@ -37,7 +46,7 @@ def write_scalars(writer, step, scalars):
 
 
 def write_png(writer, step, tag, png_bytes, description=None):
-  """One PNG image (from data/visualize.py or resnet/plots.py) at `step`."""
+  """One PNG image (from resnet/plots.py or data/visualize.py) at `step`."""
   with writer.as_default(step=step):
     tf.summary.image(tag, tf.io.decode_png(png_bytes)[None], description=description)
 
@@ -49,13 +58,57 @@ def write_weight_histograms(writer, step, model):
       tf.summary.histogram(f"weights/{variable.path.split('/', 1)[-1]}", variable.value)
 
 
-def weight_norm(model):
-  """Global L2 norm of the trainable weights (float)."""
-  return float(tf.linalg.global_norm([variable.value for variable in model.trainable_variables]))
+def write_train_scalars(writers, step, scalars, model):
+  """The training window's scalars {tag: float} and the global norm of the weights."""
+  weights = [variable.value for variable in model.trainable_variables]
+  write_scalars(writers["train"], step, dict(scalars, weight_norm=tf.linalg.global_norm(weights)))
+
+
+def write_validation(
+  writers, step, validation, images, class_names, model, best_accuracy, *, epoch, epoch_seconds
+):
+  """Everything TensorBoard shows after a validation: scalars, pictures, weight histograms.
+
+  Args:
+    validation: metrics.evaluate's dict; images: the validation images, uint8 [N, 32, 32, 3].
+    best_accuracy: the best validation accuracy so far (this one included).
+  """
+  writer = writers["validation"]
+  per_class = {  # A class's recall is the accuracy on that class.
+    f"accuracy_per_class/{name}": scores["recall"]
+    for name, scores in validation["per_class"].items()
+  }
+  write_scalars(
+    writer,
+    step,
+    {
+      "loss": validation["loss"],
+      "accuracy": validation["accuracy"],
+      BEST_ACCURACY_TAG: best_accuracy,
+      **per_class,
+    },
+  )
+  confusion = plots.confusion_matrix_png(
+    validation["confusion_matrix"], class_names, title=f"Validation, epoch {epoch}"
+  )
+  write_png(writer, step, "confusion_matrix", confusion)
+  mistakes = plots.mistakes_png(
+    images,
+    validation["labels"],
+    validation["probabilities"],
+    class_names,
+    title=f"Most confident mistakes, epoch {epoch} (true -> predicted)",
+  )
+  write_png(writer, step, "most_confident_mistakes", mistakes)
+  write_weight_histograms(writers["train"], step, model)
+  write_scalars(writers["train"], step, {"epoch_seconds": epoch_seconds})
 
 
 def write_run_start(writers, step, config, run_record, run_name):
   """Hyperparameters for the HParams dashboard, and the flags and run record as text.
+
+  Args:
+    config: the resolved flags, {name: value}; run_record: run.json's content.
 
   The hyperparameters go with the validation summaries, whose scalars are the
   dashboard's metrics: then it finds them whether --logdir is this run's
@@ -82,3 +135,22 @@ def write_run_start(writers, step, config, run_record, run_name):
 def _markdown_table(config):
   rows = [f"| --{key} | {value} |" for key, value in sorted(config.items())]
   return "\n".join(["| flag | value |", "| --- | --- |", *rows])
+
+
+def write_data_pictures(writers, step, model_dir, class_grid, augmented_batch, class_names):
+  """The class samples (also MODEL_DIR/class_samples.png) and the next training batch.
+
+  Args:
+    class_grid: PNG bytes from visualize.class_grid_png.
+    augmented_batch: (normalised images float32 [B, 32, 32, 3], labels [B]) as the model sees them.
+  """
+  with open(os.path.join(model_dir, "class_samples.png"), "wb") as file:
+    file.write(class_grid)
+  write_png(writers["train"], step, "class_samples", class_grid)
+  images, labels = augmented_batch
+  titles = [class_names[label] for label in labels[:32].numpy()]
+  grid = visualize.image_grid_png(
+    pipeline.denormalize(images[:32]).numpy(), titles, title=f"Augmented training batch {step}"
+  )
+  description = "The next training batch as the model sees it (de-normalised)."
+  write_png(writers["train"], step, "augmented_inputs", grid, description=description)

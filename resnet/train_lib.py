@@ -1,110 +1,21 @@
-"""Training library: strategy, learning-rate schedule, loss, and distributed steps.
+"""Training library: learning-rate schedule, optimizer, loss, and distributed steps.
 
 The step functions are pure TensorFlow (no printing, saving or flags): they
 take batches and return per-step sums reduced over replicas, and the host loop
 in train.py / eval.py decides what to log, save and evaluate.
 """
 
-import json
+import dataclasses
 import math
-import os
 
 import keras
 import tensorflow as tf
 
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+from resnet import model as model_lib
+
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
 OPTIMIZERS = ("adam", "sgd")
-
-
-# --- Strategy -----------------------------------------------------------------------
-
-
-def cluster_workers_from_tf_config():
-  """Number of workers ("chief" + "worker" tasks) that TF_CONFIG describes; 0 without it.
-
-  Raises:
-    ValueError: TF_CONFIG is set but is not a JSON object.
-  """
-  raw = os.environ.get("TF_CONFIG", "")
-  if not raw.strip():
-    return 0
-  try:
-    cluster = json.loads(raw).get("cluster", {})
-  except (ValueError, AttributeError) as error:
-    raise ValueError(f"TF_CONFIG is not a JSON object ({error}): {raw[:200]}") from None
-  return sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
-
-
-def create_strategy(name, tpu_address=""):
-  """Returns the tf.distribute strategy called `name` (one of STRATEGIES).
-
-  "auto" is "multi_worker" when TF_CONFIG names several workers, "mirrored"
-  over all GPUs when there are several, and otherwise the default strategy,
-  which runs on the one device TensorFlow picks (GPU:0 if there is one).
-  "one_device" pins that device explicitly; on the 2-core CPU machines here
-  its distributed input iterator halved the step rate (resnet20: ~100 vs ~180
-  images/s), hence not the automatic choice. "mirrored" without GPUs mirrors
-  over the logical CPU devices (how tests get two replicas on one CPU).
-  "multi_worker" is MultiWorkerMirroredStrategy configured by TF_CONFIG: all
-  local GPUs (or the CPU) of every worker, NCCL or ring all-reduce. It must be
-  created before anything else starts TensorFlow's runtime. "tpu" connects to
-  the TPU at `tpu_address` ("" = the local TPU VM, or a name or grpc:// address).
-
-  Raises:
-    ValueError: an unknown name or a malformed TF_CONFIG.
-  """
-  if name == "auto":
-    if cluster_workers_from_tf_config() > 1:
-      name = "multi_worker"
-    else:
-      name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
-  if name == "multi_worker":
-    cluster_workers_from_tf_config()  # A clear error for malformed JSON.
-    return tf.distribute.MultiWorkerMirroredStrategy(
-      communication_options=tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
-      )
-    )
-  if name == "tpu":
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
-  gpus = tf.config.list_logical_devices("GPU")
-  if name == "default":
-    return tf.distribute.get_strategy()
-  if name == "one_device":
-    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-  if name == "mirrored":
-    if gpus:
-      return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])  # NCCL all-reduce.
-    # Logical CPU devices: reduce on one device. The default collective ops
-    # collide across several strategies in one process (as in the test suite).
-    cpus = [cpu.name for cpu in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(
-      cpus, cross_device_ops=tf.distribute.ReductionToOneDevice()
-    )
-  raise ValueError(f"Unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
-
-
-def worker_task(strategy):
-  """(task_type, task_id) of this process in a multi-worker cluster, else (None, None)."""
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    return None, None
-  resolver = strategy.cluster_resolver
-  return resolver.task_type, resolver.task_id
-
-
-def is_chief(strategy):
-  """Whether this process writes the run's files: every single-process run, and in a
-  multi-worker cluster the "chief" task, or worker 0 when there is no chief."""
-  task_type, task_id = worker_task(strategy)
-  if task_type is None:
-    return True
-  has_chief = "chief" in strategy.cluster_resolver.cluster_spec().as_dict()
-  return task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
 
 
 # --- Learning rate and optimizer ------------------------------------------------------
@@ -360,3 +271,78 @@ def make_predict_step(strategy, model):
     return {key: strategy.gather(value, axis=0) for key, value in per_replica.items()}
 
   return predict_step
+
+
+# --- Everything a training run steps ---------------------------------------------------
+
+
+@dataclasses.dataclass
+class Training:
+  """The model, its schedule and optimizer, and the compiled steps that drive them."""
+
+  model: keras.Model
+  schedule: LearningRateSchedule
+  optimizer: keras.optimizers.Optimizer
+  train_steps: object  # make_train_steps' tf.function.
+  predict_step: object  # make_predict_step's tf.function.
+  average_moving_statistics: object  # make_average_moving_statistics' tf.function.
+
+
+def create_training(
+  config, strategy, num_classes, steps_per_epoch, lr_multiplier=None, fused_batch_norm=True
+):
+  """Builds a run's model and optimizer under `strategy.scope()`, and its steps.
+
+  Args:
+    config: a resnet.config.Config (model, optimizer, schedule, precision, loss options).
+    strategy: the tf.distribute strategy to build under.
+    num_classes: classifier outputs; steps_per_epoch: for the schedule's epochs.
+    lr_multiplier: a scalar tf.Variable scaling the schedule (lowered when a run
+      recovers from a non-finite loss, and checkpointed), or None.
+    fused_batch_norm: False builds stock Keras BatchNorm (the benchmark's baseline).
+
+  Returns:
+    A Training. The optimizer's slots exist, so a restore can fill them.
+  """
+  with strategy.scope():
+    model = model_lib.create_model(
+      config.model,
+      num_classes,
+      precision=config.precision,
+      sync_batch_norm=config.sync_batch_norm,
+      fused_batch_norm=fused_batch_norm,
+    )
+    schedule = LearningRateSchedule(
+      config.lr_schedule,
+      config.peak_learning_rate,
+      config.epochs * steps_per_epoch,
+      warmup_steps=int(config.warmup_epochs * steps_per_epoch),
+      multiplier=lr_multiplier,
+    )
+    optimizer = create_optimizer(
+      schedule,
+      config.precision,
+      config.decoupled_weight_decay,
+      name=config.optimizer,
+      momentum=config.momentum,
+      nesterov=config.nesterov,
+    )
+    optimizer.build(model.trainable_variables)
+  train_steps = make_train_steps(
+    strategy,
+    model,
+    optimizer,
+    global_batch_size=config.batch_size,
+    num_classes=num_classes,
+    label_smoothing=config.label_smoothing,
+    weight_decay=config.weight_decay,
+    jit_compile=config.jit_compile,
+  )
+  return Training(
+    model=model,
+    schedule=schedule,
+    optimizer=optimizer,
+    train_steps=train_steps,
+    predict_step=make_predict_step(strategy, model),
+    average_moving_statistics=make_average_moving_statistics(strategy, model),
+  )

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from data import pipeline, sources
+from resnet import distribute
 
 
 def random_split(num_examples, seed=0):
@@ -115,9 +116,8 @@ def test_each_replica_gets_the_same_slice_whatever_the_number_of_pipelines(num_p
 
 @pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
 def test_eval_dataset_sees_every_example_exactly_once(strategy_name):
-  from resnet import train_lib
 
-  strategy = train_lib.create_strategy(strategy_name)
+  strategy = distribute.create_strategy(strategy_name)
   images, labels = random_split(21)
   seen_index, seen_labels = [], []
   for batch in pipeline.distribute_eval_dataset(strategy, images, labels, global_batch_size=8):
@@ -131,8 +131,7 @@ def test_eval_dataset_sees_every_example_exactly_once(strategy_name):
 
 
 def test_batch_that_does_not_divide_across_replicas_is_refused():
-  from resnet import train_lib
 
-  strategy = train_lib.create_strategy("mirrored")
+  strategy = distribute.create_strategy("mirrored")
   with pytest.raises(sources.DataError, match="multiple of the number of replicas \\(2\\)"):
     pipeline.check_global_batch_size(strategy, 7)

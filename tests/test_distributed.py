@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import train
-from resnet import checkpointing, train_lib
+from resnet import checkpointing, distribute, run_record, train_lib
 from resnet import model as model_lib
 from tests.test_train import REPO, debug_config, final_weights
 
@@ -72,7 +72,7 @@ def split_across_replicas(strategy, images, labels):
 
 def train_a_few_steps(strategy_name, num_steps=3, **options):
   """(model, optimizer, float sums) after `num_steps` steps on the fixed batch."""
-  strategy = train_lib.create_strategy(strategy_name)
+  strategy = distribute.create_strategy(strategy_name)
   model, optimizer, train_steps = make_training(strategy, **options)
   sums = train_steps(split_across_replicas(strategy, *fixed_batch()), tf.constant(num_steps))
   return model, optimizer, {key: float(value) for key, value in sums.items()}
@@ -135,7 +135,7 @@ def test_per_replica_batch_norm_differs_from_one_device():
 
 
 def test_moving_statistics_are_averaged_over_replicas():
-  strategy = train_lib.create_strategy("mirrored")
+  strategy = distribute.create_strategy("mirrored")
   model, _, train_steps = make_training(strategy, sgd=True)
   train_steps(split_across_replicas(strategy, *fixed_batch()), tf.constant(2))
   copies = [[c.numpy() for c in v.value.values] for v in model.non_trainable_variables]
@@ -162,7 +162,7 @@ def test_mixed_precision_trains_with_float32_master_weights(precision):
 
 @pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
 def test_an_overflow_on_one_replica_is_skipped_on_every_replica(strategy_name):
-  strategy = train_lib.create_strategy(strategy_name)
+  strategy = distribute.create_strategy(strategy_name)
   model, optimizer, train_steps = make_training(strategy, precision="mixed_float16")
   images, labels = fixed_batch()
   before = [w.numpy() for w in model.trainable_weights]
@@ -190,23 +190,25 @@ def test_xla_compiled_step_matches_the_graph_step():
 
 def test_xla_on_several_cpu_replicas_is_refused_before_anything_is_written(image_folder, tmp_path):
   config = debug_config(image_folder, strategy="mirrored", jit_compile=True)
-  with pytest.raises(train.RunError, match="--jit_compile with several replicas needs GPU"):
+  with pytest.raises(
+    distribute.StrategyError, match="--jit_compile with several replicas needs GPU"
+  ):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
 
 
 def test_a_malformed_tf_config_is_named(image_folder, tmp_path, monkeypatch):
   monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["host1:1234"')
-  with pytest.raises(train.RunError, match="TF_CONFIG is not a JSON object"):
+  with pytest.raises(distribute.StrategyError, match="TF_CONFIG is not a JSON object"):
     train.train_and_evaluate(debug_config(image_folder, strategy="auto"), str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
 
 
 def test_linear_learning_rate_scaling_is_recorded(image_folder, tmp_path):
   config = debug_config(image_folder, learning_rate=1e-3, lr_reference_batch_size=8, epochs=1)
-  assert train.peak_learning_rate(config) == pytest.approx(2e-3)  # Batch 16 = 2 x 8.
+  assert config.peak_learning_rate == pytest.approx(2e-3)  # Batch 16 = 2 x 8.
   train.train_and_evaluate(config, str(tmp_path))
-  record = json.load(open(tmp_path / checkpointing.RUN_RECORD))
+  record = json.load(open(tmp_path / run_record.RUN_RECORD))
   assert record["peak_learning_rate"] == pytest.approx(2e-3)
 
 
@@ -217,15 +219,15 @@ def test_a_run_saved_on_two_replicas_resumes_on_one(image_folder, tmp_path, monk
   saved = final_weights(model_dir)  # ckpt-3, written by 2 replicas.
 
   restored = {}
-  original_restore = checkpointing.restore_newest_readable
+  original_restore = checkpointing.Checkpoints.restore
 
-  def restore_and_capture(checkpoint, manager):
-    path = original_restore(checkpoint, manager)
-    restored["stem_kernel"] = checkpoint.model.stem_conv.kernel.numpy()
-    restored["iterations"] = int(checkpoint.optimizer.iterations.numpy())
+  def restore_and_capture(self):
+    path = original_restore(self)
+    restored["stem_kernel"] = self.checkpoint.model.stem_conv.kernel.numpy()
+    restored["iterations"] = int(self.checkpoint.optimizer.iterations.numpy())
     return path
 
-  monkeypatch.setattr(checkpointing, "restore_newest_readable", restore_and_capture)
+  monkeypatch.setattr(checkpointing.Checkpoints, "restore", restore_and_capture)
   resumed = train.train_and_evaluate(config, model_dir)  # One device.
   assert resumed["step"] == 6 and np.isfinite(resumed["validation"]["loss"])
   assert restored["iterations"] == 3  # Adam's state carried over, not restarted ...

@@ -15,7 +15,7 @@ from sklearn import metrics as sk_metrics
 
 import train
 from data import pipeline, sources
-from resnet import checkpointing
+from resnet import checkpointing, files, run_record
 from resnet import metrics as metrics_lib
 from resnet import model as model_lib
 from tests.conftest import CLASS_NAMES, TEST_PER_CLASS, write_image_folder
@@ -180,7 +180,7 @@ def test_bad_input_gives_one_clear_message(tmp_path, model_dir, args, message):
 
 
 def test_eval_without_a_best_checkpoint_fails_cleanly(tmp_path):
-  checkpointing.write_json(os.path.join(tmp_path, "run.json"), {"config": {}, "class_names": []})
+  files.write_json(os.path.join(tmp_path, "run.json"), {"config": {}, "class_names": []})
   with pytest.raises(checkpointing.CheckpointError, match="No best checkpoint"):
     eval_main.evaluate_model_dir(str(tmp_path))
 
@@ -206,7 +206,7 @@ def test_report_files_top_k_and_flip_test_time_augmentation(model_dir):
   images, _, _ = sources.load_split(
     json.load(open(os.path.join(model_dir, "run.json")))["config"]["dataset"], "test"
   )
-  record = checkpointing.read_run_record(model_dir)
+  record = run_record.read_run_record(model_dir)
   model = model_lib.create_model(record["config"]["model"], num_classes=3)
   checkpointing.restore_model(model, checkpointing.best_checkpoint_path(model_dir))
   flipped = tf.nn.softmax(model(pipeline.normalize(images[:, :, ::-1]), training=False)).numpy()

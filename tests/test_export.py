@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import train
 from data import pipeline, sources
-from resnet import checkpointing, export, predict
+from resnet import checkpointing, export, predict, run_record
 from resnet import model as model_lib
 from tests.conftest import CLASS_NAMES
 from tests.test_train import debug_config
@@ -53,7 +53,7 @@ def exported(model_dir):
 @pytest.fixture(scope="module")
 def restored(model_dir):
   """The best checkpoint restored into a fresh in-process model."""
-  record = checkpointing.read_run_record(model_dir)
+  record = run_record.read_run_record(model_dir)
   model = model_lib.create_model(record["config"]["model"], num_classes=len(CLASS_NAMES))
   checkpointing.restore_model(model, checkpointing.best_checkpoint_path(model_dir))
   return model

@@ -7,13 +7,13 @@ import tensorflow as tf
 from sklearn import metrics as sk_metrics
 
 from data import pipeline
-from resnet import metrics, train_lib
+from resnet import distribute, metrics, train_lib
 from resnet import model as model_lib
 
 
 @pytest.mark.parametrize("strategy_name", ["default", "one_device", "mirrored"])
 def test_evaluate_counts_every_example_and_agrees_with_predict(strategy_name):
-  strategy = train_lib.create_strategy(strategy_name)
+  strategy = distribute.create_strategy(strategy_name)
   with strategy.scope():
     keras.utils.set_random_seed(2)
     model = model_lib.create_model("resnet8", num_classes=3)

@@ -17,14 +17,15 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import train
 from data import sources
-from resnet import checkpointing
+from resnet import checkpointing, files, run_record
+from resnet import config as config_lib
 from tests.conftest import CLASS_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def debug_config(image_folder, **overrides):
-  config = train.Config(
+  config = config_lib.Config(
     model="resnet8",
     dataset=f"folder:{image_folder}",
     validation_size=24,
@@ -192,12 +193,12 @@ def test_resume_with_other_optimizer_is_refused_and_old_records_mean_adam(
   with open(record_path) as file:
     record = json.load(file)
   del record["config"]["optimizer"]
-  checkpointing.write_json(record_path, record)
+  files.write_json(record_path, record)
   assert train.train_and_evaluate(debug_config(image_folder), model_dir)["step"] == 6
   with open(record_path) as file:
     record = json.load(file)
   assert record["config"]["optimizer"] == "adam"
-  assert record["machines"][-1]["cpu"] == checkpointing.cpu_model()
+  assert record["machines"][-1]["cpu"] == run_record.cpu_model()
 
 
 def test_finished_run_does_nothing_more(trained_run, image_folder):
@@ -207,7 +208,7 @@ def test_finished_run_does_nothing_more(trained_run, image_folder):
 
 
 def test_tfds_cifar10_end_to_end_on_mock_data(mock_cifar10, tmp_path):
-  config = train.Config(
+  config = config_lib.Config(
     model="resnet8",
     dataset="cifar10",
     validation_size=100,
@@ -230,7 +231,7 @@ def test_two_replicas_train_to_the_end(image_folder, tmp_path):
 def test_crop_padding_out_of_range_is_refused_before_anything_is_written(
   image_folder, tmp_path, crop_padding
 ):
-  with pytest.raises(train.RunError, match=r"--crop_padding must be in \[0, 16\] pixels"):
+  with pytest.raises(config_lib.ConfigError, match=r"--crop_padding must be in \[0, 16\] pixels"):
     train.train_and_evaluate(debug_config(image_folder, crop_padding=crop_padding), str(tmp_path))
   assert os.listdir(tmp_path) == []
 
@@ -252,7 +253,7 @@ def test_non_finite_loss_stops_without_saving_and_keeps_the_best(trained_run, im
   before = {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/best/*")}
   config = debug_config(image_folder, epochs=4, learning_rate=1e30, log_every_steps=1)
   with pytest.raises(
-    train.RunError, match=r"loss became (nan|inf).*Last good checkpoint: .*ckpt-6"
+    checkpointing.DivergedError, match=r"loss became (nan|inf).*Last good checkpoint: .*ckpt-6"
   ):
     train.train_and_evaluate(config, model_dir)
   assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
@@ -322,7 +323,7 @@ def test_deterministic_runs_give_bit_identical_weights(image_folder, tmp_path):
 
 
 def test_a_batch_larger_than_the_training_split_is_refused(image_folder, tmp_path):
-  with pytest.raises(train.RunError, match="does not fit the 96 training examples"):
+  with pytest.raises(sources.DataError, match="does not fit the 96 training examples"):
     train.train_and_evaluate(
       debug_config(image_folder, batch_size=128, steps_per_epoch=0), str(tmp_path / "run")
     )
@@ -383,7 +384,7 @@ def test_on_nan_recover_restores_and_lowers_the_learning_rate(image_folder, tmp_
   # Halving a rate of 1e30 never helps: three recoveries, then a clear stop,
   # and no non-finite model was ever saved as best.
   stubborn = dataclasses.replace(config, nan_lr_factor=0.5)
-  with pytest.raises(train.RunError, match="Stopped after 3 recoveries"):
+  with pytest.raises(checkpointing.DivergedError, match="Stopped after 3 recoveries"):
     train.train_and_evaluate(stubborn, str(tmp_path / "stops"))
   assert not os.path.exists(tmp_path / "stops" / "best")
 
@@ -404,10 +405,12 @@ def read_only_dir(tmp_path):
 
 def test_a_read_only_model_dir_is_refused_before_training(image_folder, read_only_dir):
   model_dir = read_only_dir / "run"
-  with pytest.raises(train.RunError, match="Cannot write to --model_dir=.*(denied|ermitted)"):
+  with pytest.raises(
+    checkpointing.CheckpointError, match="Cannot write to --model_dir=.*(denied|ermitted)"
+  ):
     train.train_and_evaluate(debug_config(image_folder), str(model_dir))
   assert os.listdir(read_only_dir) == ["notes.txt"]
-  with pytest.raises(train.RunError, match="Cannot write to --model_dir"):
+  with pytest.raises(checkpointing.CheckpointError, match="Cannot write to --model_dir"):
     train.train_and_evaluate(debug_config(image_folder), str(read_only_dir))
   assert os.listdir(read_only_dir) == ["notes.txt"]
 
@@ -429,7 +432,9 @@ def test_a_disk_full_during_a_save_stops_cleanly_and_keeps_what_was_saved(
     raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
 
   monkeypatch.setattr(tf.train.CheckpointManager, "save", disk_full)
-  with pytest.raises(train.RunError, match="No space left on device.*ckpt-3.*same command"):
+  with pytest.raises(
+    checkpointing.CheckpointError, match="No space left on device.*ckpt-3.*same command"
+  ):
     train.train_and_evaluate(config, model_dir)
   assert saved() == before and len(before) > 6
   monkeypatch.undo()  # Space freed: the same command resumes from ckpt-3.

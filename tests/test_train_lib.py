@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from resnet import distribute, train_lib
 from resnet import model as model_lib
-from resnet import train_lib
 
 
 def test_learning_rate_schedules():
@@ -84,7 +84,7 @@ def make_training(strategy, batch_size, weight_decay=0.0):
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
-  strategy = train_lib.create_strategy("default")
+  strategy = distribute.create_strategy("default")
   model, train_steps = make_training(strategy, 16, weight_decay=5e-4)
   rng = np.random.default_rng(0)
   images = rng.normal(size=(16, 32, 32, 3)).astype(np.float32)
@@ -106,7 +106,7 @@ def test_two_replicas_update_the_weights_like_one_device():
   labels = (np.arange(8) % 3).astype(np.int32)
   weights, sums = {}, {}
   for name, per_replica_batch in (("default", 16), ("mirrored", 8)):
-    strategy = train_lib.create_strategy(name)
+    strategy = distribute.create_strategy(name)
     model, train_steps = make_training(strategy, 16, weight_decay=5e-4)
     batch = (
       np.concatenate([images] * (per_replica_batch // 8)),

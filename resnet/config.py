@@ -1,0 +1,173 @@
+"""The training options: each option's default, range and help, in one place.
+
+train.py declares a command-line flag for every field of `Config` (the help
+text and the choices come from here) and `validate` checks a Config against
+the ranges declared beside each field. Defaults are those of
+configs/resnet20.cfg.
+"""
+
+import dataclasses
+import math
+
+from resnet import distribute, train_lib
+from resnet import model as model_lib
+
+ON_NAN = ("stop", "recover")
+MAX_NAN_RECOVERIES = 3  # Then the run stops: the problem is not the learning rate.
+
+
+class ConfigError(ValueError):
+  """An option value that cannot be used, with a message for the user."""
+
+
+def _option(default, help_text, *, choices=None, low=None, high=None, closed=(True, True), unit=""):
+  """A Config field: its default, its help, and the values it accepts.
+
+  `choices` lists the accepted strings; `low`/`high` bound numbers, inclusive
+  where `closed` (low side, high side) says so; `unit` names them in errors.
+  """
+  metadata = dict(help=help_text, choices=choices, low=low, high=high, closed=closed, unit=unit)
+  return dataclasses.field(default=default, metadata=metadata)
+
+
+POSITIVE = dict(low=0, closed=(False, True))
+NON_NEGATIVE = dict(low=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Resolved training configuration: the flags of train.py, as plain data."""
+
+  # --- Model and data ---
+  model: str = _option("resnet20", "Model (resnet/model.py).", choices=model_lib.MODEL_NAMES)
+  dataset: str = _option(
+    "cifar10", "cifar10 (TFDS) or folder:PATH with PATH/<split>/<class>/<image>."
+  )
+  tfds_data_dir: str | None = _option(None, "TFDS data directory.")
+  validation_size: int = _option(
+    5000, "Training examples held out for validation; 0 validates on the test split.", low=0
+  )
+  # --- Optimisation ---
+  epochs: int = _option(200, "Epochs to train for in total.", **POSITIVE)
+  batch_size: int = _option(128, "Global batch size (all replicas).", **POSITIVE)
+  optimizer: str = _option(
+    "adam", "adam, or sgd with momentum (the paper's).", choices=train_lib.OPTIMIZERS
+  )
+  momentum: float = _option(0.9, "SGD's momentum, in [0, 1).", low=0, high=1, closed=(True, False))
+  nesterov: bool = _option(False, "SGD with Nesterov momentum.")
+  learning_rate: float = _option(1e-3, "Peak learning rate.", **POSITIVE)
+  lr_schedule: str = _option(
+    "cosine",
+    "Decay after the warm-up: constant, cosine, or piecewise (/10 at 50% and 75%).",
+    choices=train_lib.LR_SCHEDULES,
+  )
+  warmup_epochs: float = _option(2.0, "Linear warm-up, in epochs.", **NON_NEGATIVE)
+  weight_decay: float = _option(
+    2e-4, "L2 on kernels: the loss gains this * sum(w^2) / 2 (gradient this * w).", **NON_NEGATIVE
+  )
+  decoupled_weight_decay: float = _option(
+    0.0,
+    "Decoupled (AdamW-style) decay of kernels: each step multiplies them by "
+    "1 - learning rate * this. Use instead of --weight_decay, e.g. 0.1.",
+    **NON_NEGATIVE,
+  )
+  label_smoothing: float = _option(
+    0.0, "Label smoothing, in [0, 1).", low=0, high=1, closed=(True, False)
+  )
+  crop_padding: int = _option(
+    4, "Augmentation: random translations of up to N pixels.", low=0, high=16, unit=" pixels"
+  )
+  seed: int = _option(0, "Seed of initial weights, data order and augmentation.")
+  deterministic: bool = _option(
+    False,
+    "Deterministic ops: the same seed gives bit-identical weights on the same hardware "
+    "(slower on GPUs).",
+  )
+  lr_reference_batch_size: int = _option(
+    0,
+    "If > 0, the peak learning rate is --learning_rate x --batch_size / this (linear "
+    "scaling when moving to more replicas).",
+    **NON_NEGATIVE,
+  )
+  # --- Hardware ---
+  strategy: str = _option(
+    "auto",
+    "auto: multi_worker if TF_CONFIG names several workers, mirrored over several GPUs, "
+    "else the default device. multi_worker is configured by TF_CONFIG.",
+    choices=distribute.STRATEGIES,
+  )
+  tpu: str = _option("", "--strategy=tpu: TPU name or grpc:// address; '' = this TPU VM.")
+  precision: str = _option(
+    "float32",
+    "Keras dtype policy: mixed_float16 for GPUs with tensor cores (with loss scaling), "
+    "mixed_bfloat16 for TPUs, Ampere+ GPUs and CPUs with AVX-512 BF16.",
+    choices=train_lib.PRECISIONS,
+  )
+  jit_compile: bool = _option(False, "Compile the train step with XLA.")
+  sync_batch_norm: bool = _option(
+    False, "BatchNorm statistics over the global batch instead of each replica's batch."
+  )
+  # --- Loop and outputs ---
+  steps_per_epoch: int = _option(
+    0,
+    "Steps per epoch; 0 is a full pass over the training examples (smaller for smoke runs).",
+    **NON_NEGATIVE,
+  )
+  log_every_steps: int = _option(50, "Steps between log lines.", **POSITIVE)
+  checkpoint_every_steps: int = _option(
+    0, "Steps between mid-epoch checkpoints; 0 saves only at the end of each epoch.", low=0
+  )
+  export: bool = _option(
+    True, "When training ends, export the best model (SavedModel and .keras) to MODEL_DIR/export."
+  )
+  on_nan: str = _option(
+    "stop",
+    "On a non-finite training loss: stop, or recover (restore the latest checkpoint and "
+    f"multiply the learning rate by --nan_lr_factor, at most {MAX_NAN_RECOVERIES} times).",
+    choices=ON_NAN,
+  )
+  nan_lr_factor: float = _option(
+    0.5, "See --on_nan; in (0, 1).", low=0, high=1, closed=(False, False)
+  )
+
+  @property
+  def peak_learning_rate(self):
+    """--learning_rate, scaled linearly with the global batch when
+    --lr_reference_batch_size is set (Goyal et al. 2017: k times the batch,
+    k times the rate, with a warm-up)."""
+    if not self.lr_reference_batch_size:
+      return self.learning_rate
+    return self.learning_rate * self.batch_size / self.lr_reference_batch_size
+
+
+def _range_error(name, value, meta):
+  """The message for a number outside its declared range, or None."""
+  low, high, (low_closed, high_closed) = meta["low"], meta["high"], meta["closed"]
+  too_low = low is not None and (value < low if low_closed else value <= low)
+  too_high = high is not None and (value > high if high_closed else value >= high)
+  if not (too_low or too_high or (isinstance(value, float) and math.isnan(value))):
+    return None
+  if high is None:
+    return f"--{name} must {'not be negative' if low_closed else 'be positive'}, got {value}."
+  interval = f"{'[' if low_closed else '('}{low}, {high}{']' if high_closed else ')'}"
+  return f"--{name} must be in {interval}{meta['unit']}, got {value}."
+
+
+def validate(config):
+  """Checks every option against its declared choices and range, and the combinations.
+
+  Raises:
+    ConfigError: the first problem found, naming the flag.
+  """
+  for field in dataclasses.fields(config):
+    value, meta = getattr(config, field.name), field.metadata
+    if meta["choices"] is not None and value not in meta["choices"]:
+      raise ConfigError(
+        f"--{field.name} must be one of {', '.join(meta['choices'])}, got {value!r}."
+      )
+    if meta["low"] is not None or meta["high"] is not None:
+      message = _range_error(field.name, value, meta)
+      if message:
+        raise ConfigError(message)
+  if config.nesterov and not (config.optimizer == "sgd" and config.momentum > 0):
+    raise ConfigError("--nesterov needs --optimizer=sgd with a --momentum above 0.")

@@ -1,0 +1,143 @@
+"""MODEL_DIR/run.json: what a run was (flags, data, machines, versions), and loading its model.
+
+eval.py, the export and the results table rebuild a run's model from this
+record, not from training flags; a resume whose run-defining flags differ from
+the record is refused.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from resnet import checkpointing, files
+from resnet import model as model_lib
+
+RUN_RECORD = "run.json"
+# Config keys that define the model, the data or the optimizer's state: resuming with other
+# values is refused. Runs recorded before a key existed had its default (RUN_KEY_DEFAULTS).
+RUN_DEFINING_KEYS = ("model", "dataset", "validation_size", "batch_size", "seed", "optimizer")
+RUN_KEY_DEFAULTS = {"optimizer": "adam"}
+
+
+def read_run_record(model_dir):
+  """The run record of a training run, or None when `model_dir` has none."""
+  path = os.path.join(model_dir, RUN_RECORD)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as file:
+      return json.load(file)
+  except (OSError, json.JSONDecodeError) as error:
+    raise checkpointing.CheckpointError(f"Cannot read the run record {path}: {error}") from None
+
+
+def _git_commit():
+  try:
+    return subprocess.run(
+      ["git", "rev-parse", "HEAD"],
+      capture_output=True,
+      text=True,
+      check=True,
+      cwd=os.path.dirname(os.path.abspath(__file__)),
+    ).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def cpu_model(cpuinfo_path="/proc/cpuinfo"):
+  """The CPU's model name ("AMD EPYC", ...) from /proc/cpuinfo, else platform's guess."""
+  try:
+    with open(cpuinfo_path) as file:
+      for line in file:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine_description():
+  """{"host", "cpu", "cpu_count", "gpus"}: what a run's speed figures were measured on."""
+  gpus = []
+  for device in tf.config.list_physical_devices("GPU"):
+    details = tf.config.experimental.get_device_details(device)
+    gpus.append(details.get("device_name", device.name))
+  return {"host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpus": gpus}
+
+
+def start_run_record(model_dir, config, write=True, **facts):
+  """Creates MODEL_DIR/run.json, or extends it when a run resumes.
+
+  Args:
+    model_dir: the run's directory (must exist if `write`).
+    config: dict of the resolved flags.
+    write: False only checks compatibility (the non-chief workers of a
+      multi-worker run, which must refuse exactly when the chief does).
+    **facts: more entries to record (classes, dataset sizes, devices, ...).
+
+  Raises:
+    CheckpointError: model_dir holds a run whose RUN_DEFINING_KEYS differ;
+      nothing is written then.
+  """
+  record = read_run_record(model_dir)
+  if record is None:
+    record = {"config": config, "starts": []}
+  else:
+    previous = {**RUN_KEY_DEFAULTS, **record["config"]}
+    changed = [key for key in RUN_DEFINING_KEYS if previous.get(key) != config.get(key)]
+    if changed:
+      details = ", ".join(
+        f"--{k}={previous.get(k)!r} there, {config.get(k)!r} now" for k in changed
+      )
+      raise checkpointing.CheckpointError(
+        f"{model_dir} holds a run with other settings ({details}). Use a "
+        f"new --model_dir, or the same flags to resume it."
+      )
+    if previous != config:
+      logging.warning(
+        "Resuming with changed flags: %s", {k: v for k, v in config.items() if previous.get(k) != v}
+      )
+    record["config"] = config
+  record.update(
+    facts,
+    git_commit=_git_commit(),
+    python=platform.python_version(),
+    versions={"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
+  )
+  record["starts"].append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+  # Per start, as a resumed run may land on another machine (figures are per machine).
+  record.setdefault("machines", []).append(machine_description())
+  if write:
+    files.write_json(os.path.join(model_dir, RUN_RECORD), record)
+  return record
+
+
+def load_trained_model(model_dir, checkpoint_path=None):
+  """The float32 model of a train.py run with its weights from `checkpoint_path` (default:
+  the best checkpoint). Call it inside a strategy's scope to place the model there.
+
+  Returns:
+    (model, run record, the checkpoint path restored).
+
+  Raises:
+    CheckpointError: no run.json, no best checkpoint, or a checkpoint of another model.
+  """
+  record = read_run_record(model_dir)
+  if record is None:
+    raise checkpointing.CheckpointError(
+      f"{model_dir} is not a training run: it has no {RUN_RECORD}."
+    )
+  checkpoint_path = checkpoint_path or checkpointing.best_checkpoint_path(model_dir)
+  # float32 whatever the run's --precision: checkpoints hold float32 weights.
+  model = model_lib.create_model(
+    record["config"]["model"], num_classes=len(record["class_names"]), precision="float32"
+  )
+  checkpointing.restore_model(model, checkpoint_path)
+  return model, record, checkpoint_path
