@@ -1,0 +1,188 @@
+r"""A results table read from run directories, never typed by hand.
+
+  python -m resnet.results ~/runs/resnet20_paper_s0 ~/runs/resnet20_paper_s1 ~/runs/resnet20_adam_s0
+
+prints a Markdown table with one row per recipe: the config it matches (and
+the flags that differ from it, e.g. a shortened schedule), model, optimizer,
+steps trained of the total, seeds, training wall time, images/s, the machine,
+precision, best validation accuracy and, where `eval.py` was run on the run
+directory (--split=test), test accuracy with and without flip TTA. Runs that
+differ only in --seed collapse into mean ± standard deviation with n.
+Unfinished runs say so.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+from absl import app
+
+from resnet import checkpointing, curves, run_record
+from resnet import config as config_lib
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# Flags that do not change what a run computes: runs differing only in these are one recipe.
+NOT_RECIPE = {
+  "seed",
+  "dataset",
+  "tfds_data_dir",
+  "strategy",
+  "tpu",
+  "deterministic",
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "export",
+  "on_nan",
+  "nan_lr_factor",
+}
+
+
+class NotARunError(ValueError):
+  """A directory that holds no training run."""
+
+
+def read_config_file(path):
+  """{flag: value} of a flagfile, values typed as the Config fields are."""
+  types = {field.name: field.type for field in dataclasses.fields(config_lib.Config)}
+  values = {}
+  with open(path) as file:
+    for line in file:
+      line = line.strip()
+      if not line.startswith("--") or "=" not in line:
+        continue
+      name, value = line[2:].split("=", 1)
+      kind = types.get(name, str)
+      if kind is bool:
+        values[name] = value.lower() in ("true", "1")
+      else:
+        values[name] = kind(value) if kind in (int, float) else value
+  return values
+
+
+def match_config(config, configs_dir=CONFIGS_DIR):
+  """The flagfile in `configs_dir` closest to `config`, and the flags that differ from it.
+
+  Returns:
+    (file name or "-", {flag: the run's value} for recipe flags that differ).
+  """
+  best = ("-", {key: value for key, value in config.items() if key not in NOT_RECIPE})
+  for path in sorted(glob.glob(os.path.join(configs_dir, "*.cfg"))):
+    values = read_config_file(path)
+    if values.get("model") != config.get("model"):
+      continue
+    differ = {
+      key: config.get(key)
+      for key, value in values.items()
+      if key not in NOT_RECIPE and config.get(key) != value
+    }
+    if len(differ) < len(best[1]):
+      best = (os.path.basename(path), differ)
+  return best
+
+
+def _last_per_step(rows):
+  """{step: value}, the last value written for each step (a resumed run repeats steps)."""
+  return {step: value for _, step, value in sorted(rows)}
+
+
+def summarize_run(model_dir):
+  """One run's figures.
+
+  Raises:
+    NotARunError: `model_dir` has no run.json.
+  """
+  record = run_record.read_run_record(model_dir)
+  if record is None:
+    raise NotARunError(f"{model_dir} is not a training run: it has no {run_record.RUN_RECORD}.")
+  config = {**run_record.RUN_KEY_DEFAULTS, **record["config"]}
+  total_steps = config["epochs"] * record["steps_per_epoch"]
+  train_events = os.path.join(model_dir, "tensorboard", "train")
+  epoch_seconds = _last_per_step(curves.scalars(train_events, "epoch_seconds"))
+  rates = _last_per_step(curves.scalars(train_events, "images_per_second"))
+  latest = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
+  step = int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")) if latest else 0
+  best_path = os.path.join(model_dir, "best", "best.json")
+  best = json.load(open(best_path)) if os.path.exists(best_path) else {}
+  test_path = os.path.join(model_dir, "eval", "test", "metrics.json")
+  test = json.load(open(test_path)) if os.path.exists(test_path) else {}
+  machines = {machine["cpu"] for machine in record.get("machines", [])}
+  gpus = {gpu for machine in record.get("machines", []) for gpu in machine.get("gpus", [])}
+  return {
+    "model_dir": model_dir,
+    "config": config,
+    "step": step,
+    "total_steps": total_steps,
+    "seconds": sum(epoch_seconds.values()),  # Epochs' wall time, validation included.
+    "images_per_second": float(np.median(list(rates.values()))) if rates else None,
+    "device": ", ".join(sorted(gpus or machines)) or "unknown",
+    "validation_accuracy": best.get("accuracy"),
+    "test_accuracy": test.get("accuracy"),
+    "test_accuracy_tta": test.get("flip_tta", {}).get("accuracy"),
+  }
+
+
+def _mean_std(values):
+  """'mean ± std' in percent of the values that exist, or '-'."""
+  values = [value for value in values if value is not None]
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{100 * values[0]:.2f}"
+  return f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}"
+
+
+def _hours(seconds):
+  return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def results_table(runs, configs_dir=CONFIGS_DIR):
+  """A Markdown table of summarize_run results, seeds of one recipe on one row."""
+  groups = {}
+  for run in runs:
+    recipe = {k: v for k, v in run["config"].items() if k not in NOT_RECIPE}
+    groups.setdefault(json.dumps(recipe, sort_keys=True), []).append(run)
+  header = (
+    "| config | model | optimizer | steps trained | seeds (n) | epochs' time | images/s | device | "
+    "precision | best val acc % | test acc % | test acc, flip TTA % |"
+  )
+  lines = [header, "|" + " --- |" * 12]
+  for group in groups.values():
+    config = group[0]["config"]
+    name, differ = match_config(config, configs_dir)
+    if differ:
+      name += " with " + " ".join(f"--{key}={value}" for key, value in sorted(differ.items()))
+    steps = [
+      f"{run['step']:,} of {run['total_steps']:,}"
+      + ("" if run["step"] >= run["total_steps"] else " (unfinished)")
+      for run in group
+    ]
+    seeds = ", ".join(str(run["config"]["seed"]) for run in group)
+    rates = [run["images_per_second"] for run in group if run["images_per_second"]]
+    lines.append(
+      f"| {name} | {config['model']} | {config['optimizer']} | {'; '.join(steps)} | "
+      f"{seeds} ({len(group)}) | {', '.join(_hours(run['seconds']) for run in group)} | "
+      f"{f'{np.median(rates):.0f}' if rates else '-'} | "
+      f"{'; '.join(sorted({run['device'] for run in group}))} | {config['precision']} | "
+      f"{_mean_std([run['validation_accuracy'] for run in group])} | "
+      f"{_mean_std([run['test_accuracy'] for run in group])} | "
+      f"{_mean_std([run['test_accuracy_tta'] for run in group])} |"
+    )
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) < 2:
+    sys.exit("Usage: python -m resnet.results RUN_DIR [RUN_DIR ...]")
+  try:
+    runs = [summarize_run(model_dir) for model_dir in argv[1:]]
+  except NotARunError as error:
+    sys.exit(f"resnet.results: error: {error}")
+  print(results_table(runs))
+
+
+if __name__ == "__main__":
+  app.run(main)

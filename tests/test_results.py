@@ -1,0 +1,72 @@
+"""The results table: read from run directories, seeds collapsed, configs recognised."""
+
+import dataclasses
+import importlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import train
+from resnet import files, results, run_record
+from tests.test_train import REPO, debug_config
+
+eval_main = importlib.import_module("eval")
+
+
+def test_a_run_is_matched_to_its_config_and_a_shortened_schedule_is_named():
+  paper = results.read_config_file("configs/resnet20_paper.cfg")
+  assert paper["optimizer"] == "sgd" and paper["learning_rate"] == 0.1 and paper["epochs"] == 182
+  assert results.match_config(dict(paper, seed=3)) == ("resnet20_paper.cfg", {})
+  assert results.match_config(dict(paper, epochs=50)) == ("resnet20_paper.cfg", {"epochs": 50})
+  adam = results.read_config_file("configs/resnet20.cfg")
+  assert results.match_config(adam) == ("resnet20.cfg", {})
+
+
+@pytest.fixture(scope="module")
+def three_seeds(image_folder, tmp_path_factory):
+  """One recipe, three seeds: two finished, the third stopped after 1 of its 2 epochs."""
+  config = debug_config(image_folder, epochs=2)
+  directories = []
+  for seed, epochs in ((0, 2), (1, 2), (2, 1)):
+    directory = str(tmp_path_factory.mktemp(f"seed{seed}"))
+    train.train_and_evaluate(dataclasses.replace(config, seed=seed, epochs=epochs), directory)
+    directories.append(directory)
+  # The third run was asked for 2 epochs and stopped after the first (as a kill leaves it).
+  record = run_record.read_run_record(directories[2])
+  record["config"]["epochs"] = 2
+  files.write_json(os.path.join(directories[2], run_record.RUN_RECORD), record)
+  eval_main.evaluate_model_dir(directories[0], "test", batch_size=8, tta_flip=True)
+  return directories
+
+
+def test_seeds_of_one_recipe_collapse_and_unfinished_runs_say_so(three_seeds):
+  runs = [results.summarize_run(directory) for directory in three_seeds]
+  assert [(run["step"], run["total_steps"]) for run in runs] == [(6, 6), (6, 6), (3, 6)]
+  header, rule, row = results.results_table(runs).splitlines()
+  assert header.startswith("| config | model | optimizer | steps trained |") and rule
+  assert "| 6 of 6; 6 of 6; 3 of 6 (unfinished) | 0, 1, 2 (3) |" in row
+  accuracies = [run["validation_accuracy"] for run in runs]
+  assert all(0 <= accuracy <= 1 for accuracy in accuracies)
+  expected = f"{100 * np.mean(accuracies):.2f} ± {100 * np.std(accuracies, ddof=1):.2f}"
+  assert f"| {expected} |" in row
+  test, tta = runs[0]["test_accuracy"], runs[0]["test_accuracy_tta"]
+  assert f"| {100 * test:.2f} | {100 * tta:.2f} |" in row  # Only seed 0 was evaluated.
+  assert runs[0]["images_per_second"] > 0 and runs[0]["device"] == run_record.cpu_model()
+  assert runs[0]["seconds"] > 0
+
+
+def test_a_directory_that_is_not_a_run_is_one_line_and_a_non_zero_exit(tmp_path):
+  result = subprocess.run(
+    [sys.executable, "-m", "resnet.results", str(tmp_path)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+    f"resnet.results: error: {tmp_path} is not a training run: it has no run.json."
+  )
