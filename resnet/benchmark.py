@@ -24,7 +24,7 @@ from absl import app, flags, logging
 
 from data import pipeline, sources
 from resnet import config as config_lib
-from resnet import metrics, train_lib
+from resnet import metrics, run_record, train_lib
 from resnet import model as model_lib
 
 
@@ -48,24 +48,6 @@ def forward_flops_per_image(model):
     elif op.type == "MatMul":  # One image: kernel [C_in, C_out].
       flops += 2 * int(np.prod(op.inputs[1].shape))
   return flops
-
-
-# CPU features that make reduced precision fast on x86 (oneDNN uses them);
-# without them TensorFlow emulates bfloat16 and float16 arithmetic in float32.
-REDUCED_PRECISION_CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
-
-
-def cpu_flags(cpuinfo_path="/proc/cpuinfo"):
-  """Which of REDUCED_PRECISION_CPU_FLAGS this CPU has ({} where /proc/cpuinfo is missing)."""
-  try:
-    with open(cpuinfo_path) as file:
-      present = set()
-      for line in file:
-        if line.startswith("flags"):
-          present.update(line.split(":", 1)[1].split())
-  except OSError:
-    return {}
-  return {flag: flag in present for flag in REDUCED_PRECISION_CPU_FLAGS}
 
 
 def _median_and_spread(values):
@@ -293,7 +275,7 @@ def _report(results, flops, precisions, settings):
     "machine": {
       "processor": platform.processor() or platform.machine(),
       "cpu_count": os.cpu_count(),
-      "cpu_flags": cpu_flags(),
+      "cpu_flags": run_record.cpu_flags(),
       "devices": [d.name for d in tf.config.list_logical_devices()],
       "tensorflow": tf.__version__,
       "keras": keras.__version__,

@@ -2,7 +2,7 @@
 
 import json
 
-from resnet import benchmark
+from resnet import benchmark, run_record
 from resnet import model as model_lib
 
 
@@ -46,7 +46,7 @@ def test_a_tiny_benchmark_reports_every_figure(tmp_path):
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
   cpuinfo = tmp_path / "cpuinfo"
   cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nflags\t: fpu\n")
-  flags = benchmark.cpu_flags(str(cpuinfo))
+  flags = run_record.cpu_flags(str(cpuinfo))
   assert flags == {
     "avx512f": True,
     "avx512_bf16": True,
@@ -54,4 +54,6 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     "amx_bf16": False,
     "amx_fp16": False,
   }
-  assert benchmark.cpu_flags(str(tmp_path / "missing")) == {}
+  assert run_record.cpu_flags(str(tmp_path / "missing")) == {}
+  cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n")
+  assert run_record.cpu_label(str(cpuinfo)) == "AMD EPYC (AVX2)"

@@ -54,7 +54,7 @@ def test_seeds_of_one_recipe_collapse_and_unfinished_runs_say_so(three_seeds):
   assert f"| {expected} |" in row
   test, tta = runs[0]["test_accuracy"], runs[0]["test_accuracy_tta"]
   assert f"| {100 * test:.2f} | {100 * tta:.2f} |" in row  # Only seed 0 was evaluated.
-  assert runs[0]["images_per_second"] > 0 and runs[0]["device"] == run_record.cpu_model()
+  assert runs[0]["images_per_second"] > 0 and runs[0]["device"] == run_record.cpu_label()
   assert runs[0]["seconds"] > 0
 
 

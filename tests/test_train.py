@@ -198,7 +198,7 @@ def test_resume_with_other_optimizer_is_refused_and_old_records_mean_adam(
   with open(record_path) as file:
     record = json.load(file)
   assert record["config"]["optimizer"] == "adam"
-  assert record["machines"][-1]["cpu"] == run_record.cpu_model()
+  assert record["machines"][-1]["cpu"] == run_record.cpu_label()
 
 
 def test_finished_run_does_nothing_more(trained_run, image_folder):
