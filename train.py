@@ -102,7 +102,7 @@ def train_and_evaluate(config, model_dir):
         sums = run.train_steps(batches, tf.constant(num_steps))
         if not np.isfinite(loss := float(sums["loss_sum"])):  # Never saved: back to the latest.
           step = checkpoints.recover_from_non_finite_loss(
-            loss, step, num_steps, *_nan_policy(config)
+            loss, step, num_steps, config.max_nan_recoveries, config.nan_lr_factor
           )
           batches = iter(data.distribute_train(strategy, start_step=step))
           window.reset()
@@ -205,12 +205,6 @@ def _create_writers(config, model_dir, data, record, step, chief):
     batch = data.augmented_batch(step)
     summaries.write_data_pictures(writers, step, model_dir, class_grid, batch, data.class_names)
   return writers
-
-
-def _nan_policy(config):
-  """(recoveries allowed, learning-rate factor per recovery) after a non-finite loss."""
-  recoveries = config_lib.MAX_NAN_RECOVERIES if config.on_nan == "recover" else 0
-  return recoveries, config.nan_lr_factor
 
 
 def _end_epoch(config, epoch, run, checkpoints, data, validation_batches, writers, epoch_meter):

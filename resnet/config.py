@@ -131,6 +131,11 @@ class Config:
   )
 
   @property
+  def max_nan_recoveries(self):
+    """Recoveries from a non-finite loss the run may make: 0 unless --on_nan=recover."""
+    return MAX_NAN_RECOVERIES if self.on_nan == "recover" else 0
+
+  @property
   def peak_learning_rate(self):
     """--learning_rate, scaled linearly with the global batch when
     --lr_reference_batch_size is set (Goyal et al. 2017: k times the batch,
