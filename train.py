@@ -1,7 +1,6 @@
 r"""Trains a CIFAR ResNet with a custom tf.distribute loop; keeps the best checkpoint.
 
   python train.py --flagfile=configs/resnet20.cfg --model_dir=runs/resnet20
-  python train.py --flagfile=configs/debug.cfg --dataset=folder:../shared/data/cifar10-jpeg75
   tensorboard --logdir runs/resnet20
   python eval.py --model_dir=runs/resnet20 --split=validation
 
@@ -22,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data import pipeline, sources, visualize
+from data import pipeline, sources
 from resnet import (
   checkpointing,
   console,
@@ -64,22 +63,12 @@ def train_and_evaluate(config, model_dir):
     raise config_lib.ConfigError(f"--model_dir={model_dir} is a file, not a directory.")
   strategy = _create_strategy(config)
   chief = distribute.is_chief(strategy)
-  data = pipeline.TrainingData.load(
-    config.dataset,
-    config.validation_size,
-    config.tfds_data_dir,
-    epochs=config.epochs,
-    steps_per_epoch=config.steps_per_epoch,
-    global_batch_size=config.batch_size,
-    seed=config.seed,
-    crop_padding=config.crop_padding,
-  )
+  data = _load_data(config)
   record = _start_run_record(config, model_dir, data, strategy, chief)
   # Non-chief workers save their checkpoints (as TensorFlow requires) to a scratch directory.
   with distribute.scratch_directory(strategy) as scratch_dir:
     run, checkpoints = _create_training(config, strategy, data, model_dir, scratch_dir, chief)
     restored = checkpoints.restore()  # Every worker reads the chief's checkpoints.
-    counters = checkpoints.counters
     writers = _create_writers(config, model_dir, data, record, checkpoints.step, chief)
     stop = distribute.StopSignals(sigint_as_sigterm=scratch_dir is not None)
     preemption = distribute.preemption_handler(
@@ -108,7 +97,7 @@ def train_and_evaluate(config, model_dir):
           window.reset()
           continue
         step += num_steps
-        counters["step"].assign(step)
+        checkpoints.counters["step"].assign(step)
         window.add(sums, num_steps)
         epoch_meter.add(sums, num_steps)
         epoch, step_in_epoch = divmod(step, data.steps_per_epoch)
@@ -140,7 +129,7 @@ def train_and_evaluate(config, model_dir):
     "stopped_by": stop.received,
     "step": step,
     "epoch": step // data.steps_per_epoch,
-    "best_accuracy": float(counters["best_accuracy"].numpy()),
+    "best_accuracy": float(checkpoints.counters["best_accuracy"].numpy()),
     "validation": validation,
   }
 
@@ -160,6 +149,20 @@ def _create_strategy(config):
   keras.utils.set_random_seed(config.seed)  # Initial weights; the data order and
   # augmentation are stateless functions of the same seed (data/pipeline.py).
   return strategy
+
+
+def _load_data(config):
+  """The run's examples in memory and its epochs (pipeline.TrainingData)."""
+  return pipeline.TrainingData.load(
+    config.dataset,
+    config.validation_size,
+    config.tfds_data_dir,
+    epochs=config.epochs,
+    steps_per_epoch=config.steps_per_epoch,
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    crop_padding=config.crop_padding,
+  )
 
 
 def _create_training(config, strategy, data, model_dir, scratch_dir, chief):
@@ -199,11 +202,8 @@ def _create_writers(config, model_dir, data, record, step, chief):
   """TensorBoard writers (no-ops but on the chief), with the run's flags and pictures."""
   writers = summaries.create_writers(model_dir, chief)
   if chief:
-    run_name = os.path.basename(os.path.abspath(model_dir))
-    summaries.write_run_start(writers, step, dataclasses.asdict(config), record, run_name)
-    class_grid = visualize.class_grid_png(*data.train, data.class_names, seed=config.seed)
-    batch = data.augmented_batch(step)
-    summaries.write_data_pictures(writers, step, model_dir, class_grid, batch, data.class_names)
+    summaries.write_run_start(writers, step, dataclasses.asdict(config), record, model_dir)
+    summaries.write_data_pictures(writers, step, model_dir, data, config.seed)
   return writers
 
 

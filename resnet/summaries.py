@@ -104,7 +104,7 @@ def write_validation(
   write_scalars(writers["train"], step, {"epoch_seconds": epoch_seconds})
 
 
-def write_run_start(writers, step, config, run_record, run_name):
+def write_run_start(writers, step, config, run_record, model_dir):
   """Hyperparameters for the HParams dashboard, and the flags and run record as text.
 
   Args:
@@ -112,9 +112,10 @@ def write_run_start(writers, step, config, run_record, run_name):
 
   The hyperparameters go with the validation summaries, whose scalars are the
   dashboard's metrics: then it finds them whether --logdir is this run's
-  tensorboard/ directory or a parent of several runs. `run_name` (the model
-  directory's name) identifies the run among others.
+  tensorboard/ directory or a parent of several runs. The model directory's
+  name identifies the run among others.
   """
+  run_name = os.path.basename(os.path.abspath(model_dir))
   # HParams takes bool/int/float/str; None (e.g. an unset --tfds_data_dir) is left out.
   hparams = {key: value for key, value in config.items() if value is not None}
   with writers["validation"].as_default(step=step):
@@ -137,17 +138,15 @@ def _markdown_table(config):
   return "\n".join(["| flag | value |", "| --- | --- |", *rows])
 
 
-def write_data_pictures(writers, step, model_dir, class_grid, augmented_batch, class_names):
-  """The class samples (also MODEL_DIR/class_samples.png) and the next training batch.
-
-  Args:
-    class_grid: PNG bytes from visualize.class_grid_png.
-    augmented_batch: (normalised images float32 [B, 32, 32, 3], labels [B]) as the model sees them.
-  """
+def write_data_pictures(writers, step, model_dir, data, seed):
+  """Class samples (also MODEL_DIR/class_samples.png), and global batch `step` as the model
+  sees it (augmented, de-normalised), of a pipeline.TrainingData."""
+  class_names = data.class_names
+  class_grid = visualize.class_grid_png(*data.train, class_names, seed=seed)
   with open(os.path.join(model_dir, "class_samples.png"), "wb") as file:
     file.write(class_grid)
   write_png(writers["train"], step, "class_samples", class_grid)
-  images, labels = augmented_batch
+  images, labels = data.augmented_batch(step)
   titles = [class_names[label] for label in labels[:32].numpy()]
   grid = visualize.image_grid_png(
     pipeline.denormalize(images[:32]).numpy(), titles, title=f"Augmented training batch {step}"

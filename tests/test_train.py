@@ -294,6 +294,10 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(image_folder
   assert resumed["step"] == 9
   record = json.load(open(os.path.join(model_dir, "run.json")))
   assert len(record["starts"]) == 2
+  # Step 6 was saved again, over the damaged file, and now restores (not skipped because
+  # the manager already listed a ckpt-6).
+  saved_again = os.path.join(model_dir, "checkpoints", "ckpt-6")
+  assert tf.train.load_variable(saved_again, "step/.ATTRIBUTES/VARIABLE_VALUE") == 6
 
   for path in glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")):
     open(path, "wb").close()  # Every checkpoint damaged: refuse rather than start afresh.
