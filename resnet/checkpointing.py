@@ -100,9 +100,9 @@ class Checkpoints:
   """The checkpoints of one run: restore, save the latest and the best, recover from NaN.
 
   Holds the tf.train.Checkpoint of the model, the optimizer and the counters
-  (see create_counters) and the two managers. The optimizer is saved under "optimizer" with or
-  without loss scaling, so a run can resume in another precision; the loss
-  scale is saved on its own. Every process reads the chief's checkpoints in
+  (see create_counters), and the two managers. The optimizer is saved under
+  "optimizer" with or without loss scaling, so a run can resume in another
+  precision; the loss scale is saved on its own. Every process reads the chief's checkpoints in
   `model_dir`; under MultiWorkerMirroredStrategy every worker must also save
   (saving runs collective ops), the non-chief ones into `write_dir` (None: the
   chief, which saves into `model_dir` and writes best/best.json).
