@@ -226,18 +226,8 @@ def _end_epoch(config, epoch, run, checkpoints, data, validation_batches, writer
   checkpoints.save_latest()
   step, train_metrics, seconds = checkpoints.step, epoch_meter.result(), epoch_meter.seconds()
   if checkpoints.is_chief:
-    best_accuracy = float(counters["best_accuracy"].numpy())
-    summaries.write_validation(
-      writers,
-      step,
-      validation,
-      data.validation[0],
-      data.class_names,
-      run.model,
-      best_accuracy,
-      epoch=epoch,
-      epoch_seconds=seconds,
-    )
+    best = float(counters["best_accuracy"].numpy())
+    summaries.write_validation(writers, step, epoch, validation, data, run.model, best, seconds)
   summary_line = (
     f"epoch {epoch:3d}/{config.epochs}  train loss {train_metrics['loss']:.4f} "
     f"acc {train_metrics['accuracy']:.4f}  val loss {validation['loss']:.4f} "
@@ -275,21 +265,26 @@ def config_from_flags(flag_values):
   return config_lib.Config(**{field.name: flag_values[field.name].value for field in fields})
 
 
-def main(argv):
+def _exit_stopped(signal_name, what_happened):
+  print(
+    f"Stopped by {signal_name} {what_happened}; run the same command again to resume.",
+    file=sys.stderr,
+  )
+  sys.exit(128 + signal.Signals[signal_name].value)  # The shell's code for the signal.
+
+
+def main(argv, flag_values=flags.FLAGS):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   tf.get_logger().setLevel("WARNING")  # TF's own info lines (one per checkpoint save) are noise.
   try:
-    result = train_and_evaluate(config_from_flags(flags.FLAGS), flags.FLAGS.model_dir)
+    result = train_and_evaluate(config_from_flags(flag_values), flag_values.model_dir)
   except USER_ERRORS as error:
     sys.exit(f"train.py: error: {error}")
+  except KeyboardInterrupt:  # Ctrl-C outside the loop's handler: loading the data, exporting.
+    _exit_stopped("SIGINT", "outside the training loop; what was saved before is intact")
   if result["stopped_by"]:
-    print(
-      f"Stopped by {result['stopped_by']} at step {result['step']} and saved a checkpoint "
-      f"there; run the same command again to resume.",
-      file=sys.stderr,
-    )
-    sys.exit(128 + signal.Signals[result["stopped_by"]].value)  # The shell's code for it.
+    _exit_stopped(result["stopped_by"], f"at step {result['step']} and saved a checkpoint there")
   logging.info(
     "Done at step %d; best validation accuracy %.4f.", result["step"], result["best_accuracy"]
   )

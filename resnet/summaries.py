@@ -64,16 +64,14 @@ def write_train_scalars(writers, step, scalars, model):
   write_scalars(writers["train"], step, dict(scalars, weight_norm=tf.linalg.global_norm(weights)))
 
 
-def write_validation(
-  writers, step, validation, images, class_names, model, best_accuracy, *, epoch, epoch_seconds
-):
+def write_validation(writers, step, epoch, validation, data, model, best_accuracy, epoch_seconds):
   """Everything TensorBoard shows after a validation: scalars, pictures, weight histograms.
 
   Args:
-    validation: metrics.evaluate's dict; images: the validation images, uint8 [N, 32, 32, 3].
-    best_accuracy: the best validation accuracy so far (this one included).
+    validation: metrics.evaluate's dict of the validation examples of `data`, a
+      pipeline.TrainingData; best_accuracy: the best validation accuracy so far.
   """
-  writer = writers["validation"]
+  writer, images, class_names = writers["validation"], data.validation[0], data.class_names
   per_class = {  # A class's recall is the accuracy on that class.
     f"accuracy_per_class/{name}": scores["recall"]
     for name, scores in validation["per_class"].items()

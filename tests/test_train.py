@@ -16,7 +16,7 @@ from absl import flags
 from tensorboard.backend.event_processing import event_accumulator
 
 import train
-from data import sources
+from data import pipeline, sources
 from resnet import checkpointing, files, run_record
 from resnet import config as config_lib
 from tests.conftest import CLASS_NAMES
@@ -246,6 +246,27 @@ def test_every_config_parses(path):
     header = file.read()
   assert header.startswith("#") and "python train.py" in header and "untime" in header
   assert config.epochs > 0 and config.batch_size > 0
+
+
+def test_ctrl_c_while_the_data_loads_is_one_line_and_exit_130(
+  image_folder, tmp_path, monkeypatch, capsys
+):
+  flag_values = flags.FlagValues()
+  train.define_flags(flag_values)
+  flag_values(["train.py", f"--dataset=folder:{image_folder}", f"--model_dir={tmp_path}/run"])
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(pipeline.TrainingData, "load", interrupted)
+  with pytest.raises(SystemExit) as exit_info:
+    train.main(["train.py"], flag_values)
+  assert exit_info.value.code == 130  # As a Ctrl-C during training: 128 + SIGINT.
+  assert capsys.readouterr().err == (
+    "Stopped by SIGINT outside the training loop; what was saved before is intact; run the "
+    "same command again to resume.\n"
+  )
+  assert os.listdir(tmp_path) == []
 
 
 def test_non_finite_loss_stops_without_saving_and_keeps_the_best(trained_run, image_folder):
