@@ -41,10 +41,6 @@ NOT_RECIPE = {
 }
 
 
-class NotARunError(ValueError):
-  """A directory that holds no training run."""
-
-
 def read_config_file(path):
   """{flag: value} of a flagfile, values typed as the Config fields are."""
   types = {field.name: field.type for field in dataclasses.fields(config_lib.Config)}
@@ -93,11 +89,9 @@ def summarize_run(model_dir):
   """One run's figures.
 
   Raises:
-    NotARunError: `model_dir` has no run.json.
+    checkpointing.CheckpointError: `model_dir` is not a training run.
   """
-  record = run_record.read_run_record(model_dir)
-  if record is None:
-    raise NotARunError(f"{model_dir} is not a training run: it has no {run_record.RUN_RECORD}.")
+  record = run_record.trained_run_record(model_dir)
   config = {**run_record.RUN_KEY_DEFAULTS, **record["config"]}
   total_steps = config["epochs"] * record["steps_per_epoch"]
   train_events = os.path.join(model_dir, "tensorboard", "train")
@@ -179,7 +173,7 @@ def main(argv):
     sys.exit("Usage: python -m resnet.results RUN_DIR [RUN_DIR ...]")
   try:
     runs = [summarize_run(model_dir) for model_dir in argv[1:]]
-  except NotARunError as error:
+  except checkpointing.CheckpointError as error:
     sys.exit(f"resnet.results: error: {error}")
   print(results_table(runs))
 

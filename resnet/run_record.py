@@ -38,6 +38,20 @@ def read_run_record(model_dir):
     raise checkpointing.CheckpointError(f"Cannot read the run record {path}: {error}") from None
 
 
+def trained_run_record(model_dir):
+  """The run record of a training run.
+
+  Raises:
+    CheckpointError: `model_dir` holds no run.json (it is not a training run).
+  """
+  record = read_run_record(model_dir)
+  if record is None:
+    raise checkpointing.CheckpointError(
+      f"{model_dir} is not a training run: it has no {RUN_RECORD}."
+    )
+  return record
+
+
 def _git_commit():
   try:
     return subprocess.run(
@@ -170,11 +184,7 @@ def load_trained_model(model_dir, checkpoint_path=None):
   Raises:
     CheckpointError: no run.json, no best checkpoint, or a checkpoint of another model.
   """
-  record = read_run_record(model_dir)
-  if record is None:
-    raise checkpointing.CheckpointError(
-      f"{model_dir} is not a training run: it has no {RUN_RECORD}."
-    )
+  record = trained_run_record(model_dir)
   checkpoint_path = checkpoint_path or checkpointing.best_checkpoint_path(model_dir)
   # float32 whatever the run's --precision: checkpoints hold float32 weights.
   model = model_lib.create_model(

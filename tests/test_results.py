@@ -26,28 +26,28 @@ def test_a_run_is_matched_to_its_config_and_a_shortened_schedule_is_named():
 
 
 @pytest.fixture(scope="module")
-def three_seeds(image_folder, tmp_path_factory):
-  """One recipe, three seeds: two finished, the third stopped after 1 of its 2 epochs."""
+def two_seeds(image_folder, tmp_path_factory):
+  """One recipe, two seeds: one finished, the other stopped after 1 of its 2 epochs."""
   config = debug_config(image_folder, epochs=2)
   directories = []
-  for seed, epochs in ((0, 2), (1, 2), (2, 1)):
+  for seed, epochs in ((0, 2), (1, 1)):
     directory = str(tmp_path_factory.mktemp(f"seed{seed}"))
     train.train_and_evaluate(dataclasses.replace(config, seed=seed, epochs=epochs), directory)
     directories.append(directory)
-  # The third run was asked for 2 epochs and stopped after the first (as a kill leaves it).
-  record = run_record.read_run_record(directories[2])
+  # The second run was asked for 2 epochs and stopped after the first (as a kill leaves it).
+  record = run_record.read_run_record(directories[1])
   record["config"]["epochs"] = 2
-  files.write_json(os.path.join(directories[2], run_record.RUN_RECORD), record)
+  files.write_json(os.path.join(directories[1], run_record.RUN_RECORD), record)
   eval_main.evaluate_model_dir(directories[0], "test", batch_size=8, tta_flip=True)
   return directories
 
 
-def test_seeds_of_one_recipe_collapse_and_unfinished_runs_say_so(three_seeds):
-  runs = [results.summarize_run(directory) for directory in three_seeds]
-  assert [(run["step"], run["total_steps"]) for run in runs] == [(6, 6), (6, 6), (3, 6)]
+def test_seeds_of_one_recipe_collapse_and_unfinished_runs_say_so(two_seeds):
+  runs = [results.summarize_run(directory) for directory in two_seeds]
+  assert [(run["step"], run["total_steps"]) for run in runs] == [(6, 6), (3, 6)]
   header, rule, row = results.results_table(runs).splitlines()
   assert header.startswith("| config | model | optimizer | steps trained |") and rule
-  assert "| 6 of 6; 6 of 6; 3 of 6 (unfinished) | 0, 1, 2 (3) |" in row
+  assert "| 6 of 6; 3 of 6 (unfinished) | 0, 1 (2) |" in row
   accuracies = [run["validation_accuracy"] for run in runs]
   assert all(0 <= accuracy <= 1 for accuracy in accuracies)
   expected = f"{100 * np.mean(accuracies):.2f} ± {100 * np.std(accuracies, ddof=1):.2f}"
