@@ -22,7 +22,7 @@ def test_forward_flops_of_resnet9_count_each_convolution_at_its_resolution():
 
 
 def test_a_tiny_benchmark_reports_every_figure(tmp_path):
-  report = benchmark.run_benchmark("resnet8", batch_size=16, steps=2, repeats=1)
+  report = benchmark.run_benchmark("resnet8", batch_size=16, steps=2, repeats=1, matmul_size=512)
   rates = report["images_per_second"]
   assert set(rates) == {
     "train_step[float32]",
