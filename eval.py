@@ -129,7 +129,8 @@ def evaluate_model_dir(
     split: "test", "validation" or "train".
     dataset: dataset to read (default: the run's); tfds_data_dir as in train.py.
     checkpoint_path: checkpoint to restore (default: the best one).
-    batch_size: global evaluation batch size.
+    batch_size: global evaluation batch size; rounded up to a multiple of the
+      replicas (the padding is masked out, see pipeline.eval_batch_size).
     strategy_name: one of EVAL_STRATEGIES. Evaluation runs in one process:
       "auto" mirrors over several local GPUs and ignores TF_CONFIG.
     tta_flip: also predict the left-right flipped images and report the
@@ -227,7 +228,9 @@ def define_flags():
   flags.DEFINE_string("dataset", None, "cifar10 or folder:PATH (default: the run's dataset).")
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (default: the run's).")
   flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate (default: MODEL_DIR/best).")
-  flags.DEFINE_integer("batch_size", 256, "Global evaluation batch size.")
+  flags.DEFINE_integer(
+    "batch_size", 256, "Global evaluation batch size (any replica count).", lower_bound=1
+  )
   flags.DEFINE_enum(
     "strategy", "auto", list(EVAL_STRATEGIES), "auto: mirrored over several GPUs, else default."
   )

@@ -197,13 +197,32 @@ def make_eval_dataset(images, labels, *, global_batch_size, input_context=None):
 
 
 def check_global_batch_size(strategy, global_batch_size):
-  """Raises sources.DataError unless the global batch divides evenly across replicas."""
+  """Raises sources.DataError unless the training batch divides evenly across replicas.
+
+  Training refuses rather than rounds: --batch_size is part of the recipe (the
+  learning rate, the steps per epoch, the data order, a resume's identity), so
+  it must not change with the hardware. The message names the nearest batch
+  sizes that divide.
+  """
   replicas = strategy.num_replicas_in_sync
-  if global_batch_size <= 0 or global_batch_size % replicas:
-    raise sources.DataError(
-      f"--batch_size={global_batch_size} must be a positive multiple of the "
-      f"number of replicas ({replicas})."
-    )
+  if global_batch_size > 0 and global_batch_size % replicas == 0:
+    return
+  lower = max(global_batch_size // replicas, 0) * replicas
+  nearest = " or ".join(str(size) for size in (lower, lower + replicas) if size > 0)
+  raise sources.DataError(
+    f"--batch_size={global_batch_size} does not divide over {replicas} replicas; "
+    f"nearest that do: {nearest}."
+  )
+
+
+def eval_batch_size(strategy, global_batch_size):
+  """`global_batch_size` (positive) rounded up to a multiple of the replica count.
+
+  Evaluation takes any batch size: every replica gets the same number of
+  examples, and the padding this adds is masked out like the split's own.
+  """
+  replicas = strategy.num_replicas_in_sync
+  return -(-global_batch_size // replicas) * replicas
 
 
 def distribute_train_dataset(strategy, images, labels, **kwargs):
@@ -215,11 +234,14 @@ def distribute_train_dataset(strategy, images, labels, **kwargs):
 
 
 def distribute_eval_dataset(strategy, images, labels, *, global_batch_size):
-  """make_eval_dataset for every input pipeline of `strategy`."""
-  check_global_batch_size(strategy, global_batch_size)
+  """make_eval_dataset for every input pipeline of `strategy`, for any replica count.
+
+  The batch is rounded up to a multiple of the replicas (eval_batch_size).
+  """
+  batch_size = eval_batch_size(strategy, global_batch_size)
   return strategy.distribute_datasets_from_function(
     lambda context: make_eval_dataset(
-      images, labels, global_batch_size=global_batch_size, input_context=context
+      images, labels, global_batch_size=batch_size, input_context=context
     )
   )
 

@@ -1,5 +1,7 @@
 """The input pipeline: normalisation, augmentation, the data order, exact counting."""
 
+import types
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -130,8 +132,17 @@ def test_eval_dataset_sees_every_example_exactly_once(strategy_name):
   np.testing.assert_array_equal(np.concatenate(seen_labels), labels[seen_index])
 
 
-def test_batch_that_does_not_divide_across_replicas_is_refused():
-
+def test_a_training_batch_that_does_not_divide_names_the_nearest_that_do():
   strategy = distribute.create_strategy("mirrored")
-  with pytest.raises(sources.DataError, match="multiple of the number of replicas \\(2\\)"):
+  with pytest.raises(sources.DataError, match="=7 does not divide over 2 replicas.*: 6 or 8\\.$"):
     pipeline.check_global_batch_size(strategy, 7)
+  three = types.SimpleNamespace(num_replicas_in_sync=3)
+  with pytest.raises(sources.DataError, match="=128 does not divide .* 3 .*: 126 or 129\\.$"):
+    pipeline.check_global_batch_size(three, 128)
+  with pytest.raises(sources.DataError, match="nearest that do: 3\\.$"):
+    pipeline.check_global_batch_size(three, 2)
+  with pytest.raises(sources.DataError, match="=0 does not .*: 3\\.$"):
+    pipeline.check_global_batch_size(three, 0)
+  pipeline.check_global_batch_size(three, 129)
+  eval_batches = [pipeline.eval_batch_size(three, size) for size in (1, 128, 129, 256)]
+  assert eval_batches == [3, 129, 129, 258]

@@ -1,5 +1,10 @@
 """Metrics on the host: exact counting over replicas, and agreement with scikit-learn."""
 
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -35,6 +40,62 @@ def test_evaluate_counts_every_example_and_agrees_with_predict(strategy_name):
   reference.set_weights(model.get_weights())
   logits = reference(pipeline.normalize(images), training=False)
   np.testing.assert_allclose(probabilities, tf.nn.softmax(logits).numpy(), atol=1e-5)
+
+
+# Three replicas need three logical devices, set before TensorFlow starts: a fresh
+# process (this one has two). A tiny model on 21 examples; batches of 8 and 256
+# (eval.py's default), neither a multiple of 3, nor of 21.
+THREE_REPLICAS_EVALUATE = """
+import json
+import keras, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 3)
+from data import pipeline
+from resnet import distribute, metrics, train_lib
+strategy = distribute.create_strategy("mirrored")
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (21, 32, 32, 3), dtype=np.uint8)
+labels = rng.integers(0, 3, 21).astype(np.int32)
+with strategy.scope():
+  keras.utils.set_random_seed(2)
+  model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3),
+                            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+one_device = tf.nn.softmax(model(pipeline.normalize(images))).numpy()
+predict_step = train_lib.make_predict_step(strategy, model)
+results = {"replicas": strategy.num_replicas_in_sync, "one_device": one_device.tolist(),
+           "labels": labels.tolist()}
+for batch_size in (8, 256):
+  dataset = pipeline.distribute_eval_dataset(strategy, images, labels, global_batch_size=batch_size)
+  result = metrics.evaluate(predict_step, dataset, 21, ["bird", "cat", "dog"])
+  result["probabilities"] = result["probabilities"].tolist()
+  result["labels"] = result["labels"].tolist()
+  results[batch_size] = result
+print(json.dumps(results))
+"""
+
+
+def test_three_replicas_evaluate_every_example_once_for_any_batch_size():
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  process = subprocess.run(
+    [sys.executable, "-c", THREE_REPLICAS_EVALUATE],
+    cwd=repo,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert process.returncode == 0, process.stderr[-3000:]
+  results = json.loads(process.stdout.splitlines()[-1])
+  assert results["replicas"] == 3
+  one_device, labels = np.array(results["one_device"]), np.array(results["labels"])
+  expected = metrics.compute_metrics(one_device, labels, ["bird", "cat", "dog"])
+  for batch_size in ("8", "256"):
+    result = results[batch_size]
+    assert result["num_examples"] == 21 and np.sum(result["confusion_matrix"]) == 21
+    np.testing.assert_array_equal(result["labels"], labels)  # In split order, padding removed.
+    np.testing.assert_allclose(result["probabilities"], one_device, atol=1e-6)
+    assert result["confusion_matrix"] == expected["confusion_matrix"]
+    assert result["accuracy"] == expected["accuracy"]
+    assert result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
 
 
 def test_calibration_error_on_a_hand_made_example():
