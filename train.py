@@ -144,6 +144,10 @@ def _create_strategy(config):
   if config.jit_compile:
     distribute.check_jit_compile(strategy)
   logging.info(distribute.describe(strategy, config.strategy))
+  if warning := distribute.small_batch_norm_warning(
+    strategy, config.batch_size, config.sync_batch_norm
+  ):
+    logging.warning(warning)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()  # For the whole process.
   keras.utils.set_random_seed(config.seed)  # Initial weights; the data order and

@@ -105,6 +105,25 @@ def check_jit_compile(strategy):
     )
 
 
+# Per-replica BatchNorm below this many images per step gets noisy statistics: Wu &
+# He 2018 ("Group Normalization", figure 1) saw ImageNet error grow as the batch per
+# GPU fell below 16 images; 32 leaves a margin.
+SMALL_BATCH_NORM_BATCH = 32
+
+
+def small_batch_norm_warning(strategy, global_batch_size, sync_batch_norm):
+  """The warning to log when each replica's BatchNorm sees few images per step, else None."""
+  replicas = strategy.num_replicas_in_sync
+  per_replica = global_batch_size // replicas
+  if sync_batch_norm or replicas == 1 or per_replica >= SMALL_BATCH_NORM_BATCH:
+    return None
+  return (
+    f"Each of the {replicas} replicas normalises BatchNorm over only {per_replica} images "
+    f"per step (under ~{SMALL_BATCH_NORM_BATCH} its statistics get noisy): consider "
+    "--sync_batch_norm or a larger --batch_size."
+  )
+
+
 def describe(strategy, name):
   """One line naming the strategy, its replicas and (multi-worker) this process's task."""
   task_type, task_id = worker_task(strategy)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -99,6 +100,15 @@ def assert_adam_runs_agree(expected, actual, learning_rate, num_steps):
 def assert_weights_close(model_a, model_b, atol):
   for a, b in zip(model_a.weights, model_b.weights, strict=True):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=atol, err_msg=a.path)
+
+
+def test_small_per_replica_batch_norm_batches_are_warned_about_unless_synchronised():
+  one, two = (types.SimpleNamespace(num_replicas_in_sync=n) for n in (1, 2))
+  warning = distribute.small_batch_norm_warning(two, 32, sync_batch_norm=False)
+  assert "over only 16 images" in warning and "--sync_batch_norm" in warning
+  assert distribute.small_batch_norm_warning(two, 64, sync_batch_norm=False) is None
+  assert distribute.small_batch_norm_warning(two, 32, sync_batch_norm=True) is None
+  assert distribute.small_batch_norm_warning(one, 16, sync_batch_norm=False) is None
 
 
 def test_sync_batch_norm_makes_two_replicas_train_like_one_device():

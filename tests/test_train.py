@@ -222,9 +222,12 @@ def test_tfds_cifar10_end_to_end_on_mock_data(mock_cifar10, tmp_path):
   assert result["step"] == 2 and result["validation"]["num_examples"] == 100
 
 
-def test_two_replicas_train_to_the_end(image_folder, tmp_path):
+def test_two_replicas_train_to_the_end(image_folder, tmp_path, caplog):
   result = train.train_and_evaluate(debug_config(image_folder, strategy="mirrored"), str(tmp_path))
   assert result["step"] == 6 and result["validation"]["num_examples"] == 24
+  # Batch 16 over 2 replicas: BatchNorm over 8 images each, said once at the start.
+  warnings = [r.message for r in caplog.records if "BatchNorm over only 8 images" in r.message]
+  assert len(warnings) == 1 and "--sync_batch_norm" in warnings[0]
 
 
 @pytest.mark.parametrize("crop_padding", [-1, 17])
