@@ -50,9 +50,10 @@ def create_strategy(name, tpu_address="", single_process=False):
   automatic choice. "mirrored" without GPUs mirrors over the logical CPU
   devices (how tests get two replicas on one CPU). "multi_worker" is
   MultiWorkerMirroredStrategy configured by TF_CONFIG: all local GPUs (or the
-  CPU) of every worker, NCCL or ring all-reduce. It must be created before
-  anything else starts TensorFlow's runtime. "tpu" connects to the TPU at
-  `tpu_address` ("" = the local TPU VM, or a name or grpc:// address).
+  CPU) of every worker, all-reduce by multi_worker_implementation(). It must
+  be created before anything else starts TensorFlow's runtime. "tpu" connects
+  to the TPU at `tpu_address` ("" = the local TPU VM, or a name or grpc://
+  address).
 
   Raises:
     StrategyError: an unknown name or a malformed TF_CONFIG.
@@ -66,7 +67,7 @@ def create_strategy(name, tpu_address="", single_process=False):
     cluster_workers_from_tf_config()  # A clear error for malformed JSON.
     return tf.distribute.MultiWorkerMirroredStrategy(
       communication_options=tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+        implementation=multi_worker_implementation()
       )
     )
   if name == "tpu":
@@ -89,6 +90,34 @@ def create_strategy(name, tpu_address="", single_process=False):
       cpus, cross_device_ops=tf.distribute.ReductionToOneDevice()
     )
   raise StrategyError(f"Unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
+
+
+def multi_worker_implementation():
+  """MultiWorkerMirroredStrategy's all-reduce: NCCL on a worker with GPUs, else RING.
+
+  Asked for explicitly because AUTO does not mean NCCL: TensorFlow 2.21's
+  runtime picks NcclReduce only for collectives whose communication hint is
+  "nccl" (or, in TF1 graphs, with collective_nccl in the session config), and
+  AUTO's hint is "auto", so AUTO runs ring all-reduce on GPUs too (C++
+  CollectiveParamResolverLocal::AssignCollectiveType; Python
+  cross_device_utils.CollectiveReplicaLauncher). Listing the physical devices
+  does not start the runtime, so the strategy can still be created afterwards.
+  """
+  implementations = tf.distribute.experimental.CommunicationImplementation
+  return implementations.NCCL if tf.config.list_physical_devices("GPU") else implementations.RING
+
+
+def all_reduce_implementation(strategy):
+  """How `strategy` sums across replicas, e.g. "NCCL (collective)" or "none (one device)"."""
+  if isinstance(strategy, tf.distribute.TPUStrategy):
+    return "TPU (XLA all-reduce)"
+  cross_device_ops = getattr(strategy.extended, "_cross_device_ops", None)  # No public API.
+  if cross_device_ops is None:  # The default and one-device strategies.
+    return "none (one device)"
+  if type(cross_device_ops).__name__ == "CollectiveAllReduce":
+    # What the strategy asked for; CollectiveAllReduce has no public name to test with.
+    return f"{strategy.extended._communication_options.implementation.value} (collective)"
+  return type(cross_device_ops).__name__  # ReductionToOneDevice for CPU devices.
 
 
 def check_jit_compile(strategy):
@@ -125,12 +154,14 @@ def small_batch_norm_warning(strategy, global_batch_size, sync_batch_norm):
 
 
 def describe(strategy, name):
-  """One line naming the strategy, its replicas and (multi-worker) this process's task."""
+  """One line naming the strategy, its replicas, its all-reduce and (multi-worker) this
+  process's task."""
   task_type, task_id = worker_task(strategy)
   return (
     f"Strategy {type(strategy).__name__.lstrip('_')} (--strategy={name}) with "
     f"{strategy.num_replicas_in_sync} replica(s)"
-    + (f"; this is {task_type} {task_id}." if task_type else ".")
+    + (f"; this is {task_type} {task_id}" if task_type else "")
+    + f"; all-reduce: {all_reduce_implementation(strategy)}."
   )
 
 

@@ -214,6 +214,31 @@ def test_a_malformed_tf_config_is_named(image_folder, tmp_path, monkeypatch):
   assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.parametrize("gpus, expected", [(2, "NCCL"), (0, "RING")])
+def test_multi_worker_asks_for_nccl_on_gpu_workers_and_ring_on_cpu_workers(
+  monkeypatch, gpus, expected
+):
+  list_physical_devices = tf.config.list_physical_devices
+  fake_gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(gpus)]
+  monkeypatch.setattr(
+    tf.config,
+    "list_physical_devices",
+    lambda kind=None: fake_gpus if kind == "GPU" else list_physical_devices(kind),
+  )
+  requested = []
+
+  class RecordingStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    def __init__(self, **kwargs):
+      requested.append(kwargs["communication_options"].implementation.value)
+      super().__init__(**kwargs)  # One local worker (no TF_CONFIG) on the CPU.
+
+  monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", RecordingStrategy)
+  strategy = distribute.create_strategy("multi_worker")
+  assert requested == [expected]
+  assert distribute.all_reduce_implementation(strategy) == f"{expected} (collective)"
+  assert f"all-reduce: {expected} (collective)." in distribute.describe(strategy, "multi_worker")
+
+
 def test_linear_learning_rate_scaling_is_recorded(image_folder, tmp_path):
   config = debug_config(image_folder, learning_rate=1e-3, lr_reference_batch_size=8, epochs=1)
   assert config.peak_learning_rate == pytest.approx(2e-3)  # Batch 16 = 2 x 8.
