@@ -103,7 +103,9 @@ class Config:
     "mixed_bfloat16 for TPUs, Ampere+ GPUs and CPUs with AVX-512 BF16.",
     choices=train_lib.PRECISIONS,
   )
-  jit_compile: bool = _option(False, "Compile the train step with XLA.")
+  jit_compile: bool = _option(
+    False, "Compile the train step with XLA (one device or TPU; not the mirrored strategies)."
+  )
   sync_batch_norm: bool = _option(
     False, "BatchNorm statistics over the global batch instead of each replica's batch."
   )

@@ -121,16 +121,23 @@ def all_reduce_implementation(strategy):
 
 
 def check_jit_compile(strategy):
-  """Raises StrategyError where XLA cannot compile the step: several CPU replicas."""
-  if (
-    strategy.num_replicas_in_sync > 1
-    and not isinstance(strategy, tf.distribute.TPUStrategy)
-    and not all("GPU" in device.upper() for device in strategy.extended.worker_devices)
+  """Raises StrategyError for the strategies whose XLA-compiled step fails: the mirrored ones.
+
+  Keras 3's optimizer counts its steps in a variable updated on the first
+  replica only, which TensorFlow does with a merge_call; inside an
+  XLA-compiled replica function TensorFlow refuses merge_call (keras#21366),
+  with any precision, on GPUs (even one) and across workers. Several CPU
+  replicas fail to compile too. Tested with TensorFlow's GPU code path forced
+  on CPU devices (tests/test_distributed.py).
+  """
+  if isinstance(
+    strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
   ):
     raise StrategyError(
-      "--jit_compile with several replicas needs GPU (or TPU) replicas: TensorFlow "
-      "cannot compile the cross-replica update on CPU devices. Drop --jit_compile, or "
-      "use one device."
+      f"--jit_compile does not work with {type(strategy).__name__}: Keras' optimizer "
+      "update in the compiled replica step needs a merge_call, which TensorFlow refuses "
+      "there (keras#21366). Drop --jit_compile, or train on one device "
+      "(--strategy=default) or a TPU."
     )
 
 

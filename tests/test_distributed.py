@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.distribute import mirrored_run, mirrored_strategy
 
 import train
 from resnet import checkpointing, distribute, run_record, train_lib
@@ -198,13 +199,37 @@ def test_xla_compiled_step_matches_the_graph_step():
   assert_weights_close(compiled, plain, atol=1e-4)
 
 
-def test_xla_on_several_cpu_replicas_is_refused_before_anything_is_written(image_folder, tmp_path):
+def test_xla_on_mirrored_replicas_is_refused_before_anything_is_written(image_folder, tmp_path):
   config = debug_config(image_folder, strategy="mirrored", jit_compile=True)
   with pytest.raises(
-    distribute.StrategyError, match="--jit_compile with several replicas needs GPU"
+    distribute.StrategyError, match="--jit_compile does not work with MirroredStrategy"
   ):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_the_xla_step_on_mirrored_gpus_fails_as_keras_21366_hence_the_refusal(monkeypatch):
+  # TensorFlow takes its GPU path when these two checks say GPU: the compiled
+  # replica function is traced per replica and cross-replica sums avoid merge_call.
+  # Forced on the CPU devices, the trace fails as it would on GPUs: Keras' step
+  # counter (updated on the first replica only) needs a merge_call. If this stops
+  # failing, distribute.check_jit_compile can let XLA through on GPUs.
+  monkeypatch.setattr(mirrored_run, "_is_gpu_device", lambda device: True)
+  monkeypatch.setattr(mirrored_strategy, "_is_gpu_device", lambda device: True)
+  strategy = distribute.create_strategy("mirrored")
+  with strategy.scope():  # The smallest model with weights: tracing is the cost.
+    model = keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    model.build((None, 32, 32, 3))
+    optimizer = train_lib.create_optimizer(1e-3, "mixed_float16")
+    optimizer.build(model.trainable_variables)
+  train_steps = train_lib.make_train_steps(
+    strategy, model, optimizer, global_batch_size=16, num_classes=NUM_CLASSES, jit_compile=True
+  )
+  with pytest.raises(RuntimeError, match="`merge_call` called while defining a new graph"):
+    train_steps(split_across_replicas(strategy, *fixed_batch()), tf.constant(1))
+  with pytest.raises(distribute.StrategyError, match="keras#21366"):
+    distribute.check_jit_compile(strategy)
+  distribute.check_jit_compile(tf.distribute.get_strategy())  # One device: allowed.
 
 
 def test_a_malformed_tf_config_is_named(image_folder, tmp_path, monkeypatch):
