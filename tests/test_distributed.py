@@ -392,6 +392,7 @@ def test_two_workers_train_like_two_replicas_in_one_process(image_folder, tmp_pa
   codes, logs = finish(start_workers(config, model_dir, tmp_path), tmp_path)
   assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
   assert "2 replica(s); this is worker 0" in logs[0] and "this is worker 1" in logs[1]
+  assert "all-reduce: RING (collective)." in logs[0]  # CPU-only workers.
   train.train_and_evaluate(dataclasses.replace(config, strategy="mirrored"), single_dir)
 
   # The chief wrote what a single process writes; the other worker wrote
