@@ -257,7 +257,10 @@ def run_benchmark(
 def _add_fit_variants(variants, model_name, num_classes, train_dataset, steps, batch_size):
   """Keras model.fit on the same input, with our fused and with stock Keras BatchNorm."""
   # Keras defaults otherwise (jit_compile="auto", i.e. off on CPUs; steps_per_execution=1).
-  one_hot = train_dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes))).repeat()
+  # A fit user normalises in the pipeline (our steps do it on the device, see train_lib).
+  one_hot = train_dataset.map(
+    lambda x, y: (pipeline.normalize(x), tf.one_hot(y, num_classes))
+  ).repeat()
   for name, fused in (("keras_model_fit", True), ("keras_model_fit[keras_batch_norm]", False)):
     keras.utils.set_random_seed(0)
     fit_model = model_lib.create_model(model_name, num_classes, fused_batch_norm=fused)
