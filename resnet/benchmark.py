@@ -1,6 +1,7 @@
 r"""Throughput benchmark: our train step, input pipeline, end to end, evaluation, model.fit.
 
   python -m resnet.benchmark --dataset=folder:../shared/data/cifar10-jpeg75
+  taskset -c 0 python -m resnet.benchmark --pipeline_only  # Per host core.
   python -m resnet.benchmark --model=resnet20 --batch_size=128 --precisions=float32 \
     --steps=30 --repeats=5 --output=/tmp/benchmark.json
 
@@ -185,28 +186,11 @@ def run_benchmark(
   `matmul_size` is the side of the square matmuls that measure the peak (smaller is
   quicker and less exact: bfloat16 is emulated, ~10x slower, on CPUs without AVX-512 BF16).
   """
-  if dataset:
-    (images, labels), (val_images, val_labels), class_names, _ = sources.load_train_and_validation(
-      dataset, 5000
-    )
-  else:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (max(4096, 4 * batch_size), 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, len(images)).astype(np.int32)
-    val_images, val_labels, class_names = images[:2048], labels[:2048], [str(i) for i in range(10)]
+  (images, labels), (val_images, val_labels), class_names = _load(dataset, batch_size)
   num_classes = len(class_names)
   strategy = tf.distribute.get_strategy()  # What train.py's auto picks without GPUs.
-  steps_per_epoch = len(labels) // batch_size
   variants = _Variants()
-
-  # The training input as train.py builds it (one endless run of epochs).
-  train_kwargs = dict(
-    global_batch_size=batch_size,
-    steps_per_epoch=steps_per_epoch,
-    start_step=0,
-    total_steps=10**6,
-    seed=0,
-  )
+  train_kwargs = _train_dataset_kwargs(len(labels), batch_size)
 
   def train_dataset():
     return pipeline.make_train_dataset(images, labels, **train_kwargs)
@@ -254,10 +238,53 @@ def run_benchmark(
   return _report(results, flops, precisions, settings, matmul_size)
 
 
+def _load(dataset, batch_size):
+  """((images, labels), (validation images, labels), class names) to benchmark on."""
+  if dataset:
+    train, validation, class_names, _ = sources.load_train_and_validation(dataset, 5000)
+    return train, validation, class_names
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (max(4096, 4 * batch_size), 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, len(images)).astype(np.int32)
+  return (images, labels), (images[:2048], labels[:2048]), [str(i) for i in range(10)]
+
+
+def _train_dataset_kwargs(num_examples, batch_size):
+  """make_train_dataset's arguments as train.py builds it (one endless run of epochs)."""
+  return dict(
+    global_batch_size=batch_size,
+    steps_per_epoch=num_examples // batch_size,
+    start_step=0,
+    total_steps=10**6,
+    seed=0,
+  )
+
+
+def run_pipeline_benchmark(batch_size=128, batches=200, repeats=3, dataset=None):
+  """The input pipeline alone (gather, crop, flip: what the host does per image).
+
+  Returns:
+    {"images_per_second": {"median", "min", "max", "runs"}, "host_cores": the cores
+     this process may use (set with `taskset`), "per_core": the median per core}.
+  """
+  (images, labels), _, _ = _load(dataset, batch_size)
+  dataset = pipeline.make_train_dataset(
+    images, labels, **_train_dataset_kwargs(len(labels), batch_size)
+  )
+  variants = _Variants()
+  variants.add("input_pipeline", _pipeline_rate_function(dataset, batches, batch_size))
+  rate = variants.run(repeats)["input_pipeline"]
+  cores = pipeline.host_cores()
+  return {"images_per_second": rate, "host_cores": cores, "per_core": rate["median"] / cores}
+
+
 def _add_fit_variants(variants, model_name, num_classes, train_dataset, steps, batch_size):
   """Keras model.fit on the same input, with our fused and with stock Keras BatchNorm."""
   # Keras defaults otherwise (jit_compile="auto", i.e. off on CPUs; steps_per_execution=1).
-  one_hot = train_dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes))).repeat()
+  # A fit user normalises in the pipeline (our steps do it on the device, see train_lib).
+  one_hot = train_dataset.map(
+    lambda x, y: (pipeline.normalize(x), tf.one_hot(y, num_classes))
+  ).repeat()
   for name, fused in (("keras_model_fit", True), ("keras_model_fit[keras_batch_norm]", False)):
     keras.utils.set_random_seed(0)
     fit_model = model_lib.create_model(model_name, num_classes, fused_batch_norm=fused)
@@ -280,6 +307,7 @@ def _report(results, flops, precisions, settings, matmul_size):
     "machine": {
       "processor": platform.processor() or platform.machine(),
       "cpu_count": os.cpu_count(),
+      "host_cores": pipeline.host_cores(),  # The ones this process may use.
       "cpu_flags": run_record.cpu_flags(),
       "devices": [d.name for d in tf.config.list_logical_devices()],
       "tensorflow": tf.__version__,
@@ -298,6 +326,9 @@ def _report(results, flops, precisions, settings, matmul_size):
       "achieved": achieved,
       "fraction_of_peak": achieved / peak,
     }
+  report["input_pipeline_per_core"] = (
+    results["input_pipeline"]["median"] / report["machine"]["host_cores"]
+  )
   if "keras_model_fit" in results:
     report["end_to_end_over_keras_fit"] = (
       results["end_to_end"]["median"] / results["keras_model_fit"]["median"]
@@ -323,6 +354,10 @@ def format_report(report):
       f"CPU {report['machine']['processor']}, {report['machine']['cpu_count']} cores; "
       f"reduced-precision features: {', '.join(names) or 'none (bfloat16/float16 emulated)'}"
     )
+  lines.append(
+    f"input pipeline: {report['input_pipeline_per_core']:.0f} images/s per host core "
+    f"({report['machine']['host_cores']} cores)"
+  )
   lines.append(f"forward GFLOP per image: {report['forward_flops_per_image'] / 1e9:.4f}")
   peaks = report["matmul_peak_flops"]
   lines.append(
@@ -346,6 +381,16 @@ def main(argv):
   del argv
   FLAGS = flags.FLAGS
   logging.set_verbosity(logging.INFO)
+  if FLAGS.pipeline_only:
+    report = run_pipeline_benchmark(
+      FLAGS.batch_size, 10 * FLAGS.steps, FLAGS.repeats, FLAGS.dataset
+    )
+    rate = report["images_per_second"]
+    print(
+      f"input pipeline: {rate['median']:.0f} images/s (min {rate['min']:.0f}, max "
+      f"{rate['max']:.0f}) on {report['host_cores']} host cores: {report['per_core']:.0f} per core"
+    )
+    return
   report = run_benchmark(
     FLAGS.model,
     FLAGS.batch_size,
@@ -371,4 +416,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("dataset", None, "cifar10 or folder:PATH; default random images.")
   flags.DEFINE_bool("fit_baseline", True, "Also time keras model.fit on the same pipeline.")
   flags.DEFINE_string("output", None, "JSON file to write.")
+  flags.DEFINE_bool(
+    "pipeline_only", False, "Only the input pipeline (10 x --steps batches per round), per core."
+  )
   app.run(main)

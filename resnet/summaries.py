@@ -12,7 +12,7 @@ import os
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from data import pipeline, visualize
+from data import visualize
 from resnet import plots
 
 # The HParams dashboard's metric: validation accuracy of the best checkpoint so far.
@@ -138,7 +138,7 @@ def _markdown_table(config):
 
 def write_data_pictures(writers, step, model_dir, data, seed):
   """Class samples (also MODEL_DIR/class_samples.png), and global batch `step` as the model
-  sees it (augmented, de-normalised), of a pipeline.TrainingData."""
+  sees it (augmented, before normalisation), of a pipeline.TrainingData."""
   class_names = data.class_names
   class_grid = visualize.class_grid_png(*data.train, class_names, seed=seed)
   with open(os.path.join(model_dir, "class_samples.png"), "wb") as file:
@@ -147,7 +147,7 @@ def write_data_pictures(writers, step, model_dir, data, seed):
   images, labels = data.augmented_batch(step)
   titles = [class_names[label] for label in labels[:32].numpy()]
   grid = visualize.image_grid_png(
-    pipeline.denormalize(images[:32]).numpy(), titles, title=f"Augmented training batch {step}"
+    images[:32].numpy(), titles, title=f"Augmented training batch {step}"
   )
-  description = "The next training batch as the model sees it (de-normalised)."
+  description = "The next training batch as the model sees it (before normalisation)."
   write_png(writers["train"], step, "augmented_inputs", grid, description=description)

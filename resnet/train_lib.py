@@ -11,6 +11,7 @@ import math
 import keras
 import tensorflow as tf
 
+from data import pipeline
 from resnet import model as model_lib
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -163,6 +164,8 @@ def make_train_steps(
 ):
   """Builds `train_steps(iterator, num_steps) -> dict` running steps under `strategy`.
 
+  The iterator yields (uint8 [b, 32, 32, 3] images, int32 [b] labels) per
+  replica, as data/pipeline.py makes them; the step normalises on the device.
   Each replica's loss is its per-example sum divided by the GLOBAL batch size
   (plus weight decay divided by the replica count); the optimizer sums the
   gradients over replicas, so the update is that of one device on the global
@@ -182,7 +185,7 @@ def make_train_steps(
 
   def replica_step(images, labels):
     with tf.GradientTape() as tape:
-      logits = model(images, training=True)
+      logits = model(pipeline.normalize(images), training=True)  # uint8 in.
       per_example_loss = cross_entropy(labels, logits, num_classes, label_smoothing)
       loss = tf.nn.compute_average_loss(per_example_loss, global_batch_size=global_batch_size)
       if weight_decay:
@@ -252,12 +255,15 @@ def make_average_moving_statistics(strategy, model):
 def make_predict_step(strategy, model):
   """Builds `predict_step(batch) -> dict` of per-example outputs gathered from all replicas.
 
+  `batch` is a dict of pipeline.make_eval_dataset (uint8 images, normalised here).
+
   Returns numpy-convertible tensors "probabilities" float32 [B, C], "label",
   "mask" and "index" [B], where B is the global batch (padding included).
   """
 
   def replica_step(batch):
-    probabilities = tf.nn.softmax(tf.cast(model(batch["image"], training=False), tf.float32))
+    logits = model(pipeline.normalize(batch["image"]), training=False)  # uint8 in.
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
     return {
       "probabilities": probabilities,
       "label": batch["label"],

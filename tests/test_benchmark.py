@@ -41,6 +41,10 @@ def test_a_tiny_benchmark_reports_every_figure(tmp_path):
   (tmp_path / "report.json").write_text(json.dumps(report))  # JSON-ready.
   text = benchmark.format_report(report)
   assert "end to end / model.fit" in text and "matmul peak" in text
+  assert report["machine"]["host_cores"] >= 1 and report["input_pipeline_per_core"] > 0
+  assert "images/s per host core" in text
+  alone = benchmark.run_pipeline_benchmark(batch_size=16, batches=2, repeats=1)
+  assert alone["per_core"] == alone["images_per_second"]["median"] / alone["host_cores"] > 0
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):

@@ -18,6 +18,7 @@ import tensorflow as tf
 from tensorflow.python.distribute import mirrored_run, mirrored_strategy
 
 import train
+from data import pipeline
 from resnet import checkpointing, distribute, run_record, train_lib
 from resnet import model as model_lib
 from tests.test_train import REPO, debug_config, final_weights
@@ -52,7 +53,7 @@ def make_training(
 
 def fixed_batch(seed=0):
   rng = np.random.default_rng(seed)
-  images = rng.normal(size=(16, 32, 32, 3)).astype(np.float32)
+  images = rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
   labels = (np.arange(16) % NUM_CLASSES).astype(np.int32)
   return images, labels
 
@@ -127,7 +128,7 @@ def test_sync_batch_norm_makes_two_replicas_train_like_one_device():
   assert mirrored_sums["loss_sum"] == pytest.approx(single_sums["loss_sum"], rel=1e-5)
   assert_weights_close(mirrored, single, atol=1e-4)
   # Evaluation (moving statistics) agrees too.
-  images, _ = fixed_batch(seed=1)
+  images = pipeline.normalize(fixed_batch(seed=1)[0])
   np.testing.assert_allclose(
     mirrored(images, training=False), single(images, training=False), rtol=1e-3, atol=1e-3
   )
@@ -164,7 +165,8 @@ def test_mixed_precision_trains_with_float32_master_weights(precision):
   compute_dtype = precision.removeprefix("mixed_")
   assert model.stem_conv.compute_dtype == compute_dtype
   assert all(w.dtype == "float32" for w in model.weights)
-  assert model(fixed_batch()[0], training=False).dtype == tf.float32  # Float32 logits.
+  logits = model(pipeline.normalize(fixed_batch()[0]), training=False)
+  assert logits.dtype == tf.float32
   assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == (
     precision == "mixed_float16"
   )
@@ -172,10 +174,13 @@ def test_mixed_precision_trains_with_float32_master_weights(precision):
 
 
 @pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
-def test_an_overflow_on_one_replica_is_skipped_on_every_replica(strategy_name):
+def test_an_overflow_on_one_replica_is_skipped_on_every_replica(strategy_name, monkeypatch):
+  # Float inputs, passed through as they are: uint8 images cannot overflow float16.
+  monkeypatch.setattr(pipeline, "normalize", lambda images: tf.cast(images, tf.float32))
   strategy = distribute.create_strategy(strategy_name)
   model, optimizer, train_steps = make_training(strategy, precision="mixed_float16")
   images, labels = fixed_batch()
+  images = images.astype(np.float32)
   before = [w.numpy() for w in model.trainable_weights]
   scale = float(optimizer.dynamic_scale.numpy())
   poisoned = images.copy()
