@@ -1,7 +1,7 @@
 """Training library: learning-rate schedule, optimizer, loss, and distributed steps.
 
 The step functions are pure TensorFlow (no printing, saving or flags): they
-take batches and return per-step sums reduced over replicas, and the host loop
+take batches and return sums over their steps and replicas, and the host loop
 in train.py / eval.py decides what to log, save and evaluate.
 """
 
@@ -17,6 +17,8 @@ from resnet import model as model_lib
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
 OPTIMIZERS = ("adam", "sgd")
+# What train_steps returns: float32 sums over steps and replicas (see make_train_steps).
+SUM_KEYS = ("loss_sum", "correct", "count", "gradient_norm")
 
 
 # --- Learning rate and optimizer ------------------------------------------------------
@@ -183,7 +185,7 @@ def make_train_steps(
   """
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-  def replica_step(images, labels):
+  def replica_step(totals, images, labels):
     with tf.GradientTape() as tape:
       logits = model(pipeline.normalize(images), training=True)  # uint8 in.
       per_example_loss = cross_entropy(labels, logits, num_classes, label_smoothing)
@@ -202,27 +204,30 @@ def make_train_steps(
       gradients = _skip_on_every_replica_if_one_overflowed(gradients)
     optimizer.apply(gradients, model.trainable_variables)
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    return {
-      "loss_sum": tf.reduce_sum(per_example_loss),
-      "correct": tf.reduce_sum(tf.cast(predictions == labels, tf.float32)),
-      "count": tf.cast(tf.size(labels), tf.float32),
+    step_sums = [  # In the order of SUM_KEYS.
+      tf.reduce_sum(per_example_loss),
+      tf.reduce_sum(tf.cast(predictions == labels, tf.float32)),
+      tf.cast(tf.size(labels), tf.float32),
       # Summed over replicas: their mean; 0 for a step skipped on overflow.
-      "gradient_norm": tf.where(tf.math.is_finite(gradient_norm), gradient_norm, 0.0) / replicas,
-    }
+      tf.where(tf.math.is_finite(gradient_norm), gradient_norm, 0.0) / replicas,
+    ]
+    return totals + tf.stack(step_sums)
 
   if jit_compile:
     replica_step = tf.function(replica_step, jit_compile=True)
 
   @tf.function
   def train_steps(iterator, num_steps):
-    totals = {key: tf.constant(0.0) for key in ("loss_sum", "correct", "count", "gradient_norm")}
+    # Each replica adds up its own sums over the steps, and one all-reduce of
+    # that vector per call sums them over replicas: across machines every
+    # all-reduce is a network round trip, and a NaN in any step or replica
+    # still makes the total NaN.
+    totals = strategy.run(lambda: tf.zeros([len(SUM_KEYS)]))
     for _ in tf.range(num_steps):
-      per_replica = strategy.run(replica_step, args=next(iterator))
-      totals = {
-        key: totals[key] + strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-        for key, value in per_replica.items()
-      }
-    return totals
+      images, labels = next(iterator)
+      totals = strategy.run(replica_step, args=(totals, images, labels))
+    totals = strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
+    return dict(zip(SUM_KEYS, tf.unstack(totals), strict=True))
 
   return train_steps
 
@@ -239,15 +244,18 @@ def make_average_moving_statistics(strategy, model):
   averaging does not change it.
   """
   variables = model.non_trainable_variables
+  sizes = [variable.shape.num_elements() for variable in variables]
 
   def local_values():
-    return [tf.identity(variable.value) for variable in variables]  # This replica's copy.
+    # This replica's copies, flattened into one vector: one all-reduce for all
+    # of them (each all-reduce is a network round trip across machines).
+    return tf.concat([tf.reshape(variable.value, [-1]) for variable in variables], axis=0)
 
   @tf.function
   def average():
-    per_replica = strategy.run(local_values)
-    for variable, values in zip(variables, per_replica, strict=True):
-      variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, values, axis=None))
+    means = strategy.reduce(tf.distribute.ReduceOp.MEAN, strategy.run(local_values), axis=None)
+    for variable, mean in zip(variables, tf.split(means, sizes), strict=True):
+      variable.assign(tf.reshape(mean, variable.shape))
 
   return average
 

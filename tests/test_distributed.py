@@ -159,6 +159,53 @@ def test_moving_statistics_are_averaged_over_replicas():
       np.testing.assert_allclose(copy.numpy(), (a + b) / 2, rtol=1e-6, atol=1e-7)
 
 
+COLLECTIVE_OPS = {"CollectiveReduce", "CollectiveReduceV2", "CollectiveReduceV3", "NcclAllReduce"}
+
+
+def all_reduces(function, *args):
+  """(per call, per step) all-reduces in the graph `function(*args)` traces, per replica.
+
+  Per call: those of the function's own graph; per step: those of the
+  functions it calls (the loop over steps, and conditionals inside it).
+  """
+  graph = function.get_concrete_function(*args).graph.as_graph_def()
+  per_call = sum(node.op in COLLECTIVE_OPS for node in graph.node)
+  per_step = sum(
+    node.op in COLLECTIVE_OPS for function in graph.library.function for node in function.node_def
+  )
+  replicas = 2  # Every all-reduce is one op on each replica's device.
+  return per_call / replicas, per_step / replicas
+
+
+def test_a_call_of_the_steps_runs_few_all_reduces():
+  # What a multi-worker run launches, each a network round trip: the same
+  # strategy class and collective ops, over two local devices instead of two
+  # machines. Only traced, never run: collective ops of several strategies in
+  # one process collide (see distribute.create_strategy).
+  devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+  strategy = tf.distribute.MultiWorkerMirroredStrategy._from_local_devices(devices)
+  with strategy.scope():  # Two BatchNorm layers; a ResNet traces slower, to the same counts.
+    layers = keras.layers
+    model = keras.Sequential(
+      [keras.Input((32, 32, 3)), layers.Conv2D(4, 3), layers.BatchNormalization()]
+      + [layers.Conv2D(4, 3), layers.BatchNormalization(), layers.GlobalAveragePooling2D()]
+      + [layers.Dense(NUM_CLASSES)]
+    )
+    optimizer = train_lib.create_optimizer(1e-3, precision="mixed_float16")  # Loss scaling.
+    optimizer.build(model.trainable_variables)
+  train_steps = train_lib.make_train_steps(
+    strategy, model, optimizer, global_batch_size=16, num_classes=NUM_CLASSES
+  )
+  batches = split_across_replicas(strategy, *fixed_batch())
+  # One for the sums of every step (loss, correct, count, gradient norm); per step
+  # one for the gradients (all of them in one pack) and, with loss scaling, one
+  # for "did any replica overflow".
+  assert all_reduces(train_steps, batches, tf.constant(3)) == (1, 2)
+  # The moving statistics of all BatchNorm layers (2 here, 19 in ResNet-20) in one.
+  average = train_lib.make_average_moving_statistics(strategy, model)
+  assert len(model.non_trainable_variables) == 4 and all_reduces(average) == (1, 0)
+
+
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_trains_with_float32_master_weights(precision):
   model, optimizer, first = train_a_few_steps("default", num_steps=1, precision=precision)
