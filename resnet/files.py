@@ -20,7 +20,7 @@ import uuid
 import tensorflow as tf
 
 
-def is_local(path):
+def _is_local(path):
   """Whether `path` is on the local file system (a plain path or file://): renames are atomic."""
   return "://" not in path or path.startswith("file://")
 
@@ -73,7 +73,7 @@ def replace_directory(temporary, final):
   next replacement.
   """
   gfile = tf.io.gfile
-  if is_local(final):
+  if _is_local(final):
     old = f"{temporary}.old"
     if gfile.exists(old):
       gfile.rmtree(old)
