@@ -12,6 +12,7 @@ and TensorBoard summaries under MODEL_DIR/tensorboard/eval_<split>.
 import resnet  # noqa: F401 - first: sets TensorFlow's environment (resnet/__init__.py).
 
 # isort: split
+import io
 import os
 import sys
 
@@ -181,17 +182,16 @@ def write_report(model_dir, metrics, images, labels, probabilities, class_names,
   split, checkpoint_path = metrics["split"], metrics["checkpoint"]
   output_dir = os.path.join(model_dir, "eval", split)
   files.write_json(os.path.join(output_dir, "metrics.json"), metrics)
-  with open(os.path.join(output_dir, "report.txt"), "w") as file:
-    file.write(f"{metrics['model']} ({checkpoint_path}) on {metrics['description']}\n")
-    file.write(f"{format_table(metrics)}\n")
-  np.savez_compressed(
-    os.path.join(output_dir, "predictions.npz"), labels=labels, probabilities=probabilities
-  )
+  heading = f"{metrics['model']} ({checkpoint_path}) on {metrics['description']}"
+  report = f"{heading}\n{format_table(metrics)}\n"
+  files.write_bytes(os.path.join(output_dir, "report.txt"), report.encode())
+  predictions = io.BytesIO()
+  np.savez_compressed(predictions, labels=labels, probabilities=probabilities)
+  files.write_bytes(os.path.join(output_dir, "predictions.npz"), predictions.getvalue())
   pictures = report_pictures(metrics, images, labels, probabilities, class_names, title)
   for name, png in pictures.items():
-    with open(os.path.join(output_dir, f"{name}.png"), "wb") as file:
-      file.write(png)
-  step = int(tf.train.load_variable(checkpoint_path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+    files.write_bytes(os.path.join(output_dir, f"{name}.png"), png)
+  step = checkpointing.saved_step(checkpoint_path)
   writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", f"eval_{split}"))
   scalars = {key: metrics[key] for key in ("accuracy", "loss", "ece")}
   scalars.update({f"top{k}_accuracy": v for k, v in metrics["top_k_accuracy"].items()})

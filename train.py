@@ -12,7 +12,6 @@ import resnet  # noqa: F401 - first: sets TensorFlow's environment (resnet/__ini
 
 # isort: split
 import dataclasses
-import os
 import signal
 import sys
 
@@ -59,7 +58,7 @@ def train_and_evaluate(config, model_dir):
   """
   # --- Set-up: strategy first (multi-worker must start before anything else runs TF) --
   config_lib.validate(config)
-  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+  if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
     raise config_lib.ConfigError(f"--model_dir={model_dir} is a file, not a directory.")
   strategy = _create_strategy(config)
   chief = distribute.is_chief(strategy)

@@ -8,7 +8,7 @@ MODEL_DIR/best/         rewritten only when validation accuracy improves; the be
 
 import contextlib
 import os
-import tempfile
+import uuid
 
 import tensorflow as tf
 from absl import logging
@@ -54,18 +54,24 @@ def create_counters():
 def make_writable_directory(model_dir):
   """Creates `model_dir` and proves that a file can be written there, before the run starts.
 
+  The probe, a file with a unique name (never one of the user's), is written and
+  deleted through tf.io.gfile: the check works for gs:// as for a local directory.
+
   Raises:
     CheckpointError: the directory cannot be created or written (read-only, full).
   """
+  probe = os.path.join(model_dir, f".write_probe.{uuid.uuid4().hex}")
   try:
-    os.makedirs(model_dir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=model_dir) as probe:
-      probe.write(bytes(1 << 16))  # 64 KiB: an empty file can still be created on a full disk.
-      probe.flush()
-      os.fsync(probe.fileno())
-  except OSError as error:
+    tf.io.gfile.makedirs(model_dir)
+    try:
+      with tf.io.gfile.GFile(probe, "wb") as file:
+        file.write(bytes(1 << 16))  # 64 KiB: an empty file can still be created on a full disk.
+    finally:
+      with contextlib.suppress(tf.errors.NotFoundError):
+        tf.io.gfile.remove(probe)
+  except tf.errors.OpError as error:
     raise CheckpointError(
-      f"Cannot write to --model_dir={model_dir}: {error.strerror or error}. Choose a "
+      f"Cannot write to --model_dir={model_dir}: {one_line_message(error)}. Choose a "
       "directory you can write to, with free space."
     ) from None
 
@@ -79,6 +85,14 @@ def best_checkpoint_path(model_dir):
       f"with --model_dir={model_dir} for at least one epoch first."
     )
   return path
+
+
+def saved_step(path):
+  """The training step at which the checkpoint `path` was saved."""
+  # Not tf.train.load_variable: on ram://, where directories are mere name prefixes, it
+  # takes the prefix of a checkpoint's files for a directory and finds no checkpoint.
+  reader = tf.compat.v1.train.NewCheckpointReader(path)
+  return int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
 def restore_model(model, path):

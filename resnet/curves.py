@@ -17,9 +17,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # Files only, no display.
 import matplotlib.pyplot as plt  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
+
+from resnet import files  # noqa: E402
 
 
 def scalars(directory, tag):
@@ -49,10 +52,12 @@ def read_curve(model_dir):
   if none was). Raises FileNotFoundError if the run has no TensorBoard events.
   """
   tensorboard_dir = os.path.join(model_dir, "tensorboard")
-  if not os.path.isdir(os.path.join(tensorboard_dir, "validation")):
+  if not tf.io.gfile.isdir(os.path.join(tensorboard_dir, "validation")):
     raise FileNotFoundError(f"No TensorBoard validation events under {tensorboard_dir}.")
-  with open(os.path.join(model_dir, "run.json")) as file:
-    steps_per_epoch = json.load(file)["steps_per_epoch"]
+  record = files.read_json(os.path.join(model_dir, "run.json"))
+  if record is None:
+    raise FileNotFoundError(f"No run.json in {model_dir}.")
+  steps_per_epoch = record["steps_per_epoch"]
   start = _first_wall_time(tensorboard_dir)
   train = scalars(os.path.join(tensorboard_dir, "train"), "accuracy")
   rows = []

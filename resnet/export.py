@@ -16,7 +16,6 @@ compute in float32, whatever precision the run trained in.
 """
 
 import os
-import shutil
 import sys
 
 import keras
@@ -25,7 +24,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from data import pipeline, sources
-from resnet import checkpointing, run_record
+from resnet import checkpointing, files, run_record
 
 EXPORT_DIR = "export"
 
@@ -77,29 +76,14 @@ def keras_classifier(model):
   return keras.Model(images, probabilities, name=f"{model.name}_classifier")
 
 
-def _move_into_place(temporary, final):
-  """Renames `temporary` (a file or a directory) to `final`, replacing an older `final`.
-
-  A directory cannot replace a non-empty one in one rename, so the old one is
-  renamed aside first: `final` is always the old export, the new one, or (for
-  an instant) absent, never half written.
-  """
-  if os.path.isdir(final):
-    old = f"{temporary}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    os.rename(final, old)
-    os.rename(temporary, final)
-    shutil.rmtree(old)
-  else:
-    os.replace(temporary, final)
-
-
 def export_best_model(model_dir, checkpoint_path=None):
   """Writes the SavedModel and the .keras file of a run's best checkpoint (see the module doc).
 
   Both are written under temporary names in MODEL_DIR/export and renamed into
-  place only when complete, so a kill or a full disk never leaves a partial
-  export where an older good one was.
+  place only when complete, so a failed write (a kill, a full disk) never
+  leaves a partial export where an older good one was. The renames are atomic
+  on a local file system; on object stores (gs://) the SavedModel directory is
+  moved file by file (see files.replace_directory).
 
   Args:
     model_dir: a train.py model directory (holds run.json and best/).
@@ -110,27 +94,29 @@ def export_best_model(model_dir, checkpoint_path=None):
 
   Raises:
     CheckpointError: no run.json, no best checkpoint, or a checkpoint of another model.
-    OSError: MODEL_DIR/export cannot be written (the older export is then left as it was).
+    OSError or tf.errors.OpError: MODEL_DIR/export cannot be written (the older export is
+      then left as it was).
   """
   model, record, _ = run_record.load_trained_model(model_dir, checkpoint_path)
   class_names = record["class_names"]
 
   paths = export_paths(model_dir)
   export_dir = os.path.dirname(paths["saved_model"])
-  os.makedirs(export_dir, exist_ok=True)
+  tf.io.gfile.makedirs(export_dir)
   # Fixed temporary names: leftovers of a killed export are removed by the next one.
   temporary = {
     "saved_model": os.path.join(export_dir, ".saved_model.tmp"),
     "keras": os.path.join(export_dir, ".model.tmp.keras"),  # Keras insists on the suffix.
   }
-  shutil.rmtree(temporary["saved_model"], ignore_errors=True)
+  if tf.io.gfile.exists(temporary["saved_model"]):
+    tf.io.gfile.rmtree(temporary["saved_model"])
   serving = _Serving(model, class_names)
   tf.saved_model.save(
     serving, temporary["saved_model"], signatures={"serving_default": serving.serve}
   )
   keras_classifier(model).save(temporary["keras"])
-  for key, path in paths.items():
-    _move_into_place(temporary[key], path)
+  files.replace_directory(temporary["saved_model"], paths["saved_model"])
+  tf.io.gfile.rename(temporary["keras"], paths["keras"], overwrite=True)
   return paths
 
 

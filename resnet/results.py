@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app
 
-from resnet import checkpointing, curves, run_record
+from resnet import checkpointing, curves, files, run_record
 from resnet import config as config_lib
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -98,11 +98,9 @@ def summarize_run(model_dir):
   epoch_seconds = _last_per_step(curves.scalars(train_events, "epoch_seconds"))
   rates = _last_per_step(curves.scalars(train_events, "images_per_second"))
   latest = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
-  step = int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")) if latest else 0
-  best_path = os.path.join(model_dir, "best", "best.json")
-  best = json.load(open(best_path)) if os.path.exists(best_path) else {}
-  test_path = os.path.join(model_dir, "eval", "test", "metrics.json")
-  test = json.load(open(test_path)) if os.path.exists(test_path) else {}
+  step = checkpointing.saved_step(latest) if latest else 0
+  best = files.read_json(os.path.join(model_dir, checkpointing.BEST_DIR, "best.json")) or {}
+  test = files.read_json(os.path.join(model_dir, "eval", "test", "metrics.json")) or {}
   machines = {machine["cpu"] for machine in record.get("machines", [])}
   gpus = {gpu for machine in record.get("machines", []) for gpu in machine.get("gpus", [])}
   return {

@@ -29,12 +29,9 @@ RUN_KEY_DEFAULTS = {"optimizer": "adam"}
 def read_run_record(model_dir):
   """The run record of a training run, or None when `model_dir` has none."""
   path = os.path.join(model_dir, RUN_RECORD)
-  if not os.path.exists(path):
-    return None
   try:
-    with open(path) as file:
-      return json.load(file)
-  except (OSError, json.JSONDecodeError) as error:
+    return files.read_json(path)
+  except (tf.errors.OpError, json.JSONDecodeError) as error:
     raise checkpointing.CheckpointError(f"Cannot read the run record {path}: {error}") from None
 
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 from data import visualize
-from resnet import plots
+from resnet import files, plots
 
 # The HParams dashboard's metric: validation accuracy of the best checkpoint so far.
 BEST_ACCURACY_TAG = "best_accuracy"
@@ -113,7 +113,7 @@ def write_run_start(writers, step, config, run_record, model_dir):
   tensorboard/ directory or a parent of several runs. The model directory's
   name identifies the run among others.
   """
-  run_name = os.path.basename(os.path.abspath(model_dir))
+  run_name = _run_name(model_dir)
   # HParams takes bool/int/float/str; None (e.g. an unset --tfds_data_dir) is left out.
   hparams = {key: value for key, value in config.items() if value is not None}
   with writers["validation"].as_default(step=step):
@@ -131,6 +131,13 @@ def write_run_start(writers, step, config, run_record, model_dir):
     tf.summary.text("run_record", f"```\n{json.dumps(run_record, indent=2, default=str)}\n```")
 
 
+def _run_name(model_dir):
+  """The directory's last part: "r20" for runs/r20/, gs://bucket/runs/r20, or . in runs/r20."""
+  if "://" not in model_dir:
+    model_dir = os.path.abspath(model_dir)  # A plain local path only: "." has a name too.
+  return os.path.basename(model_dir.rstrip("/"))
+
+
 def _markdown_table(config):
   rows = [f"| --{key} | {value} |" for key, value in sorted(config.items())]
   return "\n".join(["| flag | value |", "| --- | --- |", *rows])
@@ -141,8 +148,7 @@ def write_data_pictures(writers, step, model_dir, data, seed):
   sees it (augmented, before normalisation), of a pipeline.TrainingData."""
   class_names = data.class_names
   class_grid = visualize.class_grid_png(*data.train, class_names, seed=seed)
-  with open(os.path.join(model_dir, "class_samples.png"), "wb") as file:
-    file.write(class_grid)
+  files.write_bytes(os.path.join(model_dir, "class_samples.png"), class_grid)
   write_png(writers["train"], step, "class_samples", class_grid)
   images, labels = data.augmented_batch(step)
   titles = [class_names[label] for label in labels[:32].numpy()]

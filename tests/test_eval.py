@@ -33,9 +33,13 @@ def model_dir(image_folder, tmp_path_factory):
   return directory
 
 
-def run(script, *args):
+def run(script, *args, cwd=REPO):
   return subprocess.run(
-    [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    [sys.executable, os.path.join(REPO, script), *args],
+    cwd=cwd,
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
 
 
@@ -74,12 +78,17 @@ def test_validation_split_is_the_runs_held_out_examples(model_dir):
   assert metrics["accuracy"] == pytest.approx(best["accuracy"])  # Same examples, same model.
 
 
-def test_eval_command_prints_a_table(model_dir):
-  result = run("eval.py", f"--model_dir={model_dir}", "--split=test", "--batch_size=8")
+def test_eval_command_prints_a_table_for_a_file_url(model_dir, tmp_path):
+  # A file:// URL, as gs:// would be: read and written through gfile, never through a
+  # relative "file:" directory in the working directory.
+  url = f"file://{model_dir}"
+  result = run("eval.py", f"--model_dir={url}", "--split=test", "--batch_size=8", cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   assert "precision" in result.stdout and "macro avg" in result.stdout
   for name in CLASS_NAMES:
     assert name in result.stdout
+  saved = json.load(open(os.path.join(model_dir, "eval", "test", "metrics.json")))
+  assert saved["checkpoint"].startswith(f"{url}/best/") and os.listdir(tmp_path) == []
 
 
 def test_eval_on_a_folder_with_other_classes_is_refused(model_dir, tmp_path):

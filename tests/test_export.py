@@ -72,9 +72,14 @@ def images(image_folder):
   return images[chosen]
 
 
-def run_module(module, *args):
+def run_module(module, *args, cwd=REPO):
   return subprocess.run(
-    [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    [sys.executable, "-m", module, *args],
+    cwd=cwd,
+    env=dict(os.environ, PYTHONPATH=REPO),  # `cwd` need not be the repository.
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
 
 
@@ -147,8 +152,14 @@ def test_predict_command_prints_the_top_classes_of_png_and_jpeg(
   wide = tf.image.resize(tf.io.decode_image(tf.io.read_file(jpeg)), [48, 64], method="nearest")
   tf.io.write_file(png, tf.io.encode_png(tf.cast(wide, tf.uint8)))
 
-  result = run_module("resnet.predict", f"--model_dir={model_dir}", "--top_k=2", png, jpeg)
+  # A file:// URL, as gs:// would be: read through gfile, not as a relative "file:" directory.
+  work_dir = tmp_path / "cwd"
+  work_dir.mkdir()
+  result = run_module(
+    "resnet.predict", f"--model_dir=file://{model_dir}", "--top_k=2", png, jpeg, cwd=work_dir
+  )
   assert result.returncode == 0, result.stderr
+  assert os.listdir(work_dir) == []
   lines = result.stdout.strip().splitlines()
   assert len(lines) == 2
   names = "|".join(CLASS_NAMES)

@@ -2,7 +2,9 @@
 
 import dataclasses
 import glob
+import importlib
 import json
+import logging
 import os
 import re
 import signal
@@ -17,11 +19,12 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import train
 from data import pipeline, sources
-from resnet import checkpointing, files, run_record
+from resnet import checkpointing, curves, export, files, predict, results, run_record
 from resnet import config as config_lib
 from tests.conftest import CLASS_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+eval_main = importlib.import_module("eval")
 
 
 def debug_config(image_folder, **overrides):
@@ -52,9 +55,10 @@ def event_tags(directory):
 
 def final_weights(model_dir):
   path = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
+  reader = tf.compat.v1.train.NewCheckpointReader(path)  # As checkpointing.saved_step.
   return {
-    name: tf.train.load_variable(path, name)
-    for name, _ in tf.train.list_variables(path)
+    name: reader.get_tensor(name)
+    for name in reader.get_variable_to_shape_map()
     if name.startswith(("model/", "optimizer/"))
   }
 
@@ -142,33 +146,58 @@ def test_tensorboard_has_every_dashboard(trained_run):
     assert decoded.shape[:2] == (int(height), int(width)) and int(width) > 200, tag
 
 
-def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
-  image_folder, tmp_path
+def test_resume_matches_an_uninterrupted_run_and_every_tool_works_on_a_ram_model_dir(
+  image_folder, tmp_path, monkeypatch, caplog
 ):
+  # The interrupted run lives in ram://, as it could in gs://: every read and write of the
+  # training, the export, eval.py, prediction, results and curves must go through gfile.
+  monkeypatch.chdir(tmp_path)  # Where a stray relative "ram:" directory would appear.
   straight = str(tmp_path / "straight")
   train.train_and_evaluate(debug_config(image_folder, epochs=3), straight)
 
-  interrupted = str(tmp_path / "interrupted")
+  gfile, root = tf.io.gfile, f"ram://{tmp_path.name}"
+  interrupted = f"{root}/interrupted"
   first = train.train_and_evaluate(
     debug_config(image_folder, epochs=3, checkpoint_every_steps=4, log_every_steps=1), interrupted
   )
   assert first["step"] == 9
   # Pretend the run died after its mid-epoch checkpoint at step 8 (epoch 3 is steps 7-9).
-  for path in glob.glob(os.path.join(interrupted, "checkpoints", "ckpt-9*")):
-    os.remove(path)
-  with open(os.path.join(interrupted, "checkpoints", "checkpoint"), "w") as file:
-    file.write('model_checkpoint_path: "ckpt-8"\nall_model_checkpoint_paths: "ckpt-8"\n')
+  for path in gfile.glob(os.path.join(interrupted, "checkpoints", "ckpt-9*")):
+    gfile.remove(path)
+  # The manager's state as it was then. Its timestamps matter: a manager lists only the
+  # checkpoints newer than last_preserved_timestamp. Not GFile(..., "w"): ram:// appends.
+  files.write_bytes(
+    os.path.join(interrupted, "checkpoints", "checkpoint"),
+    b'model_checkpoint_path: "ckpt-8"\nall_model_checkpoint_paths: "ckpt-8"\n'
+    b"all_model_checkpoint_timestamps: 2.0\nlast_preserved_timestamp: 1.0\n",
+  )
+  caplog.set_level(logging.INFO)
   resumed = train.train_and_evaluate(
     debug_config(image_folder, epochs=3, checkpoint_every_steps=4, log_every_steps=1), interrupted
   )
   assert resumed["step"] == 9
-  record = json.load(open(os.path.join(interrupted, "run.json")))
-  assert len(record["starts"]) == 2
+  assert f"Resumed from {interrupted}/checkpoints/ckpt-8 at step 8" in caplog.text
+  assert len(files.read_json(os.path.join(interrupted, "run.json"))["starts"]) == 2
 
   expected, actual = final_weights(straight), final_weights(interrupted)
   assert expected.keys() == actual.keys() and len(expected) > 40
   for name in expected:
     np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+  exported = export.export_best_model(interrupted)
+  export_dir = os.path.dirname(exported["keras"])
+  assert sorted(gfile.listdir(export_dir)) == ["model.keras", "saved_model"]  # No temporaries.
+  image = os.path.join(image_folder, "test", "cat", "0000.png")
+  (prediction,) = predict.predict_files(exported["saved_model"], [image])
+  assert prediction["probabilities"].shape == (len(CLASS_NAMES),)
+  metrics = eval_main.evaluate_model_dir(interrupted, "test", batch_size=8)
+  assert files.read_json(os.path.join(interrupted, "eval", "test", "metrics.json")) == metrics
+  assert gfile.exists(os.path.join(interrupted, "eval", "test", "confusion_matrix.png"))
+  summary = results.summarize_run(interrupted)
+  assert summary["step"] == 9 and summary["test_accuracy"] == metrics["accuracy"]
+  assert [row["epoch"] for row in curves.read_curve(interrupted)] == [1, 2, 3, 3]  # Resumed.
+  assert os.listdir(tmp_path) == ["straight"]
+  gfile.rmtree(root)
 
 
 def test_resume_with_other_model_is_refused_and_changes_nothing(trained_run, image_folder):
@@ -285,12 +314,17 @@ def test_non_finite_loss_stops_without_saving_and_keeps_the_best(trained_run, im
 
 
 def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(image_folder, tmp_path):
-  model_dir = str(tmp_path / "run")
+  # The model directory is a file:// URL, as gs:// would be: train.py and the resumed run
+  # with its export must reach it through gfile, never through a relative "file:" directory.
+  # (tests/test_eval.py and test_export.py run eval.py and resnet.predict on file:// too.)
+  model_dir, work_dir = f"file://{tmp_path}/run", tmp_path / "cwd"
+  work_dir.mkdir()
+  env = dict(os.environ, PYTHONPATH=REPO)  # The working directory is not the repository.
   config = debug_config(image_folder, epochs=50, steps_per_epoch=5, log_every_steps=1)
-  command = [sys.executable, "train.py", f"--model_dir={model_dir}"] + [
+  command = [sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={model_dir}"] + [
     f"--{key}={value}" for key, value in dataclasses.asdict(config).items() if value is not None
   ]
-  process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen(command, cwd=work_dir, env=env, stderr=subprocess.PIPE, text=True)
   for line in process.stderr:  # Wait until training is under way (log lines go to stderr).
     if "step 2/250" in line:
       process.send_signal(signal.SIGTERM)
@@ -302,9 +336,15 @@ def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(image_fo
   latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
   assert latest.endswith(f"ckpt-{stopped_at}")
 
-  resumed = train.train_and_evaluate(dataclasses.replace(config, epochs=1), model_dir)
+  resumed = train.train_and_evaluate(dataclasses.replace(config, epochs=1, export=True), model_dir)
   assert resumed["step"] == max(stopped_at, 5)  # Resumed, not restarted: nothing left to do
   # when the stop came after epoch 1; otherwise epoch 1 is finished from the saved step.
+
+  run_dir = tmp_path / "run"  # The same directory, as a local path.
+  assert len(json.loads((run_dir / "run.json").read_text())["starts"]) == 2
+  assert (run_dir / "class_samples.png").stat().st_size > 1000
+  assert (run_dir / "export" / "saved_model" / "saved_model.pb").exists()
+  assert os.listdir(work_dir) == [] and not os.path.exists(os.path.join(REPO, "file:"))
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(image_folder, tmp_path):
