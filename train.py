@@ -70,7 +70,7 @@ def train_and_evaluate(config, model_dir):
     run, checkpoints = _create_training(config, strategy, data, model_dir, scratch_dir, chief)
     restored = checkpoints.restore()  # Every worker reads the chief's checkpoints.
     writers = _create_writers(config, model_dir, data, record, checkpoints.step, chief)
-    stop = distribute.StopSignals(sigint_as_sigterm=scratch_dir is not None)
+    stop = distribute.StopSignals(coordinated=scratch_dir is not None)
     preemption = distribute.preemption_handler(
       strategy, checkpoints.checkpoint, scratch_dir, checkpoints.save_latest, stop
     )

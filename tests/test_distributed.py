@@ -9,11 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.distribute.failure_handling import failure_handling_util
 
 import train
 from resnet import checkpointing, distribute, run_record, train_lib
@@ -254,6 +256,33 @@ def test_a_mixed_float16_run_resumes_in_float32(image_folder, tmp_path):
     dataclasses.replace(config, precision="float32", epochs=2), str(tmp_path)
   )
   assert resumed["step"] == 6 and np.isfinite(resumed["validation"]["loss"])
+
+
+@pytest.mark.parametrize("platform", ["GCE_GPU", "GCE_CPU"])
+def test_a_signal_saves_whatever_platform_the_preemption_handler_detects(
+  tmp_path, monkeypatch, platform
+):
+  # TF's handler, left to itself, watches GCE's maintenance notice on a Cloud GPU VM
+  # (with an hour's grace) and does nothing on a Cloud CPU VM: a SIGTERM would not save.
+  monkeypatch.setattr(
+    failure_handling_util, "detect_platform", lambda: failure_handling_util.PlatformDevice[platform]
+  )
+  saves = []
+  stop = distribute.StopSignals(coordinated=True)
+  one_worker = types.SimpleNamespace(
+    cluster_resolver=tf.distribute.cluster_resolver.SimpleClusterResolver(tf.train.ClusterSpec({}))
+  )
+  handler = distribute.preemption_handler(
+    one_worker, tf.train.Checkpoint(), str(tmp_path), lambda: saves.append(1), stop
+  )
+  with stop:
+    handler.save_checkpoint_if_preempted()
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + 10  # The handler polls stop.signalled every second.
+    while not stop.received and time.monotonic() < deadline:
+      time.sleep(0.1)
+      handler.save_checkpoint_if_preempted()  # As the loop calls it after its steps.
+  assert stop.received == "SIGTERM" and saves == [1]
 
 
 # --- Several worker processes on this machine ---------------------------------------------
