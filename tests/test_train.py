@@ -17,9 +17,10 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import train
 from data import pipeline, sources
-from resnet import checkpointing, files, run_record
+from resnet import checkpointing, files, run_lock, run_record
 from resnet import config as config_lib
 from tests.conftest import CLASS_NAMES
+from tests.test_run_lock import dead_pid, write_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,6 +82,7 @@ def test_run_writes_checkpoints_best_records_and_summaries(trained_run):
   assert os.path.getsize(os.path.join(model_dir, "class_samples.png")) > 1000
   assert os.path.exists(os.path.join(model_dir, "export", "saved_model", "saved_model.pb"))
   assert os.path.getsize(os.path.join(model_dir, "export", "model.keras")) > 10_000
+  assert not os.path.exists(os.path.join(model_dir, run_lock.LOCK_FILE))  # Released at the end.
 
   train_events = event_tags(os.path.join(model_dir, "tensorboard", "train"))
   assert [e.step for e in train_events.Tensors("loss")] == [2, 3, 4, 6]  # Every 2, epoch ends.
@@ -171,15 +173,21 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
     np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def modification_times(model_dir):
+  """{path: mtime} of every file and directory under `model_dir`, itself included."""
+  return {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/**", recursive=True)}
+
+
 def test_resume_with_other_model_is_refused_and_changes_nothing(trained_run, image_folder):
   model_dir, _ = trained_run
-  before = {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/**", recursive=True)}
+  before = modification_times(model_dir)
   with pytest.raises(
     checkpointing.CheckpointError, match="--model='resnet8' there, 'resnet20' now"
   ):
     train.train_and_evaluate(debug_config(image_folder, model="resnet20"), model_dir)
-  after = {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/**", recursive=True)}
-  assert before == after
+  after = modification_times(model_dir)
+  del before[f"{model_dir}/"], after[f"{model_dir}/"]  # Its run.lock came and went.
+  assert before == after and not os.path.exists(os.path.join(model_dir, run_lock.LOCK_FILE))
 
 
 def test_resume_with_other_optimizer_is_refused_and_old_records_mean_adam(
@@ -201,10 +209,27 @@ def test_resume_with_other_optimizer_is_refused_and_old_records_mean_adam(
   assert record["machines"][-1]["cpu"] == run_record.cpu_label()
 
 
+def test_a_second_run_on_a_live_directory_is_refused_and_changes_nothing(trained_run, image_folder):
+  model_dir, _ = trained_run
+  write_lock(model_dir, started=1_700_000_000)  # A live run: this process.
+  before = modification_times(model_dir)
+  try:
+    with pytest.raises(
+      run_lock.RunLockedError,
+      match=f"in use by another training run \\(host .*, pid {os.getpid()}, started 2023-11-14",
+    ):
+      train.train_and_evaluate(debug_config(image_folder), model_dir)
+    assert modification_times(model_dir) == before  # Nothing written, not even a file created.
+  finally:
+    os.remove(os.path.join(model_dir, run_lock.LOCK_FILE))
+
+
 def test_finished_run_does_nothing_more(trained_run, image_folder):
   model_dir, first = trained_run
+  write_lock(model_dir, pid=dead_pid())  # Left by a killed run: it does not block.
   again = train.train_and_evaluate(debug_config(image_folder), model_dir)
   assert again["step"] == 6 and again["best_accuracy"] == first["best_accuracy"]
+  assert not os.path.exists(os.path.join(model_dir, run_lock.LOCK_FILE))
 
 
 def test_tfds_cifar10_end_to_end_on_mock_data(mock_cifar10, tmp_path):
