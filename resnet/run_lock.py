@@ -85,17 +85,18 @@ def _read(path):
   """
   try:
     with tf.io.gfile.GFile(path) as file:
-      owner = json.loads(file.read())
+      text = file.read()
   except tf.errors.NotFoundError:
     return None
-  except ValueError as error:
-    owner = {"error": error}
-  if not isinstance(owner, dict) or not OWNER_KEYS <= owner.keys():
-    raise RunLockedError(
-      f"{path} is not a lock written by train.py ({owner}); delete it if no run is using "
-      "that directory."
-    )
-  return owner
+  try:
+    owner = json.loads(text)
+    if OWNER_KEYS <= owner.keys():
+      return owner
+  except (ValueError, AttributeError):  # Not JSON; JSON but not an object.
+    pass
+  raise RunLockedError(
+    f"{path} is not a lock written by train.py; delete it if no run is using that directory."
+  )
 
 
 def _write(path, owner, overwrite):
