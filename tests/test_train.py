@@ -51,13 +51,19 @@ def event_tags(directory):
   return accumulator
 
 
-def final_weights(model_dir):
-  path = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
+def checkpoint_weights(path):
+  """{name: value} of the model's and the optimizer's variables in the checkpoint at `path`."""
   return {
     name: tf.train.load_variable(path, name)
     for name, _ in tf.train.list_variables(path)
     if name.startswith(("model/", "optimizer/"))
   }
+
+
+def final_weights(model_dir):
+  return checkpoint_weights(
+    tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
+  )
 
 
 @pytest.fixture(scope="module")
