@@ -260,9 +260,11 @@ def test_a_mixed_float16_run_resumes_in_float32(image_folder, tmp_path):
   assert resumed["step"] == 6 and np.isfinite(resumed["validation"]["loss"])
 
 
-@pytest.mark.parametrize("platform", ["GCE_GPU", "GCE_CPU"])
+@pytest.mark.parametrize(
+  ("platform", "signal_name"), [("GCE_GPU", "SIGTERM"), ("GCE_CPU", "SIGINT")]
+)
 def test_a_signal_saves_whatever_platform_the_preemption_handler_detects(
-  tmp_path, monkeypatch, platform
+  tmp_path, monkeypatch, platform, signal_name
 ):
   # TF's handler, left to itself, watches GCE's maintenance notice on a Cloud GPU VM
   # (with an hour's grace) and does nothing on a Cloud CPU VM: a SIGTERM would not save.
@@ -279,12 +281,12 @@ def test_a_signal_saves_whatever_platform_the_preemption_handler_detects(
   )
   with stop:
     handler.save_checkpoint_if_preempted()
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.Signals[signal_name])  # A preemption, or a Ctrl-C.
     deadline = time.monotonic() + 10  # The handler polls stop.signalled every second.
     while not stop.received and time.monotonic() < deadline:
       time.sleep(0.1)
       handler.save_checkpoint_if_preempted()  # As the loop calls it after its steps.
-  assert stop.received == "SIGTERM" and saves == [1]
+  assert stop.received == signal_name and saves == [1]
 
 
 # --- Several worker processes on this machine ---------------------------------------------
