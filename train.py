@@ -11,6 +11,7 @@ checkpoint, at the exact position in the data order, and stops at the same step.
 import resnet  # noqa: F401 - first: sets TensorFlow's environment (resnet/__init__.py).
 
 # isort: split
+import contextlib
 import dataclasses
 import signal
 import sys
@@ -27,6 +28,7 @@ from resnet import (
   distribute,
   export,
   metrics,
+  run_lock,
   run_record,
   summaries,
   train_lib,
@@ -40,6 +42,7 @@ USER_ERRORS = (
   sources.DataError,
   checkpointing.CheckpointError,
   checkpointing.DivergedError,
+  run_lock.RunLockedError,
 )
 
 
@@ -63,13 +66,17 @@ def train_and_evaluate(config, model_dir):
   strategy = _create_strategy(config)
   chief = distribute.is_chief(strategy)
   data = _load_data(config)
-  record = _start_run_record(config, model_dir, data, strategy, chief)
+  if chief:
+    checkpointing.make_writable_directory(model_dir)
+  # One run at a time per directory: a second start is refused before it writes anything.
+  lock = run_lock.hold(model_dir) if chief else contextlib.nullcontext()
   # Non-chief workers save their checkpoints (as TensorFlow requires) to a scratch directory.
-  with distribute.scratch_directory(strategy) as scratch_dir:
+  with lock, distribute.scratch_directory(strategy) as scratch_dir:
+    record = _start_run_record(config, model_dir, data, strategy, chief)
     run, checkpoints = _create_training(config, strategy, data, model_dir, scratch_dir, chief)
     restored = checkpoints.restore()  # Every worker reads the chief's checkpoints.
     writers = _create_writers(config, model_dir, data, record, checkpoints.step, chief)
-    stop = distribute.StopSignals(sigint_as_sigterm=scratch_dir is not None)
+    stop = distribute.StopSignals(coordinated=scratch_dir is not None)
     preemption = distribute.preemption_handler(
       strategy, checkpoints.checkpoint, scratch_dir, checkpoints.save_latest, stop
     )
@@ -118,12 +125,12 @@ def train_and_evaluate(config, model_dir):
     if stop.received:
       checkpoints.save_latest()  # A no-op if this step is saved already.
 
-  # --- The end: export when finished -------------------------------------------------------
-  summaries.flush(writers)
-  if chief and config.export and not stop.received and step >= data.total_steps:
-    with checkpoints.writing("the exported model"):
-      paths = export.export_best_model(model_dir)
-    logging.info("Exported the best model to %s and %s.", paths["saved_model"], paths["keras"])
+    # --- The end: export when finished -----------------------------------------------------
+    summaries.flush(writers)
+    if chief and config.export and not stop.received and step >= data.total_steps:
+      with checkpoints.writing("the exported model"):
+        paths = export.export_best_model(model_dir)
+      logging.info("Exported the best model to %s and %s.", paths["saved_model"], paths["keras"])
   return {
     "stopped_by": stop.received,
     "step": step,
@@ -188,8 +195,6 @@ def _create_training(config, strategy, data, model_dir, scratch_dir, chief):
 
 def _start_run_record(config, model_dir, data, strategy, chief):
   """Creates (the chief) or checks (every worker) MODEL_DIR/run.json; see run_record."""
-  if chief:
-    checkpointing.make_writable_directory(model_dir)
   return run_record.start_run_record(
     model_dir,
     dataclasses.asdict(config),

@@ -2,8 +2,10 @@
 the same results, proven rather than trusted."""
 
 import dataclasses
+import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,12 +18,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.python.distribute import mirrored_run, mirrored_strategy
+from tensorflow.python.distribute.failure_handling import failure_handling_util
 
 import train
 from data import pipeline
-from resnet import checkpointing, distribute, run_record, train_lib
+from resnet import checkpointing, distribute, run_lock, run_record, train_lib
 from resnet import model as model_lib
-from tests.test_train import REPO, debug_config, final_weights
+from tests.test_train import REPO, checkpoint_weights, debug_config, final_weights
 
 NUM_CLASSES = 3
 
@@ -368,6 +371,35 @@ def test_a_mixed_float16_run_resumes_in_float32(image_folder, tmp_path):
   assert resumed["step"] == 6 and np.isfinite(resumed["validation"]["loss"])
 
 
+@pytest.mark.parametrize(
+  ("platform", "signal_name"), [("GCE_GPU", "SIGTERM"), ("GCE_CPU", "SIGINT")]
+)
+def test_a_signal_saves_whatever_platform_the_preemption_handler_detects(
+  tmp_path, monkeypatch, platform, signal_name
+):
+  # TF's handler, left to itself, watches GCE's maintenance notice on a Cloud GPU VM
+  # (with an hour's grace) and does nothing on a Cloud CPU VM: a SIGTERM would not save.
+  monkeypatch.setattr(
+    failure_handling_util, "detect_platform", lambda: failure_handling_util.PlatformDevice[platform]
+  )
+  saves = []
+  stop = distribute.StopSignals(coordinated=True)
+  one_worker = types.SimpleNamespace(
+    cluster_resolver=tf.distribute.cluster_resolver.SimpleClusterResolver(tf.train.ClusterSpec({}))
+  )
+  handler = distribute.preemption_handler(
+    one_worker, tf.train.Checkpoint(), str(tmp_path), lambda: saves.append(1), stop
+  )
+  with stop:
+    handler.save_checkpoint_if_preempted()
+    os.kill(os.getpid(), signal.Signals[signal_name])  # A preemption, or a Ctrl-C.
+    deadline = time.monotonic() + 10  # The handler polls stop.signalled every second.
+    while not stop.received and time.monotonic() < deadline:
+      time.sleep(0.1)
+      handler.save_checkpoint_if_preempted()  # As the loop calls it after its steps.
+  assert stop.received == signal_name and saves == [1]
+
+
 # --- Several worker processes on this machine ---------------------------------------------
 
 
@@ -439,21 +471,37 @@ def files_under(directory):
 
 
 def test_two_workers_train_like_two_replicas_in_one_process(image_folder, tmp_path):
-  config = debug_config(image_folder, log_every_steps=3)
+  # Epoch 1 in one process on two replicas (checkpoints at steps 2 and 3) starts both runs.
+  # The workers' copy has its ckpt-3 damaged: they fall back to ckpt-2 together, and
+  # both must run the moving-statistics collective when saving a good ckpt-3 again.
+  # A constant rate after the warm-up: --epochs=1 then --epochs=2 trains as --epochs=2 does.
+  config = debug_config(
+    image_folder, log_every_steps=3, checkpoint_every_steps=2, lr_schedule="constant"
+  )
   model_dir, single_dir = str(tmp_path / "workers"), str(tmp_path / "single")
+  mirrored = dataclasses.replace(config, strategy="mirrored")
+  train.train_and_evaluate(dataclasses.replace(mirrored, epochs=1), single_dir)
+  shutil.copytree(single_dir, model_dir)
+  (data_file,) = glob.glob(os.path.join(model_dir, checkpointing.LATEST_DIR, "ckpt-3.data-*"))
+  with open(data_file, "r+b") as file:
+    file.truncate(os.path.getsize(data_file) // 2)  # As a kill during the write leaves it.
+
   codes, logs = finish(start_workers(config, model_dir, tmp_path), tmp_path)
   assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
   assert "2 replica(s); this is worker 0" in logs[0] and "this is worker 1" in logs[1]
   assert "all-reduce: RING (collective)." in logs[0]  # CPU-only workers.
-  train.train_and_evaluate(dataclasses.replace(config, strategy="mirrored"), single_dir)
+  for log in logs:
+    assert "Cannot restore" in log and "ckpt-3 (" in log and "ckpt-2 at step 2" in log
+  train.train_and_evaluate(mirrored, single_dir)
 
   # The chief wrote what a single process writes; the other worker wrote
   # nothing there, and its temporary checkpoints are gone.
   assert files_under(model_dir) == files_under(single_dir)
+  assert not os.path.exists(os.path.join(model_dir, run_lock.LOCK_FILE))
   for worker_tmp in ("tmp0", "tmp1"):  # (TFDS leaves a tmp*tfds directory of its own.)
     assert not [name for name in os.listdir(tmp_path / worker_tmp) if name.startswith("resnet-")]
-  for summaries in ("train", "validation"):
-    assert len(os.listdir(os.path.join(model_dir, "tensorboard", summaries))) == 1
+  for summaries in ("train", "validation"):  # One file per start.
+    assert len(os.listdir(os.path.join(model_dir, "tensorboard", summaries))) == 2
 
   best, single_best = (
     json.load(open(os.path.join(directory, "best", "best.json")))
@@ -462,6 +510,13 @@ def test_two_workers_train_like_two_replicas_in_one_process(image_folder, tmp_pa
   assert best["step"] == single_best["step"] and best["accuracy"] == single_best["accuracy"]
   assert best["loss"] == pytest.approx(single_best["loss"], rel=1e-5)
   assert_adam_runs_agree(final_weights(single_dir), final_weights(model_dir), 2e-3, num_steps=6)
+  # The ckpt-3 saved over the damaged one reads back whole, with the model of step 3.
+  assert_adam_runs_agree(
+    checkpoint_weights(os.path.join(single_dir, checkpointing.LATEST_DIR, "ckpt-3")),
+    checkpoint_weights(os.path.join(model_dir, checkpointing.LATEST_DIR, "ckpt-3")),
+    2e-3,
+    num_steps=3,
+  )
 
 
 def test_sigterm_to_one_worker_saves_on_all_at_one_step_and_the_run_resumes(image_folder, tmp_path):

@@ -19,9 +19,10 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import train
 from data import pipeline, sources
-from resnet import checkpointing, curves, export, files, predict, results, run_record
+from resnet import checkpointing, curves, export, files, predict, results, run_lock, run_record
 from resnet import config as config_lib
 from tests.conftest import CLASS_NAMES
+from tests.test_run_lock import dead_pid, write_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 eval_main = importlib.import_module("eval")
@@ -53,14 +54,20 @@ def event_tags(directory):
   return accumulator
 
 
-def final_weights(model_dir):
-  path = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
+def checkpoint_weights(path):
+  """{name: value} of the model's and the optimizer's variables in the checkpoint at `path`."""
   reader = tf.compat.v1.train.NewCheckpointReader(path)  # As checkpointing.saved_step.
   return {
     name: reader.get_tensor(name)
     for name in reader.get_variable_to_shape_map()
     if name.startswith(("model/", "optimizer/"))
   }
+
+
+def final_weights(model_dir):
+  return checkpoint_weights(
+    tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
+  )
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +92,7 @@ def test_run_writes_checkpoints_best_records_and_summaries(trained_run):
   assert os.path.getsize(os.path.join(model_dir, "class_samples.png")) > 1000
   assert os.path.exists(os.path.join(model_dir, "export", "saved_model", "saved_model.pb"))
   assert os.path.getsize(os.path.join(model_dir, "export", "model.keras")) > 10_000
+  assert not os.path.exists(os.path.join(model_dir, run_lock.LOCK_FILE))  # Released at the end.
 
   train_events = event_tags(os.path.join(model_dir, "tensorboard", "train"))
   assert [e.step for e in train_events.Tensors("loss")] == [2, 3, 4, 6]  # Every 2, epoch ends.
@@ -200,15 +208,21 @@ def test_resume_matches_an_uninterrupted_run_and_every_tool_works_on_a_ram_model
   gfile.rmtree(root)
 
 
+def modification_times(model_dir):
+  """{path: mtime} of every file and directory under `model_dir`, itself included."""
+  return {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/**", recursive=True)}
+
+
 def test_resume_with_other_model_is_refused_and_changes_nothing(trained_run, image_folder):
   model_dir, _ = trained_run
-  before = {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/**", recursive=True)}
+  before = modification_times(model_dir)
   with pytest.raises(
     checkpointing.CheckpointError, match="--model='resnet8' there, 'resnet20' now"
   ):
     train.train_and_evaluate(debug_config(image_folder, model="resnet20"), model_dir)
-  after = {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/**", recursive=True)}
-  assert before == after
+  after = modification_times(model_dir)
+  del before[f"{model_dir}/"], after[f"{model_dir}/"]  # Its run.lock came and went.
+  assert before == after and not os.path.exists(os.path.join(model_dir, run_lock.LOCK_FILE))
 
 
 def test_resume_with_other_optimizer_is_refused_and_old_records_mean_adam(
@@ -230,10 +244,27 @@ def test_resume_with_other_optimizer_is_refused_and_old_records_mean_adam(
   assert record["machines"][-1]["cpu"] == run_record.cpu_label()
 
 
+def test_a_second_run_on_a_live_directory_is_refused_and_changes_nothing(trained_run, image_folder):
+  model_dir, _ = trained_run
+  write_lock(model_dir, started=1_700_000_000)  # A live run: this process.
+  before = modification_times(model_dir)
+  try:
+    with pytest.raises(
+      run_lock.RunLockedError,
+      match=f"in use by another training run \\(host .*, pid {os.getpid()}, started 2023-11-14",
+    ):
+      train.train_and_evaluate(debug_config(image_folder), model_dir)
+    assert modification_times(model_dir) == before  # Nothing written, not even a file created.
+  finally:
+    os.remove(os.path.join(model_dir, run_lock.LOCK_FILE))
+
+
 def test_finished_run_does_nothing_more(trained_run, image_folder):
   model_dir, first = trained_run
+  write_lock(model_dir, pid=dead_pid())  # Left by a killed run: it does not block.
   again = train.train_and_evaluate(debug_config(image_folder), model_dir)
   assert again["step"] == 6 and again["best_accuracy"] == first["best_accuracy"]
+  assert not os.path.exists(os.path.join(model_dir, run_lock.LOCK_FILE))
 
 
 def test_tfds_cifar10_end_to_end_on_mock_data(mock_cifar10, tmp_path):

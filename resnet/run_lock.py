@@ -1,0 +1,201 @@
+"""MODEL_DIR/run.lock: one training run at a time in a model directory.
+
+Two runs of the same command on one directory would both train to the end and
+write the same checkpoint names over each other. The run's writer (the chief)
+holds the lock from before it writes anything until it exits; a second start
+is refused with the live run's host, process id and start time. A run that
+died without removing its lock (SIGKILL, a lost machine) leaves a stale lock,
+which the next start replaces:
+
+- Same host: stale when its process is gone, or when the process id now
+  belongs to another process (its start time in /proc differs).
+- Another host: its process cannot be probed from here, so the holder rewrites
+  the lock every REFRESH_SECONDS; it is stale STALE_SECONDS after the last
+  rewrite (clocks of the hosts assumed to agree to well under a minute).
+  Deleting MODEL_DIR/run.lock by hand releases it at once.
+
+What it cannot promise: tf.io.gfile has no atomic create-if-absent. The lock
+is written under a temporary name and renamed into place only if no lock
+exists, then read back: on a local or NFS file system that leaves a window of
+microseconds; on gs:// (where a rename is a copy and a delete) two starts
+within about a second of each other can both pass. It is a guard against the
+second terminal and the re-submitted job, not a distributed mutex.
+"""
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+
+import tensorflow as tf
+from absl import logging
+
+LOCK_FILE = "run.lock"
+REFRESH_SECONDS = 60
+STALE_SECONDS = 300  # Five missed refreshes: a run on another host is presumed dead.
+OWNER_KEYS = {"host", "pid", "start_ticks", "started", "refreshed", "token"}
+
+
+class RunLockedError(RuntimeError):
+  """Another run holds the model directory, with a message naming it."""
+
+
+def process_start_ticks(pid):
+  """When process `pid` started (clock ticks since boot), or None without /proc."""
+  try:
+    with open(f"/proc/{pid}/stat") as file:
+      # Field 22; the command name (field 2) may hold spaces, so count after its ")".
+      return int(file.read().rsplit(")", 1)[1].split()[19])
+  except (OSError, IndexError, ValueError):
+    return None
+
+
+def _utc(seconds):
+  return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def describe(owner):
+  """Names the run that wrote lock contents `owner`: its host, process id and start time."""
+  return f"host {owner['host']}, pid {owner['pid']}, started {_utc(owner['started'])}"
+
+
+def is_stale(owner, now=None):
+  """Whether the run that wrote lock contents `owner` is gone (see the module docstring)."""
+  if owner["host"] != socket.gethostname():
+    return (now or time.time()) - owner["refreshed"] > STALE_SECONDS
+  try:
+    os.kill(owner["pid"], 0)  # Signal 0: only asks whether the process exists.
+  except ProcessLookupError:
+    return True
+  except PermissionError:
+    pass  # It exists, owned by another user.
+  ticks = process_start_ticks(owner["pid"])
+  return ticks is not None and owner.get("start_ticks") not in (None, ticks)  # Pid reused.
+
+
+def _read(path):
+  """The lock's contents, or None when there is no lock.
+
+  Raises:
+    RunLockedError: the file is not a lock this module wrote (it is never written
+      in place, so a kill cannot leave half of one).
+  """
+  try:
+    with tf.io.gfile.GFile(path) as file:
+      text = file.read()
+  except tf.errors.NotFoundError:
+    return None
+  try:
+    owner = json.loads(text)
+    if OWNER_KEYS <= owner.keys():
+      return owner
+  except (ValueError, AttributeError):  # Not JSON; JSON but not an object.
+    pass
+  raise RunLockedError(
+    f"{path} is not a lock written by train.py; delete it if no run is using that directory."
+  )
+
+
+def _write(path, owner, overwrite):
+  """Writes the lock whole (a temporary file renamed into place); with `overwrite`
+  False, raises tf.errors.AlreadyExistsError if a lock exists."""
+  temporary = f"{path}.{owner['token']}.tmp"
+  with tf.io.gfile.GFile(temporary, "w") as file:
+    file.write(json.dumps(owner, indent=2, sort_keys=True) + "\n")
+  try:
+    tf.io.gfile.rename(temporary, path, overwrite=overwrite)
+  except tf.errors.AlreadyExistsError:
+    tf.io.gfile.remove(temporary)
+    raise
+
+
+def _refused(model_dir, owner):
+  where = os.path.join(model_dir, LOCK_FILE)
+  if owner["host"] == socket.gethostname():
+    remedy = "wait for it to finish or stop it"
+  else:
+    age = time.time() - owner["refreshed"]
+    remedy = (
+      f"it cannot be probed from here; it refreshed its lock {age:.0f} s ago and counts as "
+      f"gone {STALE_SECONDS} s after the last refresh. Wait, or if it is surely gone, "
+      f"delete {where}"
+    )
+  return RunLockedError(
+    f"--model_dir={model_dir} is in use by another training run ({describe(owner)}; "
+    f"{where}): {remedy}."
+  )
+
+
+def _acquire(path, model_dir):
+  """Writes this process's lock at `path`, replacing a stale one; its contents."""
+  now = time.time()
+  owner = {
+    "host": socket.gethostname(),
+    "pid": os.getpid(),
+    "start_ticks": process_start_ticks(os.getpid()),
+    "started": now,
+    "refreshed": now,
+    "token": secrets.token_hex(8),  # Tells this lock from a later one of the same process.
+  }
+  previous = _read(path)
+  if previous is not None:
+    if not is_stale(previous):
+      raise _refused(model_dir, previous)
+    logging.warning(
+      "Replacing the stale lock of a run that ended without removing it (%s).",
+      describe(previous),
+    )
+  try:
+    _write(path, owner, overwrite=previous is not None)
+  except tf.errors.AlreadyExistsError:  # Another start got there first.
+    raise _refused(model_dir, _read(path)) from None
+  holder = _read(path)  # A start that renamed its lock over ours at the same moment wins.
+  if holder["token"] != owner["token"]:
+    raise _refused(model_dir, holder)
+  return owner
+
+
+def _refresh_until(stopped, path, owner):
+  """Rewrites the lock every REFRESH_SECONDS until `stopped` is set (a thread)."""
+  while not stopped.wait(REFRESH_SECONDS):
+    try:
+      holder = _read(path)
+      if holder is None or holder["token"] != owner["token"]:
+        logging.error("%s was removed or taken over (%s); no longer refreshed.", path, holder)
+        return
+      owner["refreshed"] = time.time()
+      _write(path, owner, overwrite=True)
+    except (OSError, tf.errors.OpError) as error:  # A full disk must not stop training.
+      logging.warning("Cannot refresh %s: %s", path, error)
+
+
+@contextlib.contextmanager
+def hold(model_dir):
+  """Holds MODEL_DIR/run.lock for the duration of the `with` block.
+
+  Call it before writing anything to `model_dir` (which must exist). The lock
+  is removed however the block ends (return, exception, Ctrl-C, a SIGTERM
+  handled by the loop); a SIGKILL leaves a stale lock for the next start.
+
+  Raises:
+    RunLockedError: a live run holds the directory; nothing was written.
+  """
+  path = os.path.join(model_dir, LOCK_FILE)
+  owner = _acquire(path, model_dir)
+  stopped = threading.Event()
+  refresher = threading.Thread(
+    target=_refresh_until, args=(stopped, path, owner), name="run-lock", daemon=True
+  )
+  refresher.start()
+  try:
+    yield owner
+  finally:
+    stopped.set()
+    refresher.join()
+    with contextlib.suppress(tf.errors.OpError, RunLockedError):
+      holder = _read(path)
+      if holder is not None and holder["token"] == owner["token"]:  # Never another's lock.
+        tf.io.gfile.remove(path)
