@@ -102,7 +102,9 @@ def _read(path):
 def _write(path, owner, overwrite):
   """Writes the lock whole (a temporary file renamed into place); with `overwrite`
   False, raises tf.errors.AlreadyExistsError if a lock exists."""
-  temporary = f"{path}.{owner['token']}.tmp"
+  # Not `path` + suffix: ram:// takes a name that prefixes another for a directory.
+  directory, name = os.path.split(path)
+  temporary = os.path.join(directory, f".{name}.{owner['token']}.tmp")
   with tf.io.gfile.GFile(temporary, "w") as file:
     file.write(json.dumps(owner, indent=2, sort_keys=True) + "\n")
   try:
@@ -151,11 +153,18 @@ def _acquire(path, model_dir):
   try:
     _write(path, owner, overwrite=previous is not None)
   except tf.errors.AlreadyExistsError:  # Another start got there first.
-    raise _refused(model_dir, _read(path)) from None
+    holder = _read(path)
+    raise _refused(model_dir, holder) if holder else _unwritable(path) from None
   holder = _read(path)  # A start that renamed its lock over ours at the same moment wins.
+  if holder is None:
+    raise _unwritable(path)
   if holder["token"] != owner["token"]:
     raise _refused(model_dir, holder)
   return owner
+
+
+def _unwritable(path):
+  return RunLockedError(f"Cannot create the lock {path}: the filesystem refused or lost it.")
 
 
 def _refresh_until(stopped, path, owner):

@@ -209,8 +209,10 @@ def test_resume_matches_an_uninterrupted_run_and_every_tool_works_on_a_ram_model
 
 
 def modification_times(model_dir):
-  """{path: mtime} of every file and directory under `model_dir`, itself included."""
-  return {path: os.path.getmtime(path) for path in glob.glob(f"{model_dir}/**", recursive=True)}
+  """{path: mtime} of every file and directory under `model_dir`, not itself: the
+  writability probe and run.lock of a refused start come and go there."""
+  paths = glob.glob(f"{model_dir}/**", recursive=True)
+  return {path: os.path.getmtime(path) for path in paths if path != f"{model_dir}/"}
 
 
 def test_resume_with_other_model_is_refused_and_changes_nothing(trained_run, image_folder):
@@ -220,9 +222,8 @@ def test_resume_with_other_model_is_refused_and_changes_nothing(trained_run, ima
     checkpointing.CheckpointError, match="--model='resnet8' there, 'resnet20' now"
   ):
     train.train_and_evaluate(debug_config(image_folder, model="resnet20"), model_dir)
-  after = modification_times(model_dir)
-  del before[f"{model_dir}/"], after[f"{model_dir}/"]  # Its run.lock came and went.
-  assert before == after and not os.path.exists(os.path.join(model_dir, run_lock.LOCK_FILE))
+  assert modification_times(model_dir) == before
+  assert not os.path.exists(os.path.join(model_dir, run_lock.LOCK_FILE))
 
 
 def test_resume_with_other_optimizer_is_refused_and_old_records_mean_adam(
@@ -247,14 +248,15 @@ def test_resume_with_other_optimizer_is_refused_and_old_records_mean_adam(
 def test_a_second_run_on_a_live_directory_is_refused_and_changes_nothing(trained_run, image_folder):
   model_dir, _ = trained_run
   write_lock(model_dir, started=1_700_000_000)  # A live run: this process.
-  before = modification_times(model_dir)
+  before, entries = modification_times(model_dir), os.listdir(model_dir)
   try:
     with pytest.raises(
       run_lock.RunLockedError,
       match=f"in use by another training run \\(host .*, pid {os.getpid()}, started 2023-11-14",
     ):
       train.train_and_evaluate(debug_config(image_folder), model_dir)
-    assert modification_times(model_dir) == before  # Nothing written, not even a file created.
+    assert modification_times(model_dir) == before  # Nothing of the live run touched.
+    assert sorted(os.listdir(model_dir)) == sorted(entries)  # No file left behind.
   finally:
     os.remove(os.path.join(model_dir, run_lock.LOCK_FILE))
 
