@@ -28,6 +28,7 @@ from resnet import (
   distribute,
   export,
   metrics,
+  precision,
   run_lock,
   run_record,
   summaries,
@@ -64,6 +65,7 @@ def train_and_evaluate(config, model_dir):
   if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
     raise config_lib.ConfigError(f"--model_dir={model_dir} is a file, not a directory.")
   strategy = _create_strategy(config)
+  config, precision_choice = _resolve_precision(config, strategy)
   chief = distribute.is_chief(strategy)
   data = _load_data(config)
   if chief:
@@ -72,7 +74,7 @@ def train_and_evaluate(config, model_dir):
   lock = run_lock.hold(model_dir) if chief else contextlib.nullcontext()
   # Non-chief workers save their checkpoints (as TensorFlow requires) to a scratch directory.
   with lock, distribute.scratch_directory(strategy) as scratch_dir:
-    record = _start_run_record(config, model_dir, data, strategy, chief)
+    record = _start_run_record(config, model_dir, data, strategy, chief, precision_choice)
     run, checkpoints = _create_training(config, strategy, data, model_dir, scratch_dir, chief)
     restored = checkpoints.restore()  # Every worker reads the chief's checkpoints.
     writers = _create_writers(config, model_dir, data, record, checkpoints.step, chief)
@@ -161,6 +163,16 @@ def _create_strategy(config):
   return strategy
 
 
+def _resolve_precision(config, strategy):
+  """(`config` with --precision=auto replaced by this machine's choice, the choice's
+  reason for the run record, or None when the precision was given)."""
+  if config.precision != "auto":
+    return config, None
+  chosen, reason = precision.choose_for_this_machine(strategy)
+  logging.info("--precision=auto: %s (%s).", chosen, reason)
+  return dataclasses.replace(config, precision=chosen), f"auto: {chosen} ({reason})"
+
+
 def _load_data(config):
   """The run's examples in memory and its epochs (pipeline.TrainingData)."""
   return pipeline.TrainingData.load(
@@ -193,7 +205,7 @@ def _create_training(config, strategy, data, model_dir, scratch_dir, chief):
   return run, checkpoints
 
 
-def _start_run_record(config, model_dir, data, strategy, chief):
+def _start_run_record(config, model_dir, data, strategy, chief, precision_choice):
   """Creates (the chief) or checks (every worker) MODEL_DIR/run.json; see run_record."""
   return run_record.start_run_record(
     model_dir,
@@ -202,6 +214,7 @@ def _start_run_record(config, model_dir, data, strategy, chief):
     **data.facts(),
     peak_learning_rate=config.peak_learning_rate,
     num_replicas=strategy.num_replicas_in_sync,
+    precision_choice=precision_choice,
     devices=[device.name for device in tf.config.list_logical_devices()],
   )
 

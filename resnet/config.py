@@ -100,8 +100,9 @@ class Config:
   precision: str = _option(
     "float32",
     "Keras dtype policy: mixed_float16 for GPUs with tensor cores (with loss scaling), "
-    "mixed_bfloat16 for TPUs, Ampere+ GPUs and CPUs with AVX-512 BF16.",
-    choices=train_lib.PRECISIONS,
+    "mixed_bfloat16 for TPUs, Ampere+ GPUs and CPUs with AMX or AVX-512 BF16; auto "
+    "picks one of these for this machine (resnet/precision.py).",
+    choices=(*train_lib.PRECISIONS, "auto"),
   )
   jit_compile: bool = _option(
     False, "Compile the train step with XLA (one device or TPU; not the mirrored strategies)."

@@ -269,6 +269,15 @@ def test_finished_run_does_nothing_more(trained_run, image_folder):
   assert not os.path.exists(os.path.join(model_dir, run_lock.LOCK_FILE))
 
 
+def test_auto_precision_is_chosen_from_the_cpu_and_recorded(image_folder, tmp_path, monkeypatch):
+  monkeypatch.setattr(run_record, "cpu_flags", lambda: {"avx512_bf16": False, "amx_bf16": True})
+  config = debug_config(image_folder, precision="auto", epochs=1, steps_per_epoch=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  record = run_record.read_run_record(str(tmp_path))
+  assert record["config"]["precision"] == "mixed_bfloat16"
+  assert record["precision_choice"] == "auto: mixed_bfloat16 (CPU with AMX)"
+
+
 def test_tfds_cifar10_end_to_end_on_mock_data(mock_cifar10, tmp_path):
   config = config_lib.Config(
     model="resnet8",

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from resnet import distribute, train_lib
+from resnet import distribute, precision, train_lib
 from resnet import model as model_lib
 
 
@@ -125,3 +125,21 @@ def test_two_replicas_update_the_weights_like_one_device():
   )
   for single, mirrored in zip(weights["default"], weights["mirrored"], strict=True):
     np.testing.assert_allclose(mirrored, single, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "cpu_flags, gpus, tpu, expected",
+  [
+    ({"avx512f": True, "avx512_bf16": False, "amx_bf16": False}, [], False, "float32"),
+    ({}, [], False, "float32"),  # No /proc/cpuinfo: assume nothing.
+    ({"avx512_bf16": True, "amx_bf16": False}, [], False, "mixed_bfloat16"),
+    ({"avx512_bf16": False, "amx_bf16": True}, [], False, "mixed_bfloat16"),
+    ({"amx_bf16": True}, [(7, 0)], False, "mixed_float16"),  # The GPUs run the step.
+    ({}, [(8, 0), (8, 6)], False, "mixed_bfloat16"),
+    ({}, [(8, 6), (7, 5)], False, "mixed_float16"),  # The oldest GPU decides.
+    ({}, [], True, "mixed_bfloat16"),
+  ],
+)
+def test_auto_precision_follows_the_hardware(cpu_flags, gpus, tpu, expected):
+  chosen, reason = precision.choose(cpu_flags, gpus, tpu=tpu)
+  assert chosen == expected and chosen in train_lib.PRECISIONS and reason

@@ -1,0 +1,55 @@
+"""--precision=auto: the precision this machine's devices run fastest without losing accuracy.
+
+bfloat16 keeps float32's exponent range (no loss scaling) but is only fast where
+the hardware computes in it: TPUs, NVIDIA GPUs from compute capability 8.0
+(Ampere), and CPUs with AMX or AVX-512 BF16. Elsewhere on CPUs it is emulated,
+~13x slower than float32 (measured on an AVX2-only EPYC, docs/speed.md). Older
+NVIDIA GPUs with tensor cores get float16 with loss scaling.
+"""
+
+import tensorflow as tf
+
+from resnet import run_record
+
+AMPERE = (8, 0)  # First NVIDIA compute capability with bfloat16 tensor cores.
+
+
+def choose(cpu_flags, gpu_compute_capabilities, tpu=False):
+  """The precision for these devices, and why.
+
+  Args:
+    cpu_flags: {flag: present} as run_record.cpu_flags() returns it.
+    gpu_compute_capabilities: [(major, minor)] of the GPUs the run uses ([] for none).
+    tpu: whether the run is on a TPU.
+
+  Returns:
+    (one of train_lib.PRECISIONS, a reason for the log and the run record).
+  """
+  if tpu:
+    return "mixed_bfloat16", "TPU"
+  if gpu_compute_capabilities:
+    oldest = min(gpu_compute_capabilities)
+    name = f"GPU compute capability {oldest[0]}.{oldest[1]}"
+    if oldest >= AMPERE:
+      return "mixed_bfloat16", f"{name}: bfloat16 tensor cores"
+    return "mixed_float16", f"{name}: before 8.0, float16 tensor cores with loss scaling"
+  for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16")):
+    if cpu_flags.get(flag):
+      return "mixed_bfloat16", f"CPU with {name}"
+  return "float32", "CPU without AMX or AVX-512 BF16: bfloat16 would be emulated"
+
+
+def gpu_compute_capabilities():
+  """[(major, minor)] of this machine's GPUs, as TensorFlow reports them."""
+  capabilities = []
+  for device in tf.config.list_physical_devices("GPU"):
+    capability = tf.config.experimental.get_device_details(device).get("compute_capability")
+    if capability:
+      capabilities.append(tuple(capability))
+  return capabilities
+
+
+def choose_for_this_machine(strategy):
+  """choose() for the devices `strategy` runs on."""
+  tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+  return choose(run_record.cpu_flags(), gpu_compute_capabilities(), tpu=tpu)
