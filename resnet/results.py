@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-from absl import app
+from absl import app, logging
 
 from resnet import checkpointing, curves, files, run_record
 from resnet import config as config_lib
@@ -169,6 +169,7 @@ def results_table(runs, configs_dir=CONFIGS_DIR):
 def main(argv):
   if len(argv) < 2:
     sys.exit("Usage: python -m resnet.results RUN_DIR [RUN_DIR ...]")
+  logging.set_verbosity(logging.WARNING)  # TensorBoard's loader logs every file it reads.
   try:
     runs = [summarize_run(model_dir) for model_dir in argv[1:]]
   except checkpointing.CheckpointError as error:
