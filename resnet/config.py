@@ -58,7 +58,8 @@ class Config:
   learning_rate: float = _option(1e-3, "Peak learning rate.", **POSITIVE)
   lr_schedule: str = _option(
     "cosine",
-    "Decay after the warm-up: constant, cosine, or piecewise (/10 at 50% and 75%).",
+    "Decay after the warm-up: constant, cosine, piecewise (/10 at 50% and 75%), or linear "
+    "(to zero at the end).",
     choices=train_lib.LR_SCHEDULES,
   )
   warmup_epochs: float = _option(2.0, "Linear warm-up, in epochs.", **NON_NEGATIVE)

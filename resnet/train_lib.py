@@ -15,7 +15,7 @@ from data import pipeline
 from resnet import model as model_lib
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-LR_SCHEDULES = ("constant", "cosine", "piecewise")
+LR_SCHEDULES = ("constant", "cosine", "piecewise", "linear")
 OPTIMIZERS = ("adam", "sgd")
 # What train_steps returns: float32 sums over steps and replicas (see make_train_steps).
 SUM_KEYS = ("loss_sum", "correct", "count", "gradient_norm")
@@ -25,10 +25,11 @@ SUM_KEYS = ("loss_sum", "correct", "count", "gradient_norm")
 
 
 class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
-  """Linear warm-up to `base_learning_rate`, then constant, cosine or piecewise decay.
+  """Linear warm-up to `base_learning_rate`, then constant, cosine, piecewise or linear decay.
 
   piecewise divides the rate by 10 at 50% and again at 75% of the post-warm-up
-  steps (He et al. 2016 drop at 32k and 48k of 64k iterations). `multiplier`,
+  steps (He et al. 2016 drop at 32k and 48k of 64k iterations); linear decays
+  to zero at the last step (the short recipes of Page 2018 and Jordan 2024). `multiplier`,
   a scalar tf.Variable if given, scales the whole schedule (lowered when a run
   recovers from a non-finite loss; checkpointed with the run).
   """
@@ -53,6 +54,8 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
       factor = tf.pow(
         0.1, tf.cast(progress >= 0.5, tf.float32) + tf.cast(progress >= 0.75, tf.float32)
       )
+    elif self.kind == "linear":
+      factor = 1.0 - progress
     else:
       factor = tf.constant(1.0)
     warmup_factor = tf.minimum(1.0, (step + 1.0) / tf.maximum(warmup, 1.0))

@@ -20,6 +20,10 @@ def test_learning_rate_schedules():
     [1, 1, 0.1, 0.1, 0.01, 0.01]
   )
   assert float(train_lib.LearningRateSchedule("constant", 0.3, 100)(99)) == pytest.approx(0.3)
+  linear = train_lib.LearningRateSchedule("linear", 2.0, total_steps=110, warmup_steps=10)
+  assert [float(linear(s)) for s in (4, 9, 10, 60, 109, 110)] == pytest.approx(
+    [1.0, 2.0, 2.0, 1.0, 0.02, 0.0], abs=1e-6
+  )
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
