@@ -184,6 +184,7 @@ def _load_data(config):
     global_batch_size=config.batch_size,
     seed=config.seed,
     crop_padding=config.crop_padding,
+    flips=config.flips,
   )
 
 

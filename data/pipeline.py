@@ -21,6 +21,10 @@ from data import sources
 # --- Constants -----------------------------------------------------------------
 
 CROP_PADDING = 4  # default pixels of zero padding on each side before the random crop
+# random: each image flipped with probability 1/2 each epoch. alternating: a random half
+# flipped in the first epoch, then every image the other way round each epoch, so two
+# epochs show every image once each way (Jordan 2024's derandomised flips).
+FLIP_MODES = ("random", "alternating")
 # Per-channel statistics of the CIFAR-10 training images, in [0, 1] units.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -69,8 +73,10 @@ def crop_and_flip(images, offsets, flips, crop_padding=CROP_PADDING):
   return tf.bitcast(tf.gather(padded, index), tf.uint8)[..., :3]
 
 
-def _epoch_plan(seed, epoch, num_examples, steps_per_epoch, global_batch_size, crop_padding):
-  """Order, crop offsets and flips of one epoch: a pure function of (seed, epoch).
+def _epoch_plan(
+  seed, epoch, num_examples, steps_per_epoch, global_batch_size, crop_padding, flips="random"
+):
+  """Order, crop offsets and flips (FLIP_MODES) of one epoch: a pure function of (seed, epoch).
 
   Returns:
     A dataset of `steps_per_epoch` global batches: (order int32 [B], offsets int32 [B, 2],
@@ -85,10 +91,16 @@ def _epoch_plan(seed, epoch, num_examples, steps_per_epoch, global_batch_size, c
   offsets = tf.random.stateless_uniform(
     [examples_per_epoch, 2], offset_key, minval=0, maxval=2 * crop_padding + 1, dtype=tf.int32
   )
-  flips = tf.random.stateless_uniform([examples_per_epoch], flip_key) < 0.5
+  if flips == "alternating":
+    # Per example, not per position: one key for the whole run (epochs are >= 0).
+    first_key = tf.stack([tf.cast(seed, tf.int64), tf.constant(-1, tf.int64)])
+    first_epoch = tf.random.stateless_uniform([num_examples], first_key) < 0.5
+    flipped = tf.gather(first_epoch, order) != tf.equal(tf.cast(epoch, tf.int64) % 2, 1)
+  else:
+    flipped = tf.random.stateless_uniform([examples_per_epoch], flip_key) < 0.5
   batches = [steps_per_epoch, global_batch_size]
   return tf.data.Dataset.from_tensor_slices(
-    (tf.reshape(order, batches), tf.reshape(offsets, batches + [2]), tf.reshape(flips, batches))
+    (tf.reshape(order, batches), tf.reshape(offsets, batches + [2]), tf.reshape(flipped, batches))
   )
 
 
@@ -131,6 +143,7 @@ def make_train_dataset(
   total_steps,
   seed,
   crop_padding=CROP_PADDING,
+  flips="random",
   input_context=None,
 ):
   """Augmented training batches for one input pipeline, from `start_step` to `total_steps`.
@@ -151,6 +164,7 @@ def make_train_dataset(
     start_step, total_steps: the half-open range of global steps to produce.
     seed: the data order and augmentation seed.
     crop_padding: random translations of up to this many pixels (see crop_and_flip).
+    flips: one of FLIP_MODES.
     input_context: a tf.distribute.InputContext, or None for one pipeline.
 
   Returns:
@@ -171,7 +185,7 @@ def make_train_dataset(
   def plan(epoch):
     skip = tf.where(epoch == start_epoch, start_offset, 0)
     epoch_plan = _epoch_plan(
-      seed, epoch, len(labels), steps_per_epoch, global_batch_size, crop_padding
+      seed, epoch, len(labels), steps_per_epoch, global_batch_size, crop_padding, flips
     )
     return epoch_plan.skip(tf.cast(skip, tf.int64))
 
@@ -296,6 +310,7 @@ class TrainingData:
   total_steps: int
   seed: int
   crop_padding: int
+  flips: str = "random"  # One of FLIP_MODES.
 
   @classmethod
   def load(
@@ -309,6 +324,7 @@ class TrainingData:
     global_batch_size,
     seed,
     crop_padding=CROP_PADDING,
+    flips="random",
   ):
     """Loads the training and validation examples (see sources) and sizes the epochs.
 
@@ -349,6 +365,7 @@ class TrainingData:
       epochs * steps_per_epoch,
       seed,
       crop_padding,
+      flips,
     )
 
   def _train_dataset_args(self):
@@ -358,6 +375,7 @@ class TrainingData:
       total_steps=self.total_steps,
       seed=self.seed,
       crop_padding=self.crop_padding,
+      flips=self.flips,
     )
 
   def distribute_train(self, strategy, start_step):

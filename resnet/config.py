@@ -9,6 +9,7 @@ configs/resnet20.cfg.
 import dataclasses
 import math
 
+from data import pipeline
 from resnet import distribute, train_lib
 from resnet import model as model_lib
 
@@ -77,6 +78,12 @@ class Config:
   )
   crop_padding: int = _option(
     4, "Augmentation: random translations of up to N pixels.", low=0, high=16, unit=" pixels"
+  )
+  flips: str = _option(
+    "random",
+    "Augmentation: flip each image at random every epoch, or alternating (a random half "
+    "first, then every image the other way round each epoch).",
+    choices=pipeline.FLIP_MODES,
   )
   seed: int = _option(0, "Seed of initial weights, data order and augmentation.")
   deterministic: bool = _option(

@@ -143,3 +143,30 @@ def test_a_training_batch_that_does_not_divide_names_the_nearest_that_do():
   pipeline.check_global_batch_size(three, 129)
   eval_batches = [pipeline.eval_batch_size(three, size) for size in (1, 128, 129, 256)]
   assert eval_batches == [3, 129, 129, 258]
+
+
+def sides_per_epoch(batches, steps_per_epoch=5):
+  """[{example: whether it was mirrored}] per epoch, for images whose top-left pixel is
+  their index + 1 and no translations."""
+  sides = [{} for _ in range(len(batches) // steps_per_epoch)]
+  for step, (batch_images, _) in enumerate(batches):
+    for image in batch_images:
+      mirrored = image[0, 31, 0] > 0
+      sides[step // steps_per_epoch][int(image[0, 31 if mirrored else 0, 0]) - 1] = mirrored
+  return sides
+
+
+def test_alternating_flips_turn_every_image_the_other_way_each_epoch():
+  images = np.zeros((45, 32, 32, 3), np.uint8)
+  images[:, 0, 0, 0] = np.arange(1, 46)  # Which example, and which way round.
+  labels = np.zeros(45, np.int32)
+  # 3 epochs of 5 steps of 8: 40 of the 45 examples each epoch.
+  args = dict(crop_padding=0, total_steps=15)
+  sides = sides_per_epoch(train_batches(images, labels, flips="alternating", **args))
+  for before, after in zip(sides[:-1], sides[1:], strict=True):
+    both = set(before) & set(after)
+    assert len(both) >= 35 and all(before[i] != after[i] for i in both)
+  assert 10 < sum(sides[0].values()) < 30  # A random half first.
+  # The default stays random: some images keep their side from one epoch to the next.
+  sides = sides_per_epoch(train_batches(images, labels, **args))
+  assert any(sides[0][i] == sides[1][i] for i in set(sides[0]) & set(sides[1]))
