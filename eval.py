@@ -25,6 +25,8 @@ from resnet import checkpointing, distribute, files, plots, run_record, summarie
 from resnet import metrics as metrics_lib
 
 SPLITS = ("test", "validation", "train")
+# metrics.json keys of the test-time augmentations (--tta) reported beside the plain metrics.
+TTA_KEYS = [f"{mode}_tta" for mode in pipeline.TTA_MODES if mode != "none"]
 EVAL_STRATEGIES = ("auto", "default", "one_device", "mirrored")  # One process, local devices.
 
 
@@ -74,12 +76,13 @@ def format_table(metrics):
     f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   {top_k}   "
     f"ECE {metrics['ece']:.4f}   examples {metrics['num_examples']}"
   )
-  if "flip_tta" in metrics:
-    tta = metrics["flip_tta"]
-    lines.append(
-      f"with flip test-time augmentation: accuracy {tta['accuracy']:.4f}   "
-      f"loss {tta['loss']:.4f}   ECE {tta['ece']:.4f}"
-    )
+  for key in TTA_KEYS:
+    if key in metrics:
+      tta = metrics[key]
+      lines.append(
+        f"with {key.removesuffix('_tta')} test-time augmentation: accuracy "
+        f"{tta['accuracy']:.4f}   loss {tta['loss']:.4f}   ECE {tta['ece']:.4f}"
+      )
   return "\n".join(lines)
 
 
@@ -116,7 +119,7 @@ def evaluate_model_dir(
   checkpoint_path=None,
   batch_size=256,
   strategy_name="auto",
-  tta_flip=False,
+  tta="none",
 ):
   """Evaluates a checkpoint of the run in `model_dir` on every example of a split.
 
@@ -134,8 +137,8 @@ def evaluate_model_dir(
       replicas (the padding is masked out, see pipeline.eval_batch_size).
     strategy_name: one of EVAL_STRATEGIES. Evaluation runs in one process:
       "auto" mirrors over several local GPUs and ignores TF_CONFIG.
-    tta_flip: also predict the left-right flipped images and report the
-      metrics of the averaged probabilities as "flip_tta".
+    tta: also report test-time augmentation (pipeline.tta_views: "flip" or
+      "flip_translate"), as "<tta>_tta", beside the plain metrics.
 
   Returns:
     The metrics dict that is also written to MODEL_DIR/eval/<split>/metrics.json.
@@ -155,14 +158,15 @@ def evaluate_model_dir(
   predict_step = train_lib.make_predict_step(strategy, model)
   probabilities, seen_labels = metrics_lib.predict(predict_step, eval_dataset, len(labels))
   metrics = metrics_lib.compute_metrics(probabilities, seen_labels, class_names)
-  if tta_flip:  # The training augmentation flips left-right; average both views.
-    flipped = pipeline.distribute_eval_dataset(
-      strategy, images[:, :, ::-1], labels, global_batch_size=batch_size
+  if tta != "none":  # Views of the training augmentation (flips, translations), averaged.
+    views = pipeline.distribute_eval_views(
+      strategy, images, labels, global_batch_size=batch_size, tta=tta
     )
-    flipped_probabilities, _ = metrics_lib.predict(predict_step, flipped, len(labels))
-    averaged = (probabilities + flipped_probabilities) / 2
-    tta = metrics_lib.compute_metrics(averaged, seen_labels, class_names)
-    metrics["flip_tta"] = {key: tta[key] for key in ("accuracy", "loss", "top_k_accuracy", "ece")}
+    averaged, _ = metrics_lib.predict_views(predict_step, views, len(labels))
+    augmented = metrics_lib.compute_metrics(averaged, seen_labels, class_names)
+    metrics[f"{tta}_tta"] = {
+      key: augmented[key] for key in ("accuracy", "loss", "top_k_accuracy", "ece")
+    }
   metrics.update(
     split=split,
     dataset=dataset,
@@ -207,10 +211,11 @@ def format_comparison(rows):
   header = f"{'model_dir':<32} {'model':<10} {'accuracy':>9} " + " ".join(
     f"{'top-' + k:>7}" for k in ks
   )
-  lines = [header + f" {'loss':>8} {'ECE':>7} {'flip TTA':>9} {'examples':>9}"]
+  lines = [header + f" {'loss':>8} {'ECE':>7} {'TTA':>9} {'examples':>9}"]
   for model_dir, metrics in rows:
     top_k = " ".join(f"{metrics['top_k_accuracy'].get(k, float('nan')):>7.4f}" for k in ks)
-    tta = metrics.get("flip_tta", {}).get("accuracy")
+    # The accuracy of whichever test-time augmentation was run (--tta), if any.
+    tta = next((metrics[key]["accuracy"] for key in TTA_KEYS if key in metrics), None)
     lines.append(
       f"{model_dir[-32:]:<32} {metrics['model']:<10} {metrics['accuracy']:>9.4f} {top_k} "
       f"{metrics['loss']:>8.4f} {metrics['ece']:>7.4f} "
@@ -223,7 +228,13 @@ def define_flags():
   """Defines the command-line flags."""
   flags.DEFINE_string("model_dir", None, "Model directory written by train.py.")
   flags.DEFINE_list("compare", [], "Model directories to evaluate alike and compare in one table.")
-  flags.DEFINE_bool("tta_flip", False, "Also report left-right flip test-time augmentation.")
+  flags.DEFINE_enum(
+    "tta",
+    "none",
+    list(pipeline.TTA_MODES),
+    "Also report test-time augmentation: flip (2 views) or flip_translate (6 views).",
+  )
+  flags.DEFINE_bool("tta_flip", False, "Shorthand for --tta=flip.")
   flags.DEFINE_enum("split", "test", list(SPLITS), "Split to evaluate, every example once.")
   flags.DEFINE_string("dataset", None, "cifar10 or folder:PATH (default: the run's dataset).")
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (default: the run's).")
@@ -257,7 +268,7 @@ def main(argv):
         FLAGS.checkpoint,
         FLAGS.batch_size,
         FLAGS.strategy,
-        FLAGS.tta_flip,
+        "flip" if FLAGS.tta_flip else FLAGS.tta,
       )
       rows.append((model_dir, metrics))
   except (sources.DataError, checkpointing.CheckpointError) as error:

@@ -88,7 +88,7 @@ def train_and_evaluate(config, model_dir):
     # --- Training loop -----------------------------------------------------------------
     step, validation = checkpoints.step, None
     batches = iter(data.distribute_train(strategy, start_step=step))
-    validation_batches = data.distribute_validation(strategy)
+    validation_views = data.distribute_validation(strategy, config.validation_tta)
     progress = console.Progress(data.total_steps, data.steps_per_epoch, step)
     window, epoch_meter = console.Meter(), console.Meter()  # Since the last log; epoch.
     with stop:  # Preemption or Ctrl-C: save, then leave the loop.
@@ -116,7 +116,7 @@ def train_and_evaluate(config, model_dir):
           window.reset()
         if step_in_epoch == 0:
           validation, line = _end_epoch(
-            config, epoch, run, checkpoints, data, validation_batches, writers, epoch_meter
+            config, epoch, run, checkpoints, data, validation_views, writers, epoch_meter
           )
           progress.end_epoch(line)
           window.reset()  # Validation time is not training throughput.
@@ -229,7 +229,7 @@ def _create_writers(config, model_dir, data, record, step, chief):
   return writers
 
 
-def _end_epoch(config, epoch, run, checkpoints, data, validation_batches, writers, epoch_meter):
+def _end_epoch(config, epoch, run, checkpoints, data, validation_views, writers, epoch_meter):
   """Validates; saves the best and the latest checkpoints; writes the summaries.
 
   Returns:
@@ -237,7 +237,7 @@ def _end_epoch(config, epoch, run, checkpoints, data, validation_batches, writer
   """
   run.average_moving_statistics()  # One model on every replica; see train_lib.
   validation = metrics.evaluate(
-    run.predict_step, validation_batches, len(data.validation[1]), data.class_names
+    run.predict_step, validation_views, len(data.validation[1]), data.class_names
   )
   counters = checkpoints.counters
   counters["epoch"].assign(epoch)

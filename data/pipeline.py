@@ -13,6 +13,7 @@ of the examples, the crop offsets and the flips are a pure function of
 import dataclasses
 import os
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -25,6 +26,7 @@ CROP_PADDING = 4  # default pixels of zero padding on each side before the rando
 # flipped in the first epoch, then every image the other way round each epoch, so two
 # epochs show every image once each way (Jordan 2024's derandomised flips).
 FLIP_MODES = ("random", "alternating")
+TTA_MODES = ("none", "flip", "flip_translate")  # Test-time augmentation: see tta_views.
 # Per-channel statistics of the CIFAR-10 training images, in [0, 1] units.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -244,6 +246,40 @@ def make_eval_dataset(images, labels, *, global_batch_size, input_context=None):
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
 
 
+def tta_views(images, mode):
+  """The views of test-time augmentation `mode` (one of TTA_MODES), with their weights.
+
+  "flip": the images and their mirror image, 1/2 each. "flip_translate" (Jordan
+  2024's airbench): half on those two, half on both of them translated by one
+  pixel up-left and one down-right (edges reflected), 1/8 each. The prediction
+  is the weighted mean of the views' probabilities.
+
+  Args:
+    images: uint8 [N, 32, 32, 3], in memory.
+
+  Returns:
+    [(weight, uint8 [N, 32, 32, 3])], weights summing to 1.
+  """
+  if mode == "none":
+    return [(1.0, images)]
+  views = [(0.5, images), (0.5, images[:, :, ::-1])]
+  if mode == "flip_translate":
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    size = sources.IMAGE_SIZE
+    shifted = [padded[:, :size, :size], padded[:, 2:, 2:]]  # Up-left, down-right.
+    views = [(weight / 2, view) for weight, view in views]
+    views += [(1 / 8, view) for image in shifted for view in (image, image[:, :, ::-1])]
+  return views
+
+
+def distribute_eval_views(strategy, images, labels, *, global_batch_size, tta="none"):
+  """[(weight, distribute_eval_dataset of a view)] for tta_views(images, tta)."""
+  return [
+    (weight, distribute_eval_dataset(strategy, view, labels, global_batch_size=global_batch_size))
+    for weight, view in tta_views(images, tta)
+  ]
+
+
 def check_global_batch_size(strategy, global_batch_size):
   """Raises sources.DataError unless the training batch divides evenly across replicas.
 
@@ -389,10 +425,10 @@ class TrainingData:
     args = dict(self._train_dataset_args(), total_steps=step + 1)
     return next(iter(make_train_dataset(*self.train, start_step=step, **args)))
 
-  def distribute_validation(self, strategy):
-    """Every validation example once, in batches of the training's global batch size."""
-    return distribute_eval_dataset(
-      strategy, *self.validation, global_batch_size=self.global_batch_size
+  def distribute_validation(self, strategy, tta="none"):
+    """distribute_eval_views of the validation examples, at the training's global batch."""
+    return distribute_eval_views(
+      strategy, *self.validation, global_batch_size=self.global_batch_size, tta=tta
     )
 
   def facts(self):

@@ -85,6 +85,12 @@ class Config:
     "first, then every image the other way round each epoch).",
     choices=pipeline.FLIP_MODES,
   )
+  validation_tta: str = _option(
+    "none",
+    "Test-time augmentation of validation, which selects the best checkpoint: flip (2 views) "
+    "or flip_translate (6: flips and 1-pixel translations, as airbench).",
+    choices=pipeline.TTA_MODES,
+  )
   seed: int = _option(0, "Seed of initial weights, data order and augmentation.")
   deterministic: bool = _option(
     False,

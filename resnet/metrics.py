@@ -148,18 +148,29 @@ def compute_metrics(probabilities, labels, class_names):
   }
 
 
-def evaluate(predict_step, distributed_dataset, num_examples, class_names):
-  """Predicts every example of an eval dataset once and computes its metrics.
+def predict_views(predict_step, views, num_examples):
+  """`predict` over each view of pipeline.distribute_eval_views: the weighted mean of
+  their probabilities (test-time augmentation; one view without it), and the labels."""
+  total = 0.0
+  for weight, distributed_dataset in views:
+    probabilities, labels = predict(predict_step, distributed_dataset, num_examples)
+    total = total + weight * probabilities
+  return total, labels
+
+
+def evaluate(predict_step, views, num_examples, class_names):
+  """Predicts every example of an eval split once per view and computes its metrics.
 
   Args:
-    predict_step, distributed_dataset, num_examples: as for `predict`.
+    predict_step, num_examples: as for `predict`.
+    views: [(weight, distributed dataset)] from pipeline.distribute_eval_views.
     class_names: the C class names, in label order.
 
   Returns:
     compute_metrics' dict plus "probabilities" float32 [N, C] and "labels"
     int32 [N], in split order (for pictures of the mistakes).
   """
-  probabilities, labels = predict(predict_step, distributed_dataset, num_examples)
+  probabilities, labels = predict_views(predict_step, views, num_examples)
   return {
     **compute_metrics(probabilities, labels, class_names),
     "probabilities": probabilities,

@@ -234,7 +234,7 @@ def test_eval_of_a_checkpoint_of_another_depth_is_refused(model_dir, tmp_path):
 
 
 def test_report_files_top_k_and_flip_test_time_augmentation(model_dir):
-  metrics = eval_main.evaluate_model_dir(model_dir, "test", batch_size=8, tta_flip=True)
+  metrics = eval_main.evaluate_model_dir(model_dir, "test", batch_size=8, tta="flip")
   output = os.path.join(model_dir, "eval", "test")
   predictions = np.load(os.path.join(output, "predictions.npz"))
   probabilities, labels = predictions["probabilities"], predictions["labels"]
@@ -272,3 +272,13 @@ def test_compare_prints_one_table_of_several_runs(model_dir, tmp_path):
   assert "accuracy" in header and "top-2" in header and "ECE" in header
   rows = [line for line in lines if "resnet8" in line]
   assert len(rows) == 2 and rows[0].split()[2:] == rows[1].split()[2:]  # Same model, same figures.
+
+
+def test_validation_tta_selects_by_what_eval_reports_with_the_same_tta(image_folder, tmp_path):
+  config = debug_config(image_folder, validation_tta="flip_translate", epochs=1)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  metrics = eval_main.evaluate_model_dir(str(tmp_path), "validation", tta="flip_translate")
+  assert metrics["num_examples"] == result["validation"]["num_examples"] == 24
+  tta_accuracy = metrics["flip_translate_tta"]["accuracy"]
+  assert result["best_accuracy"] == pytest.approx(tta_accuracy)
+  assert result["validation"]["loss"] == pytest.approx(metrics["flip_translate_tta"]["loss"])

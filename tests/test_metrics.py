@@ -27,7 +27,7 @@ def test_evaluate_counts_every_example_and_agrees_with_predict(strategy_name):
   labels = rng.integers(0, 3, 23).astype(np.int32)
   dataset = pipeline.distribute_eval_dataset(strategy, images, labels, global_batch_size=8)
   predict_step = train_lib.make_predict_step(strategy, model)
-  result = metrics.evaluate(predict_step, dataset, 23, ["bird", "cat", "dog"])
+  result = metrics.evaluate(predict_step, [(1.0, dataset)], 23, ["bird", "cat", "dog"])
   probabilities, seen_labels = metrics.predict(predict_step, dataset, 23)
   np.testing.assert_array_equal(seen_labels, labels)
   assert result["num_examples"] == 23 and np.sum(result["confusion_matrix"]) == 23
@@ -65,8 +65,8 @@ predict_step = train_lib.make_predict_step(strategy, model)
 results = {"replicas": strategy.num_replicas_in_sync, "one_device": one_device.tolist(),
            "labels": labels.tolist()}
 for batch_size in (8, 256):
-  dataset = pipeline.distribute_eval_dataset(strategy, images, labels, global_batch_size=batch_size)
-  result = metrics.evaluate(predict_step, dataset, 21, ["bird", "cat", "dog"])
+  views = pipeline.distribute_eval_views(strategy, images, labels, global_batch_size=batch_size)
+  result = metrics.evaluate(predict_step, views, 21, ["bird", "cat", "dog"])
   result["probabilities"] = result["probabilities"].tolist()
   result["labels"] = result["labels"].tolist()
   results[batch_size] = result
@@ -152,3 +152,30 @@ def test_compute_metrics_agrees_with_scikit_learn(dtype):
     {"precision": precision.mean(), "recall": recall.mean(), "f1": f1.mean()}
   )
   assert result["ece"] == pytest.approx(metrics.calibration(probabilities, labels)["ece"])
+
+
+def test_flip_translate_tta_averages_six_views_of_each_image():
+  strategy = distribute.create_strategy("mirrored")
+  with strategy.scope():
+    keras.utils.set_random_seed(3)
+    model = model_lib.create_model("resnet8", num_classes=3)
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (11, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 3, 11).astype(np.int32)
+  views = pipeline.distribute_eval_views(
+    strategy, images, labels, global_batch_size=4, tta="flip_translate"
+  )
+  predict_step = train_lib.make_predict_step(strategy, model)
+  probabilities, _ = metrics.predict_views(predict_step, views, 11)
+
+  def softmax(batch):
+    return tf.nn.softmax(model(pipeline.normalize(batch), training=False)).numpy()
+
+  padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  up_left, down_right = padded[:, :32, :32], padded[:, 2:, 2:]
+  np.testing.assert_array_equal(up_left[:, 1:, 1:], images[:, :31, :31])  # One pixel.
+  expected = (softmax(images) + softmax(images[:, :, ::-1])) / 4 + sum(
+    softmax(view) + softmax(view[:, :, ::-1]) for view in (up_left, down_right)
+  ) / 8
+  np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
+  assert [weight for weight, _ in views] == [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]

@@ -38,7 +38,7 @@ def two_seeds(image_folder, tmp_path_factory):
   record = run_record.read_run_record(directories[1])
   record["config"]["epochs"] = 2
   files.write_json(os.path.join(directories[1], run_record.RUN_RECORD), record)
-  eval_main.evaluate_model_dir(directories[0], "test", batch_size=8, tta_flip=True)
+  eval_main.evaluate_model_dir(directories[0], "test", batch_size=8, tta="flip")
   return directories
 
 
