@@ -123,39 +123,35 @@ def make_broken_inputs(root):
     file.write(b"\x00")
 
 
-# Bad command lines: (arguments, what the one-line message must contain). Run as the
-# user does (a subprocess: app.run's handling of flag errors and of main's exit) for
-# one case of each kind; the others call train.main in this process, which takes
+# Bad command lines: (arguments, what the one-line message must contain). A few run as
+# the user runs them (a subprocess: app.run's handling of flag errors, and the one-line
+# exits of train.py's and eval.py's main); the others call train.main in this process,
 # ~0.1 s instead of a TensorFlow start-up (~8 s).
 BAD_COMMAND_LINES = {
   "unknown-flag": (
     ["train.py", "--no_such_flag=1", "--model_dir={tmp}/run"],
     "Unknown command line flag",
   ),
-  "malformed-flagfile": (
-    ["train.py", "--flagfile={tmp}/bad.cfg", "--model_dir={tmp}/run"],
-    "epochs",
-  ),
   "negative-batch": (
     ["train.py", "--batch_size=-8", "--model_dir={tmp}/run"],
     "--batch_size must be positive",
   ),
-  "corrupt-image": (
-    ["train.py", "--dataset=folder:{tmp}/corrupt", "--model_dir={tmp}/run"],
-    "bad.png",
-  ),
   "model-dir-is-a-file": (["train.py", "--model_dir={tmp}/a_file"], "is a file, not a directory"),
   "eval-without-run": (["eval.py", "--model_dir={tmp}"], "has no run.json"),
-  "missing-checkpoint": (
-    ["eval.py", "--model_dir={run}", "--checkpoint={tmp}/missing"],
-    "Cannot restore",
-  ),
   "corrupt-checkpoint": (
     ["eval.py", "--model_dir={run}", "--checkpoint={tmp}/garbage"],
     "Cannot restore",
   ),
 }
 BAD_TRAIN_FLAGS = {
+  "malformed-flagfile": (
+    ["--flagfile={tmp}/bad.cfg", "--model_dir={tmp}/run"],
+    "epochs",
+  ),
+  "corrupt-image": (
+    ["--dataset=folder:{tmp}/corrupt", "--model_dir={tmp}/run"],
+    "bad.png",
+  ),
   "unknown-model": (["--model=resnet18", "--model_dir={tmp}/run"], "value should be one of"),
   "missing-flagfile": (["--flagfile={tmp}/missing.cfg", "--model_dir={tmp}/run"], "missing.cfg"),
   "zero-learning-rate": (["--learning_rate=0", "--model_dir={tmp}/run"], "--learning_rate must be"),
@@ -218,6 +214,11 @@ def test_bad_train_flags_give_one_clear_message(tmp_path, case):
   status, printed = train_in_process([arg.format(tmp=tmp_path) for arg in args])
   assert status != 0 and message in printed  # Any other exception fails the test.
   assert snapshot(tmp_path) == before  # Nothing written or touched.
+
+
+def test_eval_of_a_missing_checkpoint_is_one_clear_error(model_dir, tmp_path):
+  with pytest.raises(checkpointing.CheckpointError, match="Cannot restore"):
+    eval_main.evaluate_model_dir(model_dir, "test", checkpoint_path=str(tmp_path / "missing"))
 
 
 def test_eval_without_a_best_checkpoint_fails_cleanly(tmp_path):
