@@ -16,15 +16,20 @@ from resnet import distribute, metrics, train_lib
 from resnet import model as model_lib
 
 
+def model_and_examples(strategy, count, seed):
+  """A ResNet-8 of 3 classes built under `strategy`, and `count` random uint8 examples."""
+  with strategy.scope():
+    keras.utils.set_random_seed(seed)
+    model = model_lib.create_model("resnet8", num_classes=3)
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+  return model, images, rng.integers(0, 3, count).astype(np.int32)
+
+
 @pytest.mark.parametrize("strategy_name", ["default", "one_device", "mirrored"])
 def test_evaluate_counts_every_example_and_agrees_with_predict(strategy_name):
   strategy = distribute.create_strategy(strategy_name)
-  with strategy.scope():
-    keras.utils.set_random_seed(2)
-    model = model_lib.create_model("resnet8", num_classes=3)
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (23, 32, 32, 3), dtype=np.uint8)
-  labels = rng.integers(0, 3, 23).astype(np.int32)
+  model, images, labels = model_and_examples(strategy, 23, seed=2)
   dataset = pipeline.distribute_eval_dataset(strategy, images, labels, global_batch_size=8)
   predict_step = train_lib.make_predict_step(strategy, model)
   result = metrics.evaluate(predict_step, [(1.0, dataset)], 23, ["bird", "cat", "dog"])
@@ -156,12 +161,7 @@ def test_compute_metrics_agrees_with_scikit_learn(dtype):
 
 def test_flip_translate_tta_averages_six_views_of_each_image():
   strategy = distribute.create_strategy("mirrored")
-  with strategy.scope():
-    keras.utils.set_random_seed(3)
-    model = model_lib.create_model("resnet8", num_classes=3)
-  rng = np.random.default_rng(1)
-  images = rng.integers(0, 256, (11, 32, 32, 3), dtype=np.uint8)
-  labels = rng.integers(0, 3, 11).astype(np.int32)
+  model, images, labels = model_and_examples(strategy, 11, seed=3)
   views = pipeline.distribute_eval_views(
     strategy, images, labels, global_batch_size=4, tta="flip_translate"
   )
