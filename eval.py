@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from data import pipeline, sources
 from resnet import checkpointing, distribute, files, plots, run_record, summaries, train_lib
 from resnet import metrics as metrics_lib
+from resnet.config import ConfigError
 
 SPLITS = ("test", "validation", "train")
 # metrics.json keys of the test-time augmentations (--tta) reported beside the plain metrics.
@@ -252,6 +253,17 @@ def define_flags():
   )
 
 
+def tta_mode(tta, tta_flip):
+  """--tta, with --tta_flip as its shorthand for "flip".
+
+  Raises:
+    ConfigError: the two ask for different augmentations.
+  """
+  if tta_flip and tta not in ("none", "flip"):
+    raise ConfigError(f"--tta_flip means --tta=flip, which contradicts --tta={tta}.")
+  return "flip" if tta_flip else tta
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -268,10 +280,10 @@ def main(argv):
         FLAGS.checkpoint,
         FLAGS.batch_size,
         FLAGS.strategy,
-        "flip" if FLAGS.tta_flip else FLAGS.tta,
+        tta_mode(FLAGS.tta, FLAGS.tta_flip),
       )
       rows.append((model_dir, metrics))
-  except (sources.DataError, checkpointing.CheckpointError) as error:
+  except (ConfigError, sources.DataError, checkpointing.CheckpointError) as error:
     sys.exit(f"eval.py: error: {error}")
   if FLAGS.compare:
     print(f"{FLAGS.split} split of each run's dataset" if not FLAGS.dataset else FLAGS.dataset)

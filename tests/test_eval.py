@@ -17,6 +17,7 @@ from sklearn import metrics as sk_metrics
 import train
 from data import pipeline, sources
 from resnet import checkpointing, files, run_record
+from resnet import config as config_lib
 from resnet import metrics as metrics_lib
 from resnet import model as model_lib
 from tests.conftest import CLASS_NAMES, TEST_PER_CLASS, write_image_folder
@@ -283,3 +284,10 @@ def test_validation_tta_selects_by_what_eval_reports_with_the_same_tta(image_fol
   tta_accuracy = metrics["flip_translate_tta"]["accuracy"]
   assert result["best_accuracy"] == pytest.approx(tta_accuracy)
   assert result["validation"]["loss"] == pytest.approx(metrics["flip_translate_tta"]["loss"])
+
+
+def test_tta_flip_is_shorthand_for_tta_flip_and_a_contradiction_is_refused():
+  assert eval_main.tta_mode("none", tta_flip=True) == "flip"
+  assert eval_main.tta_mode("flip_translate", tta_flip=False) == "flip_translate"
+  with pytest.raises(config_lib.ConfigError, match="contradicts --tta=flip_translate"):
+    eval_main.tta_mode("flip_translate", tta_flip=True)
