@@ -33,7 +33,7 @@ def choose(cpu_flags, gpu_compute_capabilities, tpu=False):
     if oldest >= AMPERE:
       return "mixed_bfloat16", f"{name}: bfloat16 tensor cores"
     return "mixed_float16", f"{name}: before 8.0, float16 tensor cores with loss scaling"
-  for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16")):
+  for flag, name in run_record.NATIVE_BFLOAT16_CPU_FLAGS:
     if cpu_flags.get(flag):
       return "mixed_bfloat16", f"CPU with {name}"
   return "float32", "CPU without AMX or AVX-512 BF16: bfloat16 would be emulated"
