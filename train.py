@@ -193,7 +193,12 @@ def _create_training(config, strategy, data, model_dir, scratch_dir, chief):
   with strategy.scope():
     counters = checkpointing.create_counters()
   run = train_lib.create_training(
-    config, strategy, len(data.class_names), data.steps_per_epoch, counters["lr_multiplier"]
+    config,
+    strategy,
+    len(data.class_names),
+    data.steps_per_epoch,
+    counters["lr_multiplier"],
+    train_images=data.train[0],
   )
   checkpoints = checkpointing.Checkpoints(
     model_dir,
@@ -202,6 +207,7 @@ def _create_training(config, strategy, data, model_dir, scratch_dir, chief):
     counters,
     write_dir=None if chief else scratch_dir,
     before_save=run.average_moving_statistics,  # Replicas' BatchNorm statistics drift apart.
+    lookahead=run.lookahead,
   )
   return run, checkpoints
 

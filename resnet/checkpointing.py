@@ -122,7 +122,9 @@ class Checkpoints:
   chief, which saves into `model_dir` and writes best/best.json).
   """
 
-  def __init__(self, model_dir, model, optimizer, counters, write_dir=None, before_save=None):
+  def __init__(
+    self, model_dir, model, optimizer, counters, write_dir=None, before_save=None, lookahead=None
+  ):
     self.model_dir = model_dir
     # Called before each save: under several replicas, averages their BatchNorm statistics.
     self._before_save = before_save or (lambda: None)
@@ -130,7 +132,11 @@ class Checkpoints:
     self.is_chief = write_dir is None
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     loss_scale = {"loss_scale_optimizer": optimizer} if optimizer is not inner else {}
-    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=inner, **loss_scale, **counters)
+    # A resnet.lookahead.Lookahead's average and counter, when the run has one.
+    extra = {"lookahead": lookahead.state} if lookahead is not None else {}
+    self.checkpoint = tf.train.Checkpoint(
+      model=model, optimizer=inner, **loss_scale, **extra, **counters
+    )
     write_dir = write_dir or model_dir
     self._latest = tf.train.CheckpointManager(
       self.checkpoint, os.path.join(write_dir, LATEST_DIR), max_to_keep=KEEP_LATEST

@@ -73,6 +73,22 @@ class Config:
     "1 - learning rate * this. Use instead of --weight_decay, e.g. 0.1.",
     **NON_NEGATIVE,
   )
+  batch_norm_weight_decay: bool = _option(
+    False,
+    "--weight_decay also on BatchNorm scales and offsets (kernels only by default, as the "
+    "paper); divided by --batch_norm_lr_scale, so that they decay as much per step.",
+  )
+  batch_norm_lr_scale: float = _option(
+    1.0,
+    "SGD: BatchNorm scales and offsets learn with this times the learning rate (airbench: 64).",
+    **POSITIVE,
+  )
+  lookahead: bool = _option(
+    False,
+    "Lookahead on a moving average of the weights, as airbench (resnet/lookahead.py): from "
+    "--lookahead_start_epochs on, every 5 steps the weights move to their average.",
+  )
+  lookahead_start_epochs: float = _option(3.0, "See --lookahead.", **NON_NEGATIVE)
   label_smoothing: float = _option(
     0.0, "Label smoothing, in [0, 1).", low=0, high=1, closed=(True, False)
   )
@@ -193,3 +209,7 @@ def validate(config):
         raise ConfigError(message)
   if config.nesterov and not (config.optimizer == "sgd" and config.momentum > 0):
     raise ConfigError("--nesterov needs --optimizer=sgd with a --momentum above 0.")
+  if config.batch_norm_lr_scale != 1 and config.optimizer != "sgd":
+    raise ConfigError(
+      "--batch_norm_lr_scale needs --optimizer=sgd: Adam's steps do not grow with the gradient."
+    )

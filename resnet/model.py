@@ -19,8 +19,9 @@ CPU, and more accurate per minute of training there.
 """
 
 import keras
-import tensorflow as tf
 from keras import layers
+
+from resnet import airbench, batch_norm
 
 # Model name -> depth. Parameter counts in the paper's Table 6 are
 # 0.27M, 0.46M, 0.66M, 0.85M and 1.7M (tests pin the exact values). resnet8
@@ -42,7 +43,7 @@ RESNET9_WIDTHS = {
   "resnet9": (64, 128, 256, 512),
   "resnet9_half": (32, 64, 128, 256),
 }
-MODEL_NAMES = (*DEPTHS, *RESNET9_WIDTHS)
+MODEL_NAMES = (*DEPTHS, *RESNET9_WIDTHS, "airbench")  # airbench: resnet/airbench.py.
 
 
 def _conv3x3(filters, strides=1, dtype=None, name=None):
@@ -58,64 +59,6 @@ def _conv3x3(filters, strides=1, dtype=None, name=None):
   )
 
 
-class FusedBatchNormalization(layers.BatchNormalization):
-  """keras.layers.BatchNormalization computed by TensorFlow's fused kernel.
-
-  Keras 3 builds batch norm from separate ops (moments, then the affine
-  normalisation) and differentiates each; TensorFlow's fused kernel (oneDNN on
-  CPUs, cuDNN on GPUs) does the forward and the backward pass in one op each.
-  Measured on a 2-core CPU: the ResNet-20 train step runs 10-26% faster. The
-  variables, their names and the update of the moving statistics are Keras'
-  own (the moving variance takes the biased batch variance, as Keras does), so
-  checkpoints are interchangeable. Synchronized statistics, masks, and layouts
-  other than channels-last 4-D batches with scale and offset use Keras'
-  implementation. The fused kernel needs epsilon >= 1.001e-5 and raises smaller
-  values to that (as Keras 2 did).
-  """
-
-  def call(self, inputs, training=None, mask=None):
-    fusable = (
-      len(inputs.shape) == 4
-      and self.axis in (-1, 3)
-      and self.gamma is not None
-      and self.beta is not None
-    )
-    if self.synchronized or mask is not None or not fusable:
-      return super().call(inputs, training=training, mask=mask)
-    # gamma and beta stay float32 (Keras does not autocast them); inputs may be
-    # float16/bfloat16 under a mixed policy, which the fused kernel accepts.
-    if training and self.trainable:
-      outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
-        inputs, self.gamma, self.beta, epsilon=self.epsilon, is_training=True
-      )
-      # The kernel returns the unbiased (n - 1) variance; Keras tracks the biased one.
-      count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
-      variance = unbiased_variance * (count - 1.0) / count
-      momentum = self.momentum
-      self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
-      self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
-      return outputs
-    outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
-      inputs,
-      self.gamma,
-      self.beta,
-      mean=self.moving_mean,
-      variance=self.moving_variance,
-      epsilon=self.epsilon,
-      is_training=False,
-    )
-    return outputs
-
-
-def _batch_norm(synchronized, fused=True, dtype=None, name=None):
-  # Momentum and epsilon of the reference Torch/PyTorch implementations
-  # (momentum 0.1 there is 0.9 here). By default statistics are per replica:
-  # each replica normalises its own per-replica batch, as the paper's
-  # multi-GPU training did; `synchronized` all-reduces them over replicas.
-  layer = FusedBatchNormalization if fused else layers.BatchNormalization
-  return layer(momentum=0.9, epsilon=1e-5, synchronized=synchronized, dtype=dtype, name=name)
-
-
 class BasicBlock(layers.Layer):
   """Two 3x3 convolutions with batch norm and a parameter-free shortcut."""
 
@@ -125,9 +68,9 @@ class BasicBlock(layers.Layer):
     self.strides = strides
     # Named like their attributes, so weights read "stage1_block1/conv1/kernel".
     self.conv1 = _conv3x3(filters, strides, dtype=self.dtype_policy, name="conv1")
-    self.bn1 = _batch_norm(sync_batch_norm, fused_batch_norm, self.dtype_policy, name="bn1")
+    self.bn1 = batch_norm.create(sync_batch_norm, fused_batch_norm, self.dtype_policy, name="bn1")
     self.conv2 = _conv3x3(filters, dtype=self.dtype_policy, name="conv2")
-    self.bn2 = _batch_norm(sync_batch_norm, fused_batch_norm, self.dtype_policy, name="bn2")
+    self.bn2 = batch_norm.create(sync_batch_norm, fused_batch_norm, self.dtype_policy, name="bn2")
 
   def call(self, inputs, training=False):
     x = keras.ops.relu(self.bn1(self.conv1(inputs), training=training))
@@ -164,7 +107,7 @@ class ResNet(keras.Model):
     self.fused_batch_norm = fused_batch_norm
     policy = self.dtype_policy
     self.stem_conv = _conv3x3(STAGE_FILTERS[0], dtype=policy, name="stem_conv")
-    self.stem_bn = _batch_norm(sync_batch_norm, fused_batch_norm, policy, name="stem_bn")
+    self.stem_bn = batch_norm.create(sync_batch_norm, fused_batch_norm, policy, name="stem_bn")
     # Blocks are attributes (stage1_block1, ...), not a list: tf.train.Checkpoint
     # does not see layers inside a Keras 3 list, and would silently skip them.
     self.block_names = []
@@ -214,7 +157,7 @@ class ConvBlock(layers.Layer):
     self.max_pool = (
       layers.MaxPooling2D(2, dtype=self.dtype_policy, name="max_pool") if pool else None
     )
-    self.bn = _batch_norm(sync_batch_norm, fused_batch_norm, self.dtype_policy, name="bn")
+    self.bn = batch_norm.create(sync_batch_norm, fused_batch_norm, self.dtype_policy, name="bn")
 
   def call(self, inputs, training=False):
     x = self.conv(inputs)
@@ -299,7 +242,16 @@ def create_model(
   """
   if isinstance(name_or_depth, str) and name_or_depth not in MODEL_NAMES:
     raise ValueError(f"Unknown model {name_or_depth!r}; choose one of {', '.join(MODEL_NAMES)}.")
-  if name_or_depth in RESNET9_WIDTHS:
+  if name_or_depth == "airbench":
+    model = airbench.Airbench(
+      airbench.WIDTHS,
+      num_classes,
+      sync_batch_norm,
+      fused_batch_norm,
+      name="airbench",
+      dtype=precision,
+    )
+  elif name_or_depth in RESNET9_WIDTHS:
     model = ResNet9(
       RESNET9_WIDTHS[name_or_depth],
       num_classes,

@@ -63,7 +63,9 @@ def _train(strategy, config, steps, examples):
   """
   images, labels = examples
   keras.utils.set_random_seed(config.seed)  # The same initial weights for every strategy.
-  training = train_lib.create_training(config, strategy, NUM_CLASSES, steps_per_epoch=steps)
+  training = train_lib.create_training(
+    config, strategy, NUM_CLASSES, steps_per_epoch=steps, train_images=images
+  )
   batches = pipeline.distribute_train_dataset(
     strategy,
     images,
@@ -139,7 +141,9 @@ def check_speed(strategy, model="resnet20", steps=10, per_replica_batch=128):
     model=model, batch_size=per_replica_batch * strategy.num_replicas_in_sync, warmup_epochs=0
   )
   images, labels = _random_examples(max(4 * config.batch_size, 4096))
-  training = train_lib.create_training(config, strategy, NUM_CLASSES, steps_per_epoch=steps)
+  training = train_lib.create_training(
+    config, strategy, NUM_CLASSES, steps_per_epoch=steps, train_images=images
+  )
   batch = (images[: config.batch_size], labels[: config.batch_size])
   # One global batch held in memory, so that only the step is timed.
   iterator = iter(

@@ -12,7 +12,9 @@ import keras
 import tensorflow as tf
 
 from data import pipeline
+from resnet import airbench
 from resnet import model as model_lib
+from resnet.lookahead import Lookahead
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("constant", "cosine", "piecewise", "linear")
@@ -137,6 +139,28 @@ def l2_penalty(model):
   return tf.add_n([tf.nn.l2_loss(v) for v in model.trainable_variables if v.name == "kernel"])
 
 
+def is_batch_norm_parameter(variable):
+  """Whether `variable` is a BatchNorm scale (gamma) or offset (beta)."""
+  return variable.name in ("gamma", "beta")
+
+
+def weight_decay_penalty(
+  model, weight_decay, batch_norm_weight_decay=False, batch_norm_lr_scale=1.0
+):
+  """The L2 term of the loss: weight_decay * l2_penalty, plus the BatchNorm parameters'.
+
+  With `batch_norm_weight_decay` the BatchNorm scales and offsets are decayed
+  too, by weight_decay / batch_norm_lr_scale: their gradients are then scaled
+  by batch_norm_lr_scale (make_train_steps), so they decay by as much per step
+  as the kernels do, as in airbench.
+  """
+  penalty = weight_decay * l2_penalty(model)
+  if batch_norm_weight_decay:
+    norms = [tf.nn.l2_loss(v) for v in model.trainable_variables if is_batch_norm_parameter(v)]
+    penalty += weight_decay / batch_norm_lr_scale * tf.add_n(norms)
+  return penalty
+
+
 # --- Steps ---------------------------------------------------------------------------
 
 
@@ -165,6 +189,9 @@ def make_train_steps(
   num_classes,
   label_smoothing=0.0,
   weight_decay=0.0,
+  batch_norm_weight_decay=False,
+  batch_norm_lr_scale=1.0,
+  lookahead=None,
   jit_compile=False,
 ):
   """Builds `train_steps(iterator, num_steps) -> dict` running steps under `strategy`.
@@ -180,6 +207,11 @@ def make_train_steps(
   `jit_compile` compiles each replica's step with XLA (for GPUs and TPUs; on
   CPUs it was slower, and it needs XLA-compatible all-reduces).
 
+  The BatchNorm parameters' gradients are multiplied by `batch_norm_lr_scale`:
+  with SGD, a learning rate that many times larger (Page's and airbench's
+  faster-learning BatchNorm biases); see weight_decay_penalty for their decay.
+  `lookahead`, a resnet.lookahead.Lookahead, runs after every step.
+
   Returns:
     A tf.function returning float32 sums over the `num_steps` steps and all
     replicas: "loss_sum" (cross-entropy, with label smoothing), "correct",
@@ -194,7 +226,10 @@ def make_train_steps(
       per_example_loss = cross_entropy(labels, logits, num_classes, label_smoothing)
       loss = tf.nn.compute_average_loss(per_example_loss, global_batch_size=global_batch_size)
       if weight_decay:
-        loss += tf.nn.scale_regularization_loss(weight_decay * l2_penalty(model))
+        penalty = weight_decay_penalty(
+          model, weight_decay, batch_norm_weight_decay, batch_norm_lr_scale
+        )
+        loss += tf.nn.scale_regularization_loss(penalty)
       scaled_loss = optimizer.scale_loss(loss)  # The loss itself unless loss scaling.
     gradients = tape.gradient(scaled_loss, model.trainable_variables)
     # The norm of the gradient of this replica's mean loss: its gradient times the
@@ -205,6 +240,11 @@ def make_train_steps(
     if loss_scaling:
       gradient_norm /= optimizer.dynamic_scale  # The scale this step's loss was scaled by.
       gradients = _skip_on_every_replica_if_one_overflowed(gradients)
+    if batch_norm_lr_scale != 1:  # After the norm, which is that of the loss' gradient.
+      gradients = [
+        g * batch_norm_lr_scale if is_batch_norm_parameter(v) else g
+        for g, v in zip(gradients, model.trainable_variables, strict=True)
+      ]
     optimizer.apply(gradients, model.trainable_variables)
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
     step_sums = [  # In the order of SUM_KEYS.
@@ -229,6 +269,8 @@ def make_train_steps(
     for _ in tf.range(num_steps):
       images, labels = next(iterator)
       totals = strategy.run(replica_step, args=(totals, images, labels))
+      if lookahead is not None:
+        lookahead.after_step()  # Cross-replica: sets every replica's weights alike.
     totals = strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
     return dict(zip(SUM_KEYS, tf.unstack(totals), strict=True))
 
@@ -303,10 +345,17 @@ class Training:
   train_steps: object  # make_train_steps' tf.function.
   predict_step: object  # make_predict_step's tf.function.
   average_moving_statistics: object  # make_average_moving_statistics' tf.function.
+  lookahead: Lookahead | None = None  # Its state is checkpointed with the run.
 
 
 def create_training(
-  config, strategy, num_classes, steps_per_epoch, lr_multiplier=None, fused_batch_norm=True
+  config,
+  strategy,
+  num_classes,
+  steps_per_epoch,
+  lr_multiplier=None,
+  fused_batch_norm=True,
+  train_images=None,
 ):
   """Builds a run's model and optimizer under `strategy.scope()`, and its steps.
 
@@ -317,6 +366,9 @@ def create_training(
     lr_multiplier: a scalar tf.Variable scaling the schedule (lowered when a run
       recovers from a non-finite loss, and checkpointed), or None.
     fused_batch_norm: False builds stock Keras BatchNorm (the benchmark's baseline).
+    train_images: uint8 [N, 32, 32, 3] training images; the airbench model's
+      whitening layer is computed from the first airbench.WHITENING_IMAGES
+      (without them it stays random: for speed measurements).
 
   Returns:
     A Training. The optimizer's slots exist, so a restore can fill them.
@@ -329,10 +381,19 @@ def create_training(
       sync_batch_norm=config.sync_batch_norm,
       fused_batch_norm=fused_batch_norm,
     )
+    if isinstance(model, airbench.Airbench) and train_images is not None:
+      images = pipeline.normalize(train_images[: airbench.WHITENING_IMAGES])
+      model.set_whitening(airbench.whitening_kernel(images))
+    total_steps = config.epochs * steps_per_epoch
+    lookahead = None
+    if config.lookahead:
+      lookahead = Lookahead(
+        model, steps_per_epoch, total_steps, start_epochs=config.lookahead_start_epochs
+      )
     schedule = LearningRateSchedule(
       config.lr_schedule,
       config.peak_learning_rate,
-      config.epochs * steps_per_epoch,
+      total_steps,
       warmup_steps=int(config.warmup_epochs * steps_per_epoch),
       multiplier=lr_multiplier,
     )
@@ -353,6 +414,9 @@ def create_training(
     num_classes=num_classes,
     label_smoothing=config.label_smoothing,
     weight_decay=config.weight_decay,
+    batch_norm_weight_decay=config.batch_norm_weight_decay,
+    batch_norm_lr_scale=config.batch_norm_lr_scale,
+    lookahead=lookahead,
     jit_compile=config.jit_compile,
   )
   return Training(
@@ -362,4 +426,5 @@ def create_training(
     train_steps=train_steps,
     predict_step=make_predict_step(strategy, model),
     average_moving_statistics=make_average_moving_statistics(strategy, model),
+    lookahead=lookahead,
   )

@@ -164,6 +164,10 @@ BAD_TRAIN_FLAGS = {
   "zero-epochs": (["--epochs=0", "--model_dir={tmp}/run"], "--epochs must be positive"),
   "unknown-optimizer": (["--optimizer=rmsprop", "--model_dir={tmp}/run"], "value should be one of"),
   "momentum-one": (["--momentum=1", "--model_dir={tmp}/run"], "--momentum must be in [0, 1)"),
+  "batch-norm-lr-scale-with-adam": (
+    ["--batch_norm_lr_scale=64", "--model_dir={tmp}/run"],
+    "--batch_norm_lr_scale needs --optimizer=sgd",
+  ),
   "nesterov-without-sgd": (
     ["--nesterov", "--model_dir={tmp}/run"],
     "--nesterov needs --optimizer=sgd",

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from resnet import airbench, batch_norm
 from resnet import model as model_lib
 
 # Trainable parameters with option-A (parameter-free) shortcuts. The paper's
@@ -43,6 +44,45 @@ def test_resnet9_parameter_counts(name):
   assert count_parameters(model.trainable_variables) == RESNET9_PARAMETERS[name]
   convolutions = [v for v in model.trainable_variables if v.name == "kernel"]
   assert len(convolutions) == 8 + 1  # Eight convolutions plus the classifier.
+
+
+def test_airbench_parameter_count_and_identity_initialised_convolutions():
+  model = model_lib.create_model("airbench")
+  assert count_parameters(model.trainable_variables) == 1_971_352  # Whitening kernel frozen.
+  moving_statistics = 2 * (2 * 64 + 4 * 256)  # Mean and variance per BatchNorm channel.
+  assert count_parameters(model.non_trainable_variables) == 2 * 2 * 3 * 24 + moving_statistics
+  assert {v.name for v in model.trainable_variables} == {"kernel", "beta", "bias"}  # No gamma.
+  # Each convolution's first C_in filters pass their input channel through (Dirac).
+  kernel = model.group2.conv1.kernel.numpy()  # [3, 3, 64, 256]
+  identity = np.zeros([3, 3, 64, 64])
+  identity[1, 1, np.arange(64), np.arange(64)] = 1
+  np.testing.assert_array_equal(kernel[..., :64], identity)
+  assert 0 < np.abs(kernel[..., 64:]).max() <= 1 / np.sqrt(9 * 64)
+
+
+def test_the_whitening_kernel_decorrelates_2x2_patches():
+  # Correlated channels and neighbouring pixels in, unit-variance uncorrelated
+  # directions out: the first 12 filters' outputs have the covariance
+  # eigenvalue / (eigenvalue + epsilon), the other 12 are their negatives.
+  rng = np.random.default_rng(0)
+  smooth = rng.normal(size=(200, 33, 33, 1))
+  images = smooth[:, 1:, 1:] + 0.5 * smooth[:, :-1, :-1] + 0.2 * rng.normal(size=(200, 32, 32, 3))
+  kernel = airbench.whitening_kernel(images)
+  assert kernel.shape == (2, 2, 3, 24) and kernel.dtype == np.float32
+  outputs = tf.nn.conv2d(images.astype(np.float32), kernel, 1, "VALID").numpy().reshape(-1, 24)
+  covariance = outputs[:, :12].T @ outputs[:, :12] / len(outputs)
+  patches = np.stack(
+    [images[:, i : i + 31, j : j + 31] for i in (0, 1) for j in (0, 1)], axis=3
+  ).reshape(-1, 12)
+  eigenvalues = np.linalg.eigvalsh(patches.T @ patches / len(patches))[::-1]
+  np.testing.assert_allclose(
+    covariance, np.diag(eigenvalues / (eigenvalues + airbench.WHITENING_EPSILON)), atol=1e-3
+  )
+  np.testing.assert_array_equal(outputs[:, 12:], -outputs[:, :12])
+  # Each direction's sign is fixed (largest component positive): the same kernel on every
+  # worker, whatever sign its LAPACK gives an eigenvector.
+  flat = kernel.reshape(12, 24)[:, :12]
+  assert np.all(flat[np.argmax(np.abs(flat), axis=0), np.arange(12)] > 0)
 
 
 def test_resnet9_checkpoint_holds_every_variable_and_restores_the_logits(tmp_path):
@@ -94,7 +134,7 @@ def test_fused_batch_norm_equals_keras_batch_norm(policy):
 
   images = np.random.default_rng(0).normal(2.0, 3.0, size=(8, 4, 4, 5)).astype(np.float32)
   reference = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
-  fused = model_lib.FusedBatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
+  fused = batch_norm.FusedBatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
   for layer in (reference, fused):
     layer.build(images.shape)
     layer.gamma.assign(np.linspace(0.5, 1.5, 5))
@@ -129,8 +169,8 @@ def test_fused_batch_norm_equals_keras_batch_norm(policy):
 def test_fused_and_stock_batch_norm_models_share_checkpoints_and_outputs(tmp_path):
   fused = model_lib.create_model("resnet8")
   stock = model_lib.create_model("resnet8", fused_batch_norm=False)
-  assert isinstance(fused.stem_bn, model_lib.FusedBatchNormalization)
-  assert not isinstance(stock.stem_bn, model_lib.FusedBatchNormalization)
+  assert isinstance(fused.stem_bn, batch_norm.FusedBatchNormalization)
+  assert not isinstance(stock.stem_bn, batch_norm.FusedBatchNormalization)
   path = tf.train.Checkpoint(model=fused).write(str(tmp_path / "ckpt"))
   tf.train.Checkpoint(model=stock).read(path).assert_existing_objects_matched()
   images = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype(np.float32)
@@ -142,26 +182,33 @@ def test_fused_and_stock_batch_norm_models_share_checkpoints_and_outputs(tmp_pat
     )
 
 
-def test_fused_batch_norm_falls_back_to_keras_where_the_kernel_does_not_apply():
-  # channels-first and scale-less layers go through Keras' own implementation.
-  import keras
-
-  images = np.random.default_rng(2).normal(size=(4, 3, 5, 5)).astype(np.float32)
-  for kwargs in ({"axis": 1}, {"axis": 1, "scale": False}):
-    reference = keras.layers.BatchNormalization(**kwargs)
-    fused = model_lib.FusedBatchNormalization(**kwargs)
+@pytest.mark.parametrize(
+  "kwargs", [{"axis": 1}, {"axis": 1, "scale": False}, {"scale": False}, {"center": False}]
+)
+def test_fused_batch_norm_equals_keras_without_scale_or_channels_last(kwargs):
+  # A scale-less layer (airbench's) runs the fused kernel with a scale of ones;
+  # channels-first and offset-less layers go through Keras' own implementation.
+  images = np.random.default_rng(2).normal(1.0, 2.0, size=(4, 3, 5, 5)).astype(np.float32)
+  reference = keras.layers.BatchNormalization(**kwargs)
+  fused = batch_norm.FusedBatchNormalization(**kwargs)
+  for training in (True, False):
     np.testing.assert_allclose(
-      fused(images, training=True).numpy(), reference(images, training=True).numpy(), atol=1e-5
+      fused(images, training=training).numpy(),
+      reference(images, training=training).numpy(),
+      atol=1e-5,
     )
 
 
-def test_resnet9_saves_and_loads_as_a_keras_file(tmp_path):
-  # resnet/export.py writes .keras files; ResNet9 must rebuild from its config.
-  model = model_lib.create_model("resnet9_half", num_classes=4, precision="mixed_bfloat16")
+@pytest.mark.parametrize(
+  "name, widths", [("resnet9_half", (32, 64, 128, 256)), ("airbench", airbench.WIDTHS)]
+)
+def test_resnet9_and_airbench_save_and_load_as_keras_files(tmp_path, name, widths):
+  # resnet/export.py writes .keras files; the models must rebuild from their configs.
+  model = model_lib.create_model(name, num_classes=4, precision="mixed_bfloat16")
   path = str(tmp_path / "model.keras")
   model.save(path)
   loaded = keras.saving.load_model(path)
-  assert loaded.widths == (32, 64, 128, 256)
+  assert loaded.widths == widths
   assert loaded.dtype_policy.name == "mixed_bfloat16"
   images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[3, 4])
   np.testing.assert_array_equal(loaded(images), model(images))

@@ -19,7 +19,17 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import train
 from data import pipeline, sources
-from resnet import checkpointing, curves, export, files, predict, results, run_lock, run_record
+from resnet import (
+  airbench,
+  checkpointing,
+  curves,
+  export,
+  files,
+  predict,
+  results,
+  run_lock,
+  run_record,
+)
 from resnet import config as config_lib
 from tests.conftest import CLASS_NAMES
 from tests.test_run_lock import dead_pid, write_lock
@@ -159,15 +169,16 @@ def test_resume_matches_an_uninterrupted_run_and_every_tool_works_on_a_ram_model
 ):
   # The interrupted run lives in ram://, as it could in gs://: every read and write of the
   # training, the export, eval.py, prediction, results and curves must go through gfile.
+  # Lookahead (from step 3 on) is on: its average and counter must resume exactly too.
   monkeypatch.chdir(tmp_path)  # Where a stray relative "ram:" directory would appear.
   straight = str(tmp_path / "straight")
-  train.train_and_evaluate(debug_config(image_folder, epochs=3), straight)
+  config = debug_config(image_folder, epochs=3, lookahead=True, lookahead_start_epochs=1)
+  train.train_and_evaluate(config, straight)
 
   gfile, root = tf.io.gfile, f"ram://{tmp_path.name}"
   interrupted = f"{root}/interrupted"
-  first = train.train_and_evaluate(
-    debug_config(image_folder, epochs=3, checkpoint_every_steps=4, log_every_steps=1), interrupted
-  )
+  config = dataclasses.replace(config, checkpoint_every_steps=4, log_every_steps=1)
+  first = train.train_and_evaluate(config, interrupted)
   assert first["step"] == 9
   # Pretend the run died after its mid-epoch checkpoint at step 8 (epoch 3 is steps 7-9).
   for path in gfile.glob(os.path.join(interrupted, "checkpoints", "ckpt-9*")):
@@ -180,9 +191,7 @@ def test_resume_matches_an_uninterrupted_run_and_every_tool_works_on_a_ram_model
     b"all_model_checkpoint_timestamps: 2.0\nlast_preserved_timestamp: 1.0\n",
   )
   caplog.set_level(logging.INFO, logger="absl")  # Whatever verbosity another test left.
-  resumed = train.train_and_evaluate(
-    debug_config(image_folder, epochs=3, checkpoint_every_steps=4, log_every_steps=1), interrupted
-  )
+  resumed = train.train_and_evaluate(config, interrupted)
   assert resumed["step"] == 9
   assert f"Resumed from {interrupted}/checkpoints/ckpt-8 at step 8" in caplog.text
   assert len(files.read_json(os.path.join(interrupted, "run.json"))["starts"]) == 2
@@ -213,6 +222,32 @@ def modification_times(model_dir):
   writability probe and run.lock of a refused start come and go there."""
   paths = glob.glob(f"{model_dir}/**", recursive=True)
   return {path: os.path.getmtime(path) for path in paths if path != f"{model_dir}/"}
+
+
+def test_airbench_whitens_with_the_run_s_own_training_images(image_folder, tmp_path):
+  # The whitening kernel in the checkpoint is computed from the training split (not the
+  # validation images), and it stays frozen while the rest trains.
+  config = debug_config(
+    image_folder,
+    model="airbench",
+    optimizer="sgd",
+    nesterov=True,
+    batch_norm_weight_decay=True,
+    batch_norm_lr_scale=64,
+    epochs=1,
+    steps_per_epoch=2,
+  )
+  model_dir = str(tmp_path / "run")
+  assert train.train_and_evaluate(config, model_dir)["step"] == 2
+  data = pipeline.TrainingData.load(
+    config.dataset, config.validation_size, epochs=1, global_batch_size=16, seed=0
+  )
+  expected = airbench.whitening_kernel(pipeline.normalize(data.train[0]))
+  weights = final_weights(model_dir)
+  (kernel,) = [value for name, value in weights.items() if "whitening/kernel" in name]
+  np.testing.assert_allclose(kernel, expected, rtol=1e-6)
+  (bias,) = [value for name, value in weights.items() if name.startswith("model/whitening/bias")]
+  assert np.abs(bias).max() > 0  # Trained.
 
 
 def test_resume_with_other_model_is_refused_and_changes_nothing(trained_run, image_folder):

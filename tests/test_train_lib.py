@@ -1,12 +1,16 @@
 """Schedule, loss and the distributed steps."""
 
+import types
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from data import pipeline
 from resnet import distribute, precision, train_lib
 from resnet import model as model_lib
+from resnet.lookahead import Lookahead
 
 
 def test_learning_rate_schedules():
@@ -70,12 +74,16 @@ def test_cross_entropy_matches_its_definition():
   np.testing.assert_allclose(smoothed, -(targets * log_probs).sum(axis=1), rtol=1e-5)
 
 
-def make_training(strategy, batch_size, weight_decay=0.0, optimizer_name="adam"):
+def make_training(strategy, batch_size, weight_decay=0.0, optimizer_name="adam", **options):
+  """(model, train_steps) of resnet8; `options` go to make_train_steps, and with
+  lookahead=True a Lookahead that averages after every step."""
   keras.utils.set_random_seed(1)
   with strategy.scope():
     model = model_lib.create_model("resnet8", num_classes=3)
     optimizer = train_lib.create_optimizer(1e-3, name=optimizer_name)
     optimizer.build(model.trainable_variables)
+    if options.pop("lookahead", False):
+      options["lookahead"] = Lookahead(model, 1, total_steps=3, start_epochs=0, every_steps=1)
   train_steps = train_lib.make_train_steps(
     strategy,
     model,
@@ -83,6 +91,7 @@ def make_training(strategy, batch_size, weight_decay=0.0, optimizer_name="adam")
     global_batch_size=batch_size,
     num_classes=3,
     weight_decay=weight_decay,
+    **options,
   )
   return model, train_steps
 
@@ -101,7 +110,11 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
   assert float(last["loss_sum"]) < 0.5 * float(first["loss_sum"])
 
 
-def test_two_replicas_update_the_weights_like_one_device():
+AIRBENCH_OPTIONS = dict(batch_norm_weight_decay=True, batch_norm_lr_scale=8.0, lookahead=True)
+
+
+@pytest.mark.parametrize("options", [{}, AIRBENCH_OPTIONS], ids=["plain", "airbench_options"])
+def test_two_replicas_update_the_weights_like_one_device(options):
   # Each replica gets the same 8 examples, the single device gets them twice:
   # BatchNorm statistics then agree, so any difference in the weights is a bug
   # in loss scaling or gradient aggregation across replicas (keras#19891).
@@ -113,7 +126,9 @@ def test_two_replicas_update_the_weights_like_one_device():
   weights, sums = {}, {}
   for name, per_replica_batch in (("default", 16), ("mirrored", 8)):
     strategy = distribute.create_strategy(name)
-    model, train_steps = make_training(strategy, 16, weight_decay=5e-4, optimizer_name="sgd")
+    model, train_steps = make_training(
+      strategy, 16, weight_decay=5e-4, optimizer_name="sgd", **options
+    )
     batch = (
       np.concatenate([images] * (per_replica_batch // 8)),
       np.concatenate([labels] * (per_replica_batch // 8)),
@@ -129,6 +144,71 @@ def test_two_replicas_update_the_weights_like_one_device():
   )
   for single, mirrored in zip(weights["default"], weights["mirrored"], strict=True):
     np.testing.assert_allclose(mirrored, single, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_parameters_learn_faster_and_decay_as_much_per_step():
+  # Plain SGD, one step: kernels move by -lr (g + wd w); with batch_norm_lr_scale=s and
+  # batch_norm_weight_decay, BatchNorm scales and offsets by -lr (s g + wd w).
+  strategy = distribute.create_strategy("default")
+  decay, scale = 0.01, 8.0
+  model, train_steps = make_training(
+    strategy,
+    8,
+    weight_decay=decay,
+    optimizer_name="sgd",  # Momentum 0.9, but a first step is plain SGD's.
+    batch_norm_weight_decay=True,
+    batch_norm_lr_scale=scale,
+  )
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+  labels = (np.arange(8) % 3).astype(np.int32)
+  with tf.GradientTape() as tape:
+    logits = model(pipeline.normalize(images), training=True)
+    loss = tf.reduce_mean(train_lib.cross_entropy(labels, logits, 3))
+  variables = model.trainable_variables
+  gradients = tape.gradient(loss, variables)
+  before = [v.numpy() for v in variables]
+  train_steps(iter(tf.data.Dataset.from_tensors((images, labels)).repeat()), tf.constant(1))
+  learning_rate = 1e-3  # make_training's.
+  for variable, old, gradient in zip(variables, before, gradients, strict=True):
+    if train_lib.is_batch_norm_parameter(variable):
+      expected = old - learning_rate * (scale * gradient.numpy() + decay * old)
+    elif variable.name == "kernel":
+      expected = old - learning_rate * (gradient.numpy() + decay * old)
+    else:  # The classifier's bias: no decay.
+      expected = old - learning_rate * gradient.numpy()
+    np.testing.assert_allclose(
+      variable.numpy(), expected, rtol=1e-4, atol=1e-7, err_msg=variable.path
+    )
+
+
+def test_lookahead_follows_airbench():
+  # airbench94's loop, in numpy: from epoch `start` on, every 5 steps
+  # average <- rho average + (1 - rho) weights, weights <- average, with
+  # rho = 0.95^5 (step / total)^3; at every epoch end, weights <- average.
+  steps_per_epoch, total, start_epochs = 7, 42, 2
+  weight = keras.Variable(np.zeros(4, np.float32))
+  lookahead = Lookahead(
+    types.SimpleNamespace(weights=[weight]), steps_per_epoch, total, start_epochs=start_epochs
+  )
+  rng = np.random.default_rng(0)
+  reference, average = np.zeros(4), None
+  for step in range(1, total + 1):
+    update = rng.normal(size=4)  # Stands in for the optimizer's step.
+    weight.assign(weight.numpy() + update)
+    reference = reference + update
+    lookahead.after_step()
+    if (step - 1) // steps_per_epoch >= start_epochs and step % 5 == 0:
+      if average is None:
+        average = reference.copy()
+      else:
+        rho = 0.95**5 * (step / total) ** 3
+        average = rho * average + (1 - rho) * reference
+        reference = average.copy()
+    if average is not None and step % steps_per_epoch == 0:
+      reference = average.copy()
+    np.testing.assert_allclose(weight.numpy(), reference, rtol=1e-5, atol=1e-6, err_msg=step)
+  assert average is not None and int(lookahead.state.step.numpy()) == total
 
 
 @pytest.mark.parametrize(
