@@ -29,28 +29,6 @@ from resnet import metrics, run_record, train_lib
 from resnet import model as model_lib
 
 
-def forward_flops_per_image(model):
-  """2 x multiply-adds of one forward pass of one 32x32 image: convolutions and dense layers.
-
-  Read off the model's traced graph (each Conv2D and MatMul op with its
-  shapes), so it holds for every architecture in resnet/model.py; BatchNorm,
-  ReLU, pooling and the shortcuts (under 1%) are left out.
-  """
-  graph = (
-    tf.function(lambda images: model(images, training=False))
-    .get_concrete_function(tf.TensorSpec([1, 32, 32, 3], tf.float32))
-    .graph
-  )
-  flops = 0
-  for op in graph.get_operations():
-    if op.type == "Conv2D":  # Output [1, H, W, C_out]; kernel [kh, kw, C_in, C_out].
-      _, height, width, _ = op.outputs[0].shape
-      flops += 2 * height * width * int(np.prod(op.inputs[1].shape))
-    elif op.type == "MatMul":  # One image: kernel [C_in, C_out].
-      flops += 2 * int(np.prod(op.inputs[1].shape))
-  return flops
-
-
 def _median_and_spread(values):
   return {
     "median": float(np.median(values)),
@@ -203,7 +181,7 @@ def run_benchmark(
     model, train_steps = _build_train_steps(
       strategy, model_name, num_classes, batch_size, precision
     )
-    flops[precision] = forward_flops_per_image(model)
+    flops[precision] = model_lib.forward_flops_per_image(model)
     variants.add(f"train_step[{precision}]", _rate_of(train_steps, synthetic, steps, batch_size))
 
     if precision == "float32":  # What the fused BatchNorm kernel buys.

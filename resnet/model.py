@@ -19,6 +19,8 @@ CPU, and more accurate per minute of training there.
 """
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import layers
 
 from resnet import airbench, batch_norm
@@ -267,3 +269,26 @@ def create_model(
     )
   model(keras.ops.zeros((1, 32, 32, 3)))  # Creates the weights (a subclassed model has no build()).
   return model
+
+
+def forward_flops_per_image(model):
+  """2 x multiply-adds of one forward pass of one 32x32 image: convolutions and dense layers.
+
+  Read off the model's traced graph (each Conv2D and MatMul op with its
+  shapes), so it holds for every architecture in resnet/model.py; BatchNorm,
+  ReLU, pooling and the shortcuts (under 1%) are left out. Training costs about
+  3x this per image (forward, and backward for activations and weights).
+  """
+  graph = (
+    tf.function(lambda images: model(images, training=False))
+    .get_concrete_function(tf.TensorSpec([1, 32, 32, 3], tf.float32))
+    .graph
+  )
+  flops = 0
+  for op in graph.get_operations():
+    if op.type == "Conv2D":  # Output [1, H, W, C_out]; kernel [kh, kw, C_in, C_out].
+      _, height, width, _ = op.outputs[0].shape
+      flops += 2 * height * width * int(np.prod(op.inputs[1].shape))
+    elif op.type == "MatMul":  # One image: kernel [C_in, C_out].
+      flops += 2 * int(np.prod(op.inputs[1].shape))
+  return flops

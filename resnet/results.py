@@ -5,13 +5,16 @@ r"""A results table read from run directories, never typed by hand.
 prints a Markdown table with one row per recipe: the config it matches (and
 the flags that differ from it, e.g. a shortened schedule), model, optimizer,
 steps trained of the total, seeds, training wall time, images/s, the machine,
-precision, best validation accuracy and, where `eval.py` was run on the run
-directory (--split=test), test accuracy with and without flip TTA. Runs that
+precision, training FLOPs (3 x forward FLOPs x images trained), best validation
+accuracy and, where `eval.py` was run on the run directory, validation accuracy
+with test-time augmentation (--split=validation --tta=...) and test accuracy
+with and without flip TTA (--split=test --tta=flip). Runs that
 differ only in --seed collapse into mean ± standard deviation with n.
 Unfinished runs say so.
 """
 
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -21,9 +24,13 @@ import numpy as np
 import tensorflow as tf
 from absl import app, logging
 
+from data import pipeline
 from resnet import checkpointing, curves, files, run_record
 from resnet import config as config_lib
+from resnet import model as model_lib
 
+# eval.py's metrics.json keys of test-time augmentation, the most thorough first.
+VALIDATION_TTA_KEYS = tuple(f"{mode}_tta" for mode in pipeline.TTA_MODES[::-1] if mode != "none")
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # Flags that do not change what a run computes: runs differing only in these are one recipe.
 NOT_RECIPE = {
@@ -101,6 +108,9 @@ def summarize_run(model_dir):
   step = checkpointing.saved_step(latest) if latest else 0
   best = files.read_json(os.path.join(model_dir, checkpointing.BEST_DIR, "best.json")) or {}
   test = files.read_json(os.path.join(model_dir, "eval", "test", "metrics.json")) or {}
+  validation = files.read_json(os.path.join(model_dir, "eval", "validation", "metrics.json"))
+  # The most thorough test-time augmentation eval.py ran on the validation split, if any.
+  tta_key = next((key for key in VALIDATION_TTA_KEYS if key in (validation or {})), None)
   machines = {machine["cpu"] for machine in record.get("machines", [])}
   gpus = {gpu for machine in record.get("machines", []) for gpu in machine.get("gpus", [])}
   return {
@@ -111,10 +121,18 @@ def summarize_run(model_dir):
     "seconds": sum(epoch_seconds.values()),  # Epochs' wall time, validation included.
     "images_per_second": float(np.median(list(rates.values()))) if rates else None,
     "device": ", ".join(sorted(gpus or machines)) or "unknown",
+    "training_flops": 3 * _forward_flops(config["model"]) * step * config["batch_size"],
     "validation_accuracy": best.get("accuracy"),
+    "validation_accuracy_tta": validation[tta_key]["accuracy"] if tta_key else None,
+    "validation_tta": tta_key and tta_key.removesuffix("_tta"),
     "test_accuracy": test.get("accuracy"),
     "test_accuracy_tta": test.get("flip_tta", {}).get("accuracy"),
   }
+
+
+@functools.cache
+def _forward_flops(model_name):
+  return model_lib.forward_flops_per_image(model_lib.create_model(model_name))
 
 
 def _mean_std(values):
@@ -139,9 +157,10 @@ def results_table(runs, configs_dir=CONFIGS_DIR):
     groups.setdefault(json.dumps(recipe, sort_keys=True), []).append(run)
   header = (
     "| config | model | optimizer | steps trained | seeds (n) | epochs' time | images/s | device | "
-    "precision | best val acc % | test acc % | test acc, flip TTA % |"
+    "precision | training FLOPs | best val acc % | val acc, TTA % | test acc % | "
+    "test acc, flip TTA % |"
   )
-  lines = [header, "|" + " --- |" * 12]
+  lines = [header, "|" + " --- |" * 14]
   for group in groups.values():
     config = group[0]["config"]
     name, differ = match_config(config, configs_dir)
@@ -159,11 +178,20 @@ def results_table(runs, configs_dir=CONFIGS_DIR):
       f"{seeds} ({len(group)}) | {', '.join(_hours(run['seconds']) for run in group)} | "
       f"{f'{np.median(rates):.0f}' if rates else '-'} | "
       f"{'; '.join(sorted({run['device'] for run in group}))} | {config['precision']} | "
+      f"{np.mean([run['training_flops'] for run in group]):.2e} | "
       f"{_mean_std([run['validation_accuracy'] for run in group])} | "
+      f"{_validation_tta(group)} | "
       f"{_mean_std([run['test_accuracy'] for run in group])} | "
       f"{_mean_std([run['test_accuracy_tta'] for run in group])} |"
     )
   return "\n".join(lines)
+
+
+def _validation_tta(group):
+  """'mean ± std (mode)' of the runs' validation accuracy with test-time augmentation."""
+  modes = sorted({run["validation_tta"] for run in group if run["validation_tta"]})
+  accuracy = _mean_std([run["validation_accuracy_tta"] for run in group])
+  return f"{accuracy} ({', '.join(modes)})" if modes else accuracy
 
 
 def main(argv):

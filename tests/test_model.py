@@ -46,6 +46,38 @@ def test_resnet9_parameter_counts(name):
   assert len(convolutions) == 8 + 1  # Eight convolutions plus the classifier.
 
 
+def test_forward_flops_match_the_known_count():
+  # ResNet-20: 40.55M multiply-adds per 32x32 image (conv layers + classifier).
+  assert model_lib.forward_flops_per_image(model_lib.create_model("resnet20")) == 81_102_080
+
+
+def test_forward_flops_of_resnet9_count_each_convolution_at_its_resolution():
+  # Page's ResNet-9, by hand: prep 3->64 at 32x32 (3.54M FLOPs); layer1 64->128
+  # at 32x32 (pooled after the convolution), two 128->128 at 16x16, layer2
+  # 128->256 at 16x16, layer3 256->512 at 8x8, two 512->512 at 4x4 (151.0M
+  # each); classifier 512->10.
+  big_convolution = 2 * 32 * 32 * 9 * 64 * 128
+  expected = 2 * 32 * 32 * 9 * 3 * 64 + 5 * big_convolution + 2 * 512 * 10
+  assert model_lib.forward_flops_per_image(model_lib.create_model("resnet9")) == expected
+
+
+def test_forward_flops_of_airbench_count_the_whitening_and_each_group_at_its_resolution():
+  # By hand: whitening 3->24 (2x2) at 31x31; group1 24->64 at 31x31, 64->64 at 15x15;
+  # group2 64->256 at 15x15, 256->256 at 7x7; group3 256->256 at 7x7 and 3x3; 256->10.
+  by_resolution = [
+    (31, 2 * 2 * 3 * 24),
+    (31, 9 * 24 * 64),
+    (15, 9 * 64 * 64),
+    (15, 9 * 64 * 256),
+    (7, 9 * 256 * 256),
+    (7, 9 * 256 * 256),
+    (3, 9 * 256 * 256),
+  ]
+  expected = sum(2 * size * size * weights for size, weights in by_resolution) + 2 * 256 * 10
+  assert expected == 236_294_720
+  assert model_lib.forward_flops_per_image(model_lib.create_model("airbench")) == expected
+
+
 def test_airbench_parameter_count_and_identity_initialised_convolutions():
   model = model_lib.create_model("airbench")
   assert count_parameters(model.trainable_variables) == 1_971_352  # Whitening kernel frozen.

@@ -11,6 +11,7 @@ import pytest
 
 import train
 from resnet import files, results, run_record
+from resnet import model as model_lib
 from tests.test_train import REPO, debug_config
 
 eval_main = importlib.import_module("eval")
@@ -39,6 +40,8 @@ def two_seeds(image_folder, tmp_path_factory):
   record["config"]["epochs"] = 2
   files.write_json(os.path.join(directories[1], run_record.RUN_RECORD), record)
   eval_main.evaluate_model_dir(directories[0], "test", batch_size=8, tta="flip")
+  for directory, tta in zip(directories, ("flip", "flip_translate"), strict=True):
+    eval_main.evaluate_model_dir(directory, "validation", batch_size=8, tta=tta)
   return directories
 
 
@@ -54,6 +57,15 @@ def test_seeds_of_one_recipe_collapse_and_unfinished_runs_say_so(two_seeds):
   assert f"| {expected} |" in row
   test, tta = runs[0]["test_accuracy"], runs[0]["test_accuracy_tta"]
   assert f"| {100 * test:.2f} | {100 * tta:.2f} |" in row  # Only seed 0 was evaluated.
+  # Validation with test-time augmentation: both seeds, each with the mode it was run with.
+  assert [run["validation_tta"] for run in runs] == ["flip", "flip_translate"]
+  with_tta = [run["validation_accuracy_tta"] for run in runs]
+  mean = f"{100 * np.mean(with_tta):.2f} ± {100 * np.std(with_tta, ddof=1):.2f}"
+  assert f"| {mean} (flip, flip_translate) |" in row
+  # 3 x forward FLOPs x images trained: 6 and 3 steps of 16 images.
+  flops = 3 * model_lib.forward_flops_per_image(model_lib.create_model("resnet8")) * 16
+  assert [run["training_flops"] for run in runs] == [6 * flops, 3 * flops]
+  assert f"| {4.5 * flops:.2e} |" in row
   assert runs[0]["images_per_second"] > 0 and runs[0]["device"] == run_record.cpu_label()
   assert runs[0]["seconds"] > 0
 
