@@ -3,8 +3,9 @@ r"""Learning curves of training runs, read from their TensorBoard events.
   python -m resnet.curves --output=curves.png runs/fast runs/resnet20
 
 prints, for each run, a Markdown table (epoch, minutes since the run's first
-event, train and validation accuracy) and draws validation accuracy against
-wall-clock minutes and against epochs, one line per run. Minutes count from
+event, training FLOPs, train and validation accuracy) and draws validation
+accuracy against wall-clock minutes, epochs and training FLOPs (3 x forward
+FLOPs x images trained), one line per run. Minutes count from
 the first event the run wrote (after its data were loaded); a resumed run's
 pause is included.
 """
@@ -23,6 +24,7 @@ from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
 
 from resnet import files  # noqa: E402
+from resnet import model as model_lib  # noqa: E402
 
 
 def scalars(directory, tag):
@@ -46,7 +48,8 @@ def _first_wall_time(directory):
 
 
 def read_curve(model_dir):
-  """One row per validation pass: {epoch, minutes, train_accuracy, validation_accuracy}.
+  """One row per validation pass: {epoch, minutes, training_flops, train_accuracy,
+  validation_accuracy}.
 
   train_accuracy is the last value logged at or before that epoch's end (None
   if none was). Raises FileNotFoundError if the run has no TensorBoard events.
@@ -58,6 +61,10 @@ def read_curve(model_dir):
   if record is None:
     raise FileNotFoundError(f"No run.json in {model_dir}.")
   steps_per_epoch = record["steps_per_epoch"]
+  # 3 x forward FLOPs per image trained (model.forward_flops_per_image).
+  step_flops = (
+    3 * model_lib.forward_flops(record["config"]["model"]) * record["config"]["batch_size"]
+  )
   start = _first_wall_time(tensorboard_dir)
   train = scalars(os.path.join(tensorboard_dir, "train"), "accuracy")
   rows = []
@@ -67,6 +74,7 @@ def read_curve(model_dir):
       {
         "epoch": step / steps_per_epoch,
         "minutes": (wall_time - start) / 60,
+        "training_flops": step * step_flops,
         "train_accuracy": earlier[-1] if earlier else None,
         "validation_accuracy": accuracy,
       }
@@ -77,29 +85,32 @@ def read_curve(model_dir):
 def markdown_table(rows):
   """The rows as a Markdown table, accuracies in percent."""
   lines = [
-    "| epoch | minutes | train accuracy (last logged) | validation accuracy |",
-    "| ---: | ---: | ---: | ---: |",
+    "| epoch | minutes | training FLOPs | train accuracy (last logged) | validation accuracy |",
+    "| ---: | ---: | ---: | ---: | ---: |",
   ]
   for row in rows:
     train = "" if row["train_accuracy"] is None else f"{100 * row['train_accuracy']:.1f}"
     validation = f"{100 * row['validation_accuracy']:.2f}"
-    lines.append(f"| {row['epoch']:g} | {row['minutes']:.1f} | {train} | {validation} |")
+    lines.append(
+      f"| {row['epoch']:g} | {row['minutes']:.1f} | {row['training_flops']:.2e} | {train} | "
+      f"{validation} |"
+    )
   return "\n".join(lines)
 
 
 def plot_curves(curves, output_path):
-  """Validation accuracy against minutes (left) and epochs (right); curves: {label: rows}."""
-  figure, (by_time, by_epoch) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  """Validation accuracy against minutes, epochs and training FLOPs; curves: {label: rows}."""
+  figure, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+  x_axes = {"minutes": "wall-clock minutes", "epoch": "epoch", "training_flops": "training FLOPs"}
   for label, rows in curves.items():
     accuracy = [100 * row["validation_accuracy"] for row in rows]
-    by_time.plot([row["minutes"] for row in rows], accuracy, marker=".", label=label)
-    by_epoch.plot([row["epoch"] for row in rows], accuracy, marker=".", label=label)
-  by_time.set_xlabel("wall-clock minutes")
-  by_epoch.set_xlabel("epoch")
-  by_time.set_ylabel("validation accuracy (%)")
-  for axis in (by_time, by_epoch):
+    for axis, key in zip(axes, x_axes, strict=True):
+      axis.plot([row[key] for row in rows], accuracy, marker=".", label=label)
+  for axis, title in zip(axes, x_axes.values(), strict=True):
+    axis.set_xlabel(title)
     axis.grid(alpha=0.3)
-  by_epoch.legend(loc="lower right")
+  axes[0].set_ylabel("validation accuracy (%)")
+  axes[-1].legend(loc="lower right")
   figure.tight_layout()
   figure.savefig(output_path, dpi=100)
   plt.close(figure)

@@ -18,6 +18,8 @@ pooling; global max pooling and a classifier whose logits are scaled by
 CPU, and more accurate per minute of training there.
 """
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -292,3 +294,9 @@ def forward_flops_per_image(model):
     elif op.type == "MatMul":  # One image: kernel [C_in, C_out].
       flops += 2 * int(np.prod(op.inputs[1].shape))
   return flops
+
+
+@functools.cache
+def forward_flops(name):
+  """forward_flops_per_image of the model called `name` (built once per process)."""
+  return forward_flops_per_image(create_model(name))

@@ -14,7 +14,6 @@ Unfinished runs say so.
 """
 
 import dataclasses
-import functools
 import glob
 import json
 import os
@@ -121,18 +120,13 @@ def summarize_run(model_dir):
     "seconds": sum(epoch_seconds.values()),  # Epochs' wall time, validation included.
     "images_per_second": float(np.median(list(rates.values()))) if rates else None,
     "device": ", ".join(sorted(gpus or machines)) or "unknown",
-    "training_flops": 3 * _forward_flops(config["model"]) * step * config["batch_size"],
+    "training_flops": 3 * model_lib.forward_flops(config["model"]) * step * config["batch_size"],
     "validation_accuracy": best.get("accuracy"),
     "validation_accuracy_tta": validation[tta_key]["accuracy"] if tta_key else None,
     "validation_tta": tta_key and tta_key.removesuffix("_tta"),
     "test_accuracy": test.get("accuracy"),
     "test_accuracy_tta": test.get("flip_tta", {}).get("accuracy"),
   }
-
-
-@functools.cache
-def _forward_flops(model_name):
-  return model_lib.forward_flops_per_image(model_lib.create_model(model_name))
 
 
 def _mean_std(values):

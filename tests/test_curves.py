@@ -9,7 +9,8 @@ from resnet import curves
 
 
 def _write_run(model_dir, steps_per_epoch=10):
-  (model_dir / "run.json").write_text(json.dumps({"steps_per_epoch": steps_per_epoch}))
+  record = {"steps_per_epoch": steps_per_epoch, "config": {"model": "resnet20", "batch_size": 4}}
+  (model_dir / "run.json").write_text(json.dumps(record))
   root = tf.summary.create_file_writer(str(model_dir / "tensorboard"))
   train = tf.summary.create_file_writer(str(model_dir / "tensorboard" / "train"))
   validation = tf.summary.create_file_writer(str(model_dir / "tensorboard" / "validation"))
@@ -32,6 +33,11 @@ def test_curve_rows_table_and_plot(tmp_path):
   assert [row["train_accuracy"] for row in rows] == [0.5, 0.75]
   assert [row["validation_accuracy"] for row in rows] == [0.375, 0.875]
   assert all(0 <= row["minutes"] < 5 for row in rows)
+  # 3 x ResNet-20's forward FLOPs x 4 images per step, at steps 10 and 20.
+  assert [row["training_flops"] for row in rows] == [
+    3 * 81_102_080 * 4 * 10,
+    2 * 3 * 81_102_080 * 4 * 10,
+  ]
   table = curves.markdown_table(rows).splitlines()
   assert len(table) == 4 and table[-1].endswith("| 75.0 | 87.50 |")
   curves.plot_curves({"run": rows}, str(tmp_path / "curves.png"))
