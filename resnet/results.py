@@ -48,19 +48,29 @@ NOT_RECIPE = {
 
 
 def read_config_file(path):
-  """{flag: value} of a flagfile, values typed as the Config fields are."""
+  """{flag: value} of a flagfile, values typed as the Config fields are.
+
+  Reads what absl reads: `--name=value`, bare booleans (`--name`, `--noname`),
+  and nested `--flagfile=configs/other.cfg` (relative to the repository, where
+  the commands run), whose values the later lines override.
+  """
   types = {field.name: field.type for field in dataclasses.fields(config_lib.Config)}
   values = {}
   with open(path) as file:
     for line in file:
       line = line.strip()
-      if not line.startswith("--") or "=" not in line:
+      if not line.startswith("--"):
         continue
-      name, value = line[2:].split("=", 1)
-      kind = types.get(name, str)
-      if kind is bool:
+      name, has_value, value = line[2:].partition("=")
+      if name == "flagfile":
+        values.update(read_config_file(os.path.join(os.path.dirname(CONFIGS_DIR), value)))
+      elif not has_value:  # A bare boolean.
+        negated = name.startswith("no") and name[2:] in types
+        values[name[2:] if negated else name] = not negated
+      elif types.get(name) is bool:
         values[name] = value.lower() in ("true", "1")
       else:
+        kind = types.get(name, str)
         values[name] = kind(value) if kind in (int, float) else value
   return values
 

@@ -1,6 +1,7 @@
 """The results table: read from run directories, seeds collapsed, configs recognised."""
 
 import dataclasses
+import glob
 import importlib
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from absl import flags
 
 import train
 from resnet import files, results, run_record
@@ -24,6 +26,22 @@ def test_a_run_is_matched_to_its_config_and_a_shortened_schedule_is_named():
   assert results.match_config(dict(paper, epochs=50)) == ("resnet20_paper.cfg", {"epochs": 50})
   adam = results.read_config_file("configs/resnet20.cfg")
   assert results.match_config(adam) == ("resnet20.cfg", {})
+  airbench = results.read_config_file("configs/airbench94.cfg")
+  assert airbench["nesterov"] is True and airbench["lookahead"] is True  # Bare booleans.
+  fast = results.read_config_file("configs/fast.cfg")  # airbench94.cfg's, then its own.
+  assert fast == dict(airbench, epochs=7, warmup_epochs=1.6, lookahead_start_epochs=2.0)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("configs/*.cfg")), ids=os.path.basename)
+def test_config_files_read_as_absl_reads_them_and_match_themselves(path):
+  # Bare booleans (--nesterov) and nested --flagfile lines (fast.cfg) included.
+  flag_values = flags.FlagValues()
+  train.define_flags(flag_values)
+  flag_values(["train.py", f"--flagfile={path}", "--model_dir=/tmp/unused"])
+  config = dataclasses.asdict(train.config_from_flags(flag_values))
+  values = results.read_config_file(path)
+  assert values and {key: config[key] for key in values} == values
+  assert results.match_config(config) == (os.path.basename(path), {})
 
 
 @pytest.fixture(scope="module")
