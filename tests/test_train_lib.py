@@ -182,7 +182,8 @@ def test_batch_norm_parameters_learn_faster_and_decay_as_much_per_step():
     )
 
 
-def test_lookahead_follows_airbench():
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
+def test_lookahead_follows_airbench(graph):
   # airbench94's loop, in numpy: from epoch `start` on, every 5 steps
   # average <- rho average + (1 - rho) weights, weights <- average, with
   # rho = 0.95^5 (step / total)^3; at every epoch end, weights <- average.
@@ -191,13 +192,19 @@ def test_lookahead_follows_airbench():
   lookahead = Lookahead(
     types.SimpleNamespace(weights=[weight]), steps_per_epoch, total, start_epochs=start_epochs
   )
+
+  def step_then_lookahead(update):  # As train_steps calls it: after the optimizer's step.
+    weight.assign(weight.value + update)
+    lookahead.after_step()
+
+  if graph:
+    step_then_lookahead = tf.function(step_then_lookahead)
   rng = np.random.default_rng(0)
   reference, average = np.zeros(4), None
   for step in range(1, total + 1):
     update = rng.normal(size=4)  # Stands in for the optimizer's step.
-    weight.assign(weight.numpy() + update)
+    step_then_lookahead(tf.constant(update, tf.float32))
     reference = reference + update
-    lookahead.after_step()
     if (step - 1) // steps_per_epoch >= start_epochs and step % 5 == 0:
       if average is None:
         average = reference.copy()
