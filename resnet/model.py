@@ -1,4 +1,5 @@
-"""Residual networks for CIFAR: He et al.'s ResNet-6n+2 and Page's ResNet-9.
+"""Residual networks for CIFAR: He et al.'s ResNet-6n+2 and Page's ResNet-9 (and, by name
+in create_model, Jordan's airbench network of resnet/airbench.py).
 
 ResNet (He et al. 2016, arXiv:1512.03385, section 4.2):
 
