@@ -61,10 +61,7 @@ def read_curve(model_dir):
   if record is None:
     raise FileNotFoundError(f"No run.json in {model_dir}.")
   steps_per_epoch = record["steps_per_epoch"]
-  # 3 x forward FLOPs per image trained (model.forward_flops_per_image).
-  step_flops = (
-    3 * model_lib.forward_flops(record["config"]["model"]) * record["config"]["batch_size"]
-  )
+  images_per_step = record["config"]["batch_size"]
   start = _first_wall_time(tensorboard_dir)
   train = scalars(os.path.join(tensorboard_dir, "train"), "accuracy")
   rows = []
@@ -74,7 +71,9 @@ def read_curve(model_dir):
       {
         "epoch": step / steps_per_epoch,
         "minutes": (wall_time - start) / 60,
-        "training_flops": step * step_flops,
+        "training_flops": model_lib.training_flops(
+          record["config"]["model"], step * images_per_step
+        ),
         "train_accuracy": earlier[-1] if earlier else None,
         "validation_accuracy": accuracy,
       }

@@ -301,3 +301,9 @@ def forward_flops_per_image(model):
 def forward_flops(name):
   """forward_flops_per_image of the model called `name` (built once per process)."""
   return forward_flops_per_image(create_model(name))
+
+
+def training_flops(name, images):
+  """FLOPs of training the model called `name` on `images` images: 3 x forward FLOPs each
+  (the forward pass, and the backward pass for activations and for weights)."""
+  return 3 * forward_flops(name) * images

@@ -130,7 +130,7 @@ def summarize_run(model_dir):
     "seconds": sum(epoch_seconds.values()),  # Epochs' wall time, validation included.
     "images_per_second": float(np.median(list(rates.values()))) if rates else None,
     "device": ", ".join(sorted(gpus or machines)) or "unknown",
-    "training_flops": 3 * model_lib.forward_flops(config["model"]) * step * config["batch_size"],
+    "training_flops": model_lib.training_flops(config["model"], step * config["batch_size"]),
     "validation_accuracy": best.get("accuracy"),
     "validation_accuracy_tta": validation[tta_key]["accuracy"] if tta_key else None,
     "validation_tta": tta_key and tta_key.removesuffix("_tta"),
