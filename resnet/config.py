@@ -10,7 +10,7 @@ import dataclasses
 import math
 
 from data import pipeline
-from resnet import distribute, train_lib
+from resnet import distribute, optimization
 from resnet import model as model_lib
 
 ON_NAN = ("stop", "recover")
@@ -52,7 +52,7 @@ class Config:
   epochs: int = _option(200, "Epochs to train for in total.", **POSITIVE)
   batch_size: int = _option(128, "Global batch size (all replicas).", **POSITIVE)
   optimizer: str = _option(
-    "adam", "adam, or sgd with momentum (the paper's).", choices=train_lib.OPTIMIZERS
+    "adam", "adam, or sgd with momentum (the paper's).", choices=optimization.OPTIMIZERS
   )
   momentum: float = _option(0.9, "SGD's momentum, in [0, 1).", low=0, high=1, closed=(True, False))
   nesterov: bool = _option(False, "SGD with Nesterov momentum.")
@@ -61,7 +61,7 @@ class Config:
     "cosine",
     "Decay after the warm-up: constant, cosine, piecewise (/10 at 50% and 75%), or linear "
     "(to zero at the end).",
-    choices=train_lib.LR_SCHEDULES,
+    choices=optimization.LR_SCHEDULES,
   )
   warmup_epochs: float = _option(2.0, "Linear warm-up, in epochs.", **NON_NEGATIVE)
   weight_decay: float = _option(
@@ -132,7 +132,7 @@ class Config:
     "Keras dtype policy: mixed_float16 for GPUs with tensor cores (with loss scaling), "
     "mixed_bfloat16 for TPUs, Ampere+ GPUs and CPUs with AMX or AVX-512 BF16; auto "
     "picks one of these for this machine (resnet/precision.py).",
-    choices=(*train_lib.PRECISIONS, "auto"),
+    choices=(*optimization.PRECISIONS, "auto"),
   )
   jit_compile: bool = _option(
     False, "Compile the train step with XLA (one device or TPU; not the mirrored strategies)."

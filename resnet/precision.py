@@ -23,7 +23,7 @@ def choose(cpu_flags, gpu_compute_capabilities, tpu=False):
     tpu: whether the run is on a TPU.
 
   Returns:
-    (one of train_lib.PRECISIONS, a reason for the log and the run record).
+    (one of optimization.PRECISIONS, a reason for the log and the run record).
   """
   if tpu:
     return "mixed_bfloat16", "TPU"

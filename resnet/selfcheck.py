@@ -31,7 +31,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from data import pipeline
-from resnet import benchmark, distribute, run_record, train_lib
+from resnet import benchmark, distribute, optimization, run_record, train_lib
 from resnet.config import Config
 
 WEIGHT_TOLERANCE = 1e-4  # Largest |difference| of any weight: float32 noise is ~1e-5.
@@ -186,7 +186,7 @@ def run_checks(model="resnet20", steps=10, per_replica_batch=128):
   yield Verdict("all-reduce", "INFO", distribute.describe(strategy, "mirrored"))
   checks = [("replicas agree", lambda: [check_replicas_agree(strategy)])]
   checks += [
-    (f"precision {p}", lambda p=p: [check_precision(strategy, p)]) for p in train_lib.PRECISIONS
+    (f"precision {p}", lambda p=p: [check_precision(strategy, p)]) for p in optimization.PRECISIONS
   ]
   checks += [("speed", lambda: check_speed(strategy, model, steps, per_replica_batch))]
   for name, check in checks:

@@ -22,7 +22,7 @@ from tensorflow.python.distribute.failure_handling import failure_handling_util
 
 import train
 from data import pipeline
-from resnet import checkpointing, distribute, run_lock, run_record, train_lib
+from resnet import checkpointing, distribute, optimization, run_lock, run_record, train_lib
 from resnet import model as model_lib
 from tests.test_train import REPO, checkpoint_weights, debug_config, final_weights
 
@@ -40,7 +40,7 @@ def make_training(
     if sgd:  # Plain SGD: unlike Adam, it does not hide a wrongly scaled gradient.
       optimizer = keras.optimizers.SGD(0.01)
     else:
-      optimizer = train_lib.create_optimizer(1e-3, precision)
+      optimizer = optimization.create_optimizer(1e-3, precision)
     optimizer.build(model.trainable_variables)
   train_steps = train_lib.make_train_steps(
     strategy,
@@ -194,7 +194,7 @@ def test_a_call_of_the_steps_runs_few_all_reduces():
       + [layers.Conv2D(4, 3), layers.BatchNormalization(), layers.GlobalAveragePooling2D()]
       + [layers.Dense(NUM_CLASSES)]
     )
-    optimizer = train_lib.create_optimizer(1e-3, precision="mixed_float16")  # Loss scaling.
+    optimizer = optimization.create_optimizer(1e-3, precision="mixed_float16")  # Loss scaling.
     optimizer.build(model.trainable_variables)
   train_steps = train_lib.make_train_steps(
     strategy, model, optimizer, global_batch_size=16, num_classes=NUM_CLASSES
@@ -275,7 +275,7 @@ def test_the_xla_step_on_mirrored_gpus_fails_as_keras_21366_hence_the_refusal(mo
   with strategy.scope():  # The smallest model with weights: tracing is the cost.
     model = keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
     model.build((None, 32, 32, 3))
-    optimizer = train_lib.create_optimizer(1e-3, "mixed_float16")
+    optimizer = optimization.create_optimizer(1e-3, "mixed_float16")
     optimizer.build(model.trainable_variables)
   train_steps = train_lib.make_train_steps(
     strategy, model, optimizer, global_batch_size=16, num_classes=NUM_CLASSES, jit_compile=True
