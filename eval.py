@@ -20,14 +20,14 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data import pipeline, sources
+from data import augment, pipeline, sources
 from resnet import checkpointing, distribute, files, plots, run_record, summaries, train_lib
 from resnet import metrics as metrics_lib
 from resnet.config import ConfigError
 
 SPLITS = ("test", "validation", "train")
 # metrics.json keys of the test-time augmentations (--tta) reported beside the plain metrics.
-TTA_KEYS = [f"{mode}_tta" for mode in pipeline.TTA_MODES if mode != "none"]
+TTA_KEYS = [f"{mode}_tta" for mode in augment.TTA_MODES if mode != "none"]
 EVAL_STRATEGIES = ("auto", "default", "one_device", "mirrored")  # One process, local devices.
 
 
@@ -138,7 +138,7 @@ def evaluate_model_dir(
       replicas (the padding is masked out, see pipeline.eval_batch_size).
     strategy_name: one of EVAL_STRATEGIES. Evaluation runs in one process:
       "auto" mirrors over several local GPUs and ignores TF_CONFIG.
-    tta: also report test-time augmentation (pipeline.tta_views: "flip" or
+    tta: also report test-time augmentation (augment.tta_views: "flip" or
       "flip_translate"), as "<tta>_tta", beside the plain metrics.
 
   Returns:
@@ -232,7 +232,7 @@ def define_flags():
   flags.DEFINE_enum(
     "tta",
     "none",
-    list(pipeline.TTA_MODES),
+    list(augment.TTA_MODES),
     "Also report test-time augmentation: flip (2 views) or flip_translate (6 views).",
   )
   flags.DEFINE_bool("tta_flip", False, "Shorthand for --tta=flip.")

@@ -159,7 +159,7 @@ def _create_strategy(config):
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()  # For the whole process.
   keras.utils.set_random_seed(config.seed)  # Initial weights; the data order and
-  # augmentation are stateless functions of the same seed (data/pipeline.py).
+  # augmentation are stateless functions of the same seed (data/augment.py).
   return strategy
 
 

@@ -36,7 +36,7 @@ def whitening_kernel(images, epsilon=WHITENING_EPSILON):
 
   Args:
     images: float [N, H, W, C], normalised as the model sees them
-      (pipeline.normalize); airbench uses 5,000.
+      (augment.normalize); airbench uses 5,000.
 
   Returns:
     float32 [2, 2, C, 8C]: the eigenvectors of the (uncentred) covariance of

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data import pipeline, sources
+from data import augment, pipeline, sources
 from resnet import config as config_lib
 from resnet import metrics, run_record, train_lib
 from resnet import model as model_lib
@@ -261,7 +261,7 @@ def _add_fit_variants(variants, model_name, num_classes, train_dataset, steps, b
   # Keras defaults otherwise (jit_compile="auto", i.e. off on CPUs; steps_per_execution=1).
   # A fit user normalises in the pipeline (our steps do it on the device, see train_lib).
   one_hot = train_dataset.map(
-    lambda x, y: (pipeline.normalize(x), tf.one_hot(y, num_classes))
+    lambda x, y: (augment.normalize(x), tf.one_hot(y, num_classes))
   ).repeat()
   for name, fused in (("keras_model_fit", True), ("keras_model_fit[keras_batch_norm]", False)):
     keras.utils.set_random_seed(0)

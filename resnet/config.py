@@ -9,7 +9,7 @@ configs/resnet20.cfg.
 import dataclasses
 import math
 
-from data import pipeline
+from data import augment
 from resnet import distribute, optimization
 from resnet import model as model_lib
 
@@ -99,13 +99,13 @@ class Config:
     "random",
     "Augmentation: flip each image at random every epoch, or alternating (a random half "
     "first, then every image the other way round each epoch).",
-    choices=pipeline.FLIP_MODES,
+    choices=augment.FLIP_MODES,
   )
   validation_tta: str = _option(
     "none",
     "Test-time augmentation of validation, which selects the best checkpoint: flip (2 views) "
     "or flip_translate (6: flips and 1-pixel translations, as airbench).",
-    choices=pipeline.TTA_MODES,
+    choices=augment.TTA_MODES,
   )
   seed: int = _option(0, "Seed of initial weights, data order and augmentation.")
   deterministic: bool = _option(

@@ -11,7 +11,7 @@ Writes (replacing an older export):
   MODEL_DIR/export/model.keras   Keras model, uint8 [B, 32, 32, 3] -> probabilities [B, C]; load
                                  it with `import resnet.model` then `keras.saving.load_model`.
 
-Both normalise the images themselves (data.pipeline.normalize's per-channel mean and std) and
+Both normalise the images themselves (data.augment.normalize's per-channel mean and std) and
 compute in float32, whatever precision the run trained in.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data import pipeline, sources
+from data import augment, sources
 from resnet import checkpointing, files, run_record
 
 EXPORT_DIR = "export"
@@ -50,7 +50,7 @@ class _Serving(tf.Module):
 
   @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="images")])
   def serve(self, images):
-    logits = self.model(pipeline.normalize(images), training=False)
+    logits = self.model(augment.normalize(images), training=False)
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
     return {
       "probabilities": probabilities,
@@ -63,14 +63,14 @@ def keras_classifier(model):
   """Wraps a ResNet into a functional keras.Model: uint8 [B, 32, 32, 3] -> probabilities [B, C].
 
   The input is normalised by Rescaling and Normalization layers (the maths of
-  pipeline.normalize, up to float rounding), so the .keras file needs no code
+  augment.normalize, up to float rounding), so the .keras file needs no code
   of ours beyond the ResNet class.
   """
   images = keras.Input(IMAGE_SHAPE, dtype="uint8", name="images")
   # Explicit float32 layers: a global mixed-precision policy must not leak into the export.
   x = keras.layers.Rescaling(1.0 / 255.0, dtype="float32")(images)
   x = keras.layers.Normalization(
-    mean=pipeline.CIFAR10_MEAN, variance=np.square(pipeline.CIFAR10_STD), dtype="float32"
+    mean=augment.CIFAR10_MEAN, variance=np.square(augment.CIFAR10_STD), dtype="float32"
   )(x)
   probabilities = keras.layers.Softmax(dtype="float32", name="probabilities")(model(x))
   return keras.Model(images, probabilities, name=f"{model.name}_classifier")

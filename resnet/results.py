@@ -23,13 +23,13 @@ import numpy as np
 import tensorflow as tf
 from absl import app, logging
 
-from data import pipeline
+from data import augment
 from resnet import checkpointing, curves, files, run_record
 from resnet import config as config_lib
 from resnet import model as model_lib
 
 # eval.py's metrics.json keys of test-time augmentation, the most thorough first.
-VALIDATION_TTA_KEYS = tuple(f"{mode}_tta" for mode in pipeline.TTA_MODES[::-1] if mode != "none")
+VALIDATION_TTA_KEYS = tuple(f"{mode}_tta" for mode in augment.TTA_MODES[::-1] if mode != "none")
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # Flags that do not change what a run computes: runs differing only in these are one recipe.
 NOT_RECIPE = {

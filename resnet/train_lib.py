@@ -12,7 +12,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from data import pipeline
+from data import augment
 from resnet import airbench, optimization
 from resnet import model as model_lib
 from resnet.lookahead import Lookahead
@@ -79,7 +79,7 @@ def make_train_steps(
 
   def replica_step(totals, images, labels):
     with tf.GradientTape() as tape:
-      logits = model(pipeline.normalize(images), training=True)  # uint8 in.
+      logits = model(augment.normalize(images), training=True)  # uint8 in.
       per_example_loss = optimization.cross_entropy(labels, logits, num_classes, label_smoothing)
       loss = tf.nn.compute_average_loss(per_example_loss, global_batch_size=global_batch_size)
       if weight_decay:
@@ -172,7 +172,7 @@ def make_predict_step(strategy, model):
   """
 
   def replica_step(batch):
-    logits = model(pipeline.normalize(batch["image"]), training=False)  # uint8 in.
+    logits = model(augment.normalize(batch["image"]), training=False)  # uint8 in.
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
     return {
       "probabilities": probabilities,
@@ -239,7 +239,7 @@ def create_training(
       fused_batch_norm=fused_batch_norm,
     )
     if isinstance(model, airbench.Airbench) and train_images is not None:
-      images = pipeline.normalize(train_images[: airbench.WHITENING_IMAGES])
+      images = augment.normalize(train_images[: airbench.WHITENING_IMAGES])
       model.set_whitening(airbench.whitening_kernel(images))
     total_steps = config.epochs * steps_per_epoch
     lookahead = None

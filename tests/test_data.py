@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import pipeline, sources
+from data import augment, pipeline, sources
 from resnet import distribute
 
 
@@ -21,22 +21,22 @@ def random_split(num_examples, seed=0):
 
 def test_normalize_eagerly_and_inside_tf_data_agree():
   images, _ = random_split(8)
-  eager = pipeline.normalize(images).numpy()
-  in_data = next(iter(tf.data.Dataset.from_tensors(images).map(pipeline.normalize))).numpy()
+  eager = augment.normalize(images).numpy()
+  in_data = next(iter(tf.data.Dataset.from_tensors(images).map(augment.normalize))).numpy()
   np.testing.assert_allclose(eager, in_data, rtol=1e-6)
   assert eager.dtype == np.float32
-  expected = (images / 255.0 - np.array(pipeline.CIFAR10_MEAN)) / np.array(pipeline.CIFAR10_STD)
+  expected = (images / 255.0 - np.array(augment.CIFAR10_MEAN)) / np.array(augment.CIFAR10_STD)
   np.testing.assert_allclose(eager, expected, atol=1e-5)
 
 
 def test_crop_and_flip():
   images, _ = random_split(3)
-  centre = tf.fill([3, 2], pipeline.CROP_PADDING)
+  centre = tf.fill([3, 2], augment.CROP_PADDING)
   no_flip = tf.zeros([3], tf.bool)
-  np.testing.assert_array_equal(pipeline.crop_and_flip(images, centre, no_flip), images)
-  flipped = pipeline.crop_and_flip(images, centre, tf.ones([3], tf.bool)).numpy()
+  np.testing.assert_array_equal(augment.crop_and_flip(images, centre, no_flip), images)
+  flipped = augment.crop_and_flip(images, centre, tf.ones([3], tf.bool)).numpy()
   np.testing.assert_array_equal(flipped, images[:, :, ::-1])
-  corner = pipeline.crop_and_flip(images, tf.zeros([3, 2], tf.int32), no_flip).numpy()
+  corner = augment.crop_and_flip(images, tf.zeros([3, 2], tf.int32), no_flip).numpy()
   assert (corner[:, :4, :, :] == 0).all() and (corner[:, :, :4, :] == 0).all()
   np.testing.assert_array_equal(corner[:, 4:, 4:], images[:, :28, :28])
 

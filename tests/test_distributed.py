@@ -21,7 +21,7 @@ from tensorflow.python.distribute import mirrored_run, mirrored_strategy
 from tensorflow.python.distribute.failure_handling import failure_handling_util
 
 import train
-from data import pipeline
+from data import augment
 from resnet import checkpointing, distribute, optimization, run_lock, run_record, train_lib
 from resnet import model as model_lib
 from tests.test_train import REPO, checkpoint_weights, debug_config, final_weights
@@ -131,7 +131,7 @@ def test_sync_batch_norm_makes_two_replicas_train_like_one_device():
   assert mirrored_sums["loss_sum"] == pytest.approx(single_sums["loss_sum"], rel=1e-5)
   assert_weights_close(mirrored, single, atol=1e-4)
   # Evaluation (moving statistics) agrees too.
-  images = pipeline.normalize(fixed_batch(seed=1)[0])
+  images = augment.normalize(fixed_batch(seed=1)[0])
   np.testing.assert_allclose(
     mirrored(images, training=False), single(images, training=False), rtol=1e-3, atol=1e-3
   )
@@ -215,7 +215,7 @@ def test_mixed_precision_trains_with_float32_master_weights(precision):
   compute_dtype = precision.removeprefix("mixed_")
   assert model.stem_conv.compute_dtype == compute_dtype
   assert all(w.dtype == "float32" for w in model.weights)
-  logits = model(pipeline.normalize(fixed_batch()[0]), training=False)
+  logits = model(augment.normalize(fixed_batch()[0]), training=False)
   assert logits.dtype == tf.float32
   assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == (
     precision == "mixed_float16"
@@ -226,7 +226,7 @@ def test_mixed_precision_trains_with_float32_master_weights(precision):
 @pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
 def test_an_overflow_on_one_replica_is_skipped_on_every_replica(strategy_name, monkeypatch):
   # Float inputs, passed through as they are: uint8 images cannot overflow float16.
-  monkeypatch.setattr(pipeline, "normalize", lambda images: tf.cast(images, tf.float32))
+  monkeypatch.setattr(augment, "normalize", lambda images: tf.cast(images, tf.float32))
   strategy = distribute.create_strategy(strategy_name)
   model, optimizer, train_steps = make_training(strategy, precision="mixed_float16")
   images, labels = fixed_batch()

@@ -15,7 +15,7 @@ from absl import flags
 from sklearn import metrics as sk_metrics
 
 import train
-from data import pipeline, sources
+from data import augment, sources
 from resnet import checkpointing, files, run_record
 from resnet import config as config_lib
 from resnet import metrics as metrics_lib
@@ -256,7 +256,7 @@ def test_report_files_top_k_and_flip_test_time_augmentation(model_dir):
   record = run_record.read_run_record(model_dir)
   model = model_lib.create_model(record["config"]["model"], num_classes=3)
   checkpointing.restore_model(model, checkpointing.best_checkpoint_path(model_dir))
-  flipped = tf.nn.softmax(model(pipeline.normalize(images[:, :, ::-1]), training=False)).numpy()
+  flipped = tf.nn.softmax(model(augment.normalize(images[:, :, ::-1]), training=False)).numpy()
   averaged = (probabilities + flipped) / 2
   assert metrics["flip_tta"]["accuracy"] == pytest.approx(
     np.mean(averaged.argmax(axis=1) == labels)

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import train
-from data import pipeline, sources
+from data import augment, sources
 from resnet import checkpointing, export, predict, run_record
 from resnet import model as model_lib
 from tests.conftest import CLASS_NAMES
@@ -60,7 +60,7 @@ def restored(model_dir):
 
 
 def in_process_probabilities(model, images):
-  return tf.nn.softmax(model(pipeline.normalize(images), training=False)).numpy()
+  return tf.nn.softmax(model(augment.normalize(images), training=False)).numpy()
 
 
 @pytest.fixture(scope="module")

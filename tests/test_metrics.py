@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from sklearn import metrics as sk_metrics
 
-from data import pipeline
+from data import augment, pipeline
 from resnet import distribute, metrics, train_lib
 from resnet import model as model_lib
 
@@ -43,7 +43,7 @@ def test_evaluate_counts_every_example_and_agrees_with_predict(strategy_name):
   # The same model on the same data gives the same numbers on one or two replicas.
   reference = model_lib.create_model("resnet8", num_classes=3)
   reference.set_weights(model.get_weights())
-  logits = reference(pipeline.normalize(images), training=False)
+  logits = reference(augment.normalize(images), training=False)
   np.testing.assert_allclose(probabilities, tf.nn.softmax(logits).numpy(), atol=1e-5)
 
 
@@ -55,7 +55,7 @@ import json
 import keras, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 3)
-from data import pipeline
+from data import augment, pipeline
 from resnet import distribute, metrics, train_lib
 strategy = distribute.create_strategy("mirrored")
 rng = np.random.default_rng(0)
@@ -65,7 +65,7 @@ with strategy.scope():
   keras.utils.set_random_seed(2)
   model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3),
                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
-one_device = tf.nn.softmax(model(pipeline.normalize(images))).numpy()
+one_device = tf.nn.softmax(model(augment.normalize(images))).numpy()
 predict_step = train_lib.make_predict_step(strategy, model)
 results = {"replicas": strategy.num_replicas_in_sync, "one_device": one_device.tolist(),
            "labels": labels.tolist()}
@@ -169,7 +169,7 @@ def test_flip_translate_tta_averages_six_views_of_each_image():
   probabilities, _ = metrics.predict_views(predict_step, views, 11)
 
   def softmax(batch):
-    return tf.nn.softmax(model(pipeline.normalize(batch), training=False)).numpy()
+    return tf.nn.softmax(model(augment.normalize(batch), training=False)).numpy()
 
   padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
   up_left, down_right = padded[:, :32, :32], padded[:, 2:, 2:]

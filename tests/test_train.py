@@ -18,7 +18,7 @@ from absl import flags
 from tensorboard.backend.event_processing import event_accumulator
 
 import train
-from data import pipeline, sources
+from data import augment, pipeline, sources
 from resnet import (
   airbench,
   checkpointing,
@@ -242,7 +242,7 @@ def test_airbench_whitens_with_the_run_s_own_training_images(image_folder, tmp_p
   data = pipeline.TrainingData.load(
     config.dataset, config.validation_size, epochs=1, global_batch_size=16, seed=0
   )
-  expected = airbench.whitening_kernel(pipeline.normalize(data.train[0]))
+  expected = airbench.whitening_kernel(augment.normalize(data.train[0]))
   weights = final_weights(model_dir)
   (kernel,) = [value for name, value in weights.items() if "whitening/kernel" in name]
   np.testing.assert_allclose(kernel, expected, rtol=1e-6)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import pipeline
+from data import augment
 from resnet import distribute, optimization, precision, train_lib
 from resnet import model as model_lib
 from resnet.lookahead import Lookahead
@@ -102,7 +102,7 @@ def test_batch_norm_parameters_learn_faster_and_decay_as_much_per_step():
   images = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
   labels = (np.arange(8) % 3).astype(np.int32)
   with tf.GradientTape() as tape:
-    logits = model(pipeline.normalize(images), training=True)
+    logits = model(augment.normalize(images), training=True)
     loss = tf.reduce_mean(optimization.cross_entropy(labels, logits, 3))
   variables = model.trainable_variables
   gradients = tape.gradient(loss, variables)
