@@ -5,6 +5,7 @@ whole run, and off a terminal it prints a bar per update instead of log lines;
 hence this small class. Meter sums the train steps' outputs between reports.
 """
 
+import collections
 import sys
 import time
 
@@ -87,14 +88,14 @@ class Meter:
     self.reset()
 
   def reset(self):
-    self.sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "gradient_norm": 0.0}
+    self.sums = collections.defaultdict(float)  # Keyed as train_lib.SUM_KEYS.
     self.steps = 0
     self.start = time.perf_counter()
 
   def add(self, sums, num_steps):
     """Adds the sums that train_steps returned for `num_steps` steps."""
-    for key in self.sums:
-      self.sums[key] += float(sums[key])
+    for key, value in sums.items():
+      self.sums[key] += float(value)
     self.steps += num_steps
 
   def seconds(self):
