@@ -41,6 +41,11 @@ class Config:
 
   # --- Model and data ---
   model: str = _option("resnet20", "Model (resnet/model.py).", choices=model_lib.MODEL_NAMES)
+  whitening: bool = _option(
+    True,
+    "--model=airbench: its frozen first convolution whitens 2x2 patches of the training images "
+    "(Jordan 2024); --nowhitening leaves it at its random initialisation (for ablations).",
+  )
   dataset: str = _option(
     "cifar10", "cifar10 (TFDS) or folder:PATH with PATH/<split>/<class>/<image>."
   )
@@ -209,6 +214,8 @@ def validate(config):
         raise ConfigError(message)
   if config.nesterov and not (config.optimizer == "sgd" and config.momentum > 0):
     raise ConfigError("--nesterov needs --optimizer=sgd with a --momentum above 0.")
+  if not config.whitening and config.model != "airbench":
+    raise ConfigError("--nowhitening applies to --model=airbench only.")
   if config.batch_norm_lr_scale != 1 and config.optimizer != "sgd":
     raise ConfigError(
       "--batch_norm_lr_scale needs --optimizer=sgd: Adam's steps do not grow with the gradient."

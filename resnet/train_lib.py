@@ -238,7 +238,7 @@ def create_training(
       sync_batch_norm=config.sync_batch_norm,
       fused_batch_norm=fused_batch_norm,
     )
-    if isinstance(model, airbench.Airbench) and train_images is not None:
+    if isinstance(model, airbench.Airbench) and config.whitening and train_images is not None:
       images = augment.normalize(train_images[: airbench.WHITENING_IMAGES])
       model.set_whitening(airbench.whitening_kernel(images))
     total_steps = config.epochs * steps_per_epoch

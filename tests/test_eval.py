@@ -168,6 +168,10 @@ BAD_TRAIN_FLAGS = {
     ["--batch_norm_lr_scale=64", "--model_dir={tmp}/run"],
     "--batch_norm_lr_scale needs --optimizer=sgd",
   ),
+  "nowhitening-without-airbench": (
+    ["--nowhitening", "--model_dir={tmp}/run"],
+    "--nowhitening applies to --model=airbench only",
+  ),
   "nesterov-without-sgd": (
     ["--nesterov", "--model_dir={tmp}/run"],
     "--nesterov needs --optimizer=sgd",

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from data import augment
-from resnet import distribute, optimization, precision, train_lib
+from resnet import airbench, distribute, optimization, precision, train_lib
+from resnet import config as config_lib
 from resnet import model as model_lib
 from resnet.lookahead import Lookahead
 
@@ -173,3 +174,14 @@ def test_lookahead_follows_airbench(graph):
 def test_auto_precision_follows_the_hardware(cpu_flags, gpus, tpu, expected):
   chosen, reason = precision.choose(cpu_flags, gpus, tpu=tpu)
   assert chosen == expected and chosen in optimization.PRECISIONS and reason
+
+
+@pytest.mark.parametrize("whitening", [True, False])
+def test_airbench_whitening_comes_from_the_training_images_unless_turned_off(whitening):
+  images = np.random.default_rng(0).integers(0, 256, [64, 32, 32, 3], dtype=np.uint8)
+  config = config_lib.Config(model="airbench", whitening=whitening)
+  strategy = distribute.create_strategy("default")
+  run = train_lib.create_training(config, strategy, 10, steps_per_epoch=1, train_images=images)
+  (kernel,) = [v for v in run.model.non_trainable_variables if "whitening" in v.path]
+  whitened = airbench.whitening_kernel(augment.normalize(images))
+  assert np.allclose(kernel.numpy(), whitened, rtol=1e-6) == whitening
