@@ -149,8 +149,25 @@ def _mean_std(values):
   return f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}"
 
 
+# A run whose epochs took this many times its images / its median images/s was paused
+# (SIGSTOP) or shared the CPU for part of its wall time; validation adds only a few percent.
+INTERRUPTED_RATIO = 1.5
+INTERRUPTED_NOTE = (
+  f"† Wall time over {INTERRUPTED_RATIO}x the images trained / the median images/s: "
+  "the run was paused or shared its CPU for part of it."
+)
+
+
 def _hours(seconds):
   return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def _wall_time(run):
+  """The run's epochs' wall time, marked † if it was paused or shared its CPU."""
+  images = run["step"] * run["config"]["batch_size"]
+  rate = run["images_per_second"]
+  interrupted = rate and run["seconds"] > INTERRUPTED_RATIO * images / rate
+  return _hours(run["seconds"]) + (" †" if interrupted else "")
 
 
 def results_table(runs, configs_dir=CONFIGS_DIR):
@@ -179,7 +196,7 @@ def results_table(runs, configs_dir=CONFIGS_DIR):
     rates = [run["images_per_second"] for run in group if run["images_per_second"]]
     lines.append(
       f"| {name} | {config['model']} | {config['optimizer']} | {'; '.join(steps)} | "
-      f"{seeds} ({len(group)}) | {', '.join(_hours(run['seconds']) for run in group)} | "
+      f"{seeds} ({len(group)}) | {', '.join(_wall_time(run) for run in group)} | "
       f"{f'{np.median(rates):.0f}' if rates else '-'} | "
       f"{'; '.join(sorted({run['device'] for run in group}))} | {config['precision']} | "
       f"{np.mean([run['training_flops'] for run in group]):.2e} | "
@@ -188,6 +205,8 @@ def results_table(runs, configs_dir=CONFIGS_DIR):
       f"{_mean_std([run['test_accuracy'] for run in group])} | "
       f"{_mean_std([run['test_accuracy_tta'] for run in group])} |"
     )
+  if any("†" in line for line in lines[2:]):
+    lines += ["", INTERRUPTED_NOTE]
   return "\n".join(lines)
 
 

@@ -67,7 +67,7 @@ def two_seeds(image_folder, tmp_path_factory):
 def test_seeds_of_one_recipe_collapse_and_unfinished_runs_say_so(two_seeds):
   runs = [results.summarize_run(directory) for directory in two_seeds]
   assert [(run["step"], run["total_steps"]) for run in runs] == [(6, 6), (3, 6)]
-  header, rule, row = results.results_table(runs).splitlines()
+  header, rule, row = results.results_table(runs).splitlines()[:3]
   assert header.startswith("| config | model | optimizer | steps trained |") and rule
   assert "| 6 of 6; 3 of 6 (unfinished) | 0, 1 (2) |" in row
   accuracies = [run["validation_accuracy"] for run in runs]
@@ -87,6 +87,15 @@ def test_seeds_of_one_recipe_collapse_and_unfinished_runs_say_so(two_seeds):
   assert f"| {4.5 * flops:.2e} |" in row
   assert runs[0]["images_per_second"] > 0 and runs[0]["device"] == run_record.cpu_label()
   assert runs[0]["seconds"] > 0
+
+
+def test_wall_time_of_a_paused_run_is_marked(two_seeds):
+  run = results.summarize_run(two_seeds[0])
+  # 6 steps of 16 images at 96 images/s: 1 s of training.
+  steady, paused = dict(run, images_per_second=96.0, seconds=1.2), dict(run, seconds=1.6)
+  assert "†" not in results.results_table([steady])  # Validation and tracing: under 1.5x.
+  table = results.results_table([dict(paused, images_per_second=96.0)]).splitlines()
+  assert "| 0 min † |" in table[2] and table[-1] == results.INTERRUPTED_NOTE
 
 
 def test_a_directory_that_is_not_a_run_is_one_line_and_a_non_zero_exit(tmp_path):
