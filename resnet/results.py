@@ -75,15 +75,26 @@ def read_config_file(path):
   return values
 
 
+def with_defaults(config):
+  """`config` with every Config field it lacks at its default: the value runs recorded
+  before the field existed had (a new option's default keeps the old behaviour)."""
+  defaults = dataclasses.asdict(config_lib.Config())
+  return {**defaults, **run_record.RUN_KEY_DEFAULTS, **config}
+
+
 def match_config(config, configs_dir=CONFIGS_DIR):
   """The flagfile in `configs_dir` closest to `config`, and the flags that differ from it.
+
+  Both sides are compared whole, flags not set at their defaults (with_defaults),
+  so a flag the flagfile does not mention still counts (e.g. --nowhitening).
 
   Returns:
     (file name or "-", {flag: the run's value} for recipe flags that differ).
   """
+  config = with_defaults(config)
   best = ("-", {key: value for key, value in config.items() if key not in NOT_RECIPE})
   for path in sorted(glob.glob(os.path.join(configs_dir, "*.cfg"))):
-    values = read_config_file(path)
+    values = with_defaults(read_config_file(path))
     if values.get("model") != config.get("model"):
       continue
     differ = {
@@ -108,7 +119,7 @@ def summarize_run(model_dir):
     checkpointing.CheckpointError: `model_dir` is not a training run.
   """
   record = run_record.trained_run_record(model_dir)
-  config = {**run_record.RUN_KEY_DEFAULTS, **record["config"]}
+  config = with_defaults(record["config"])
   total_steps = config["epochs"] * record["steps_per_epoch"]
   train_events = os.path.join(model_dir, "tensorboard", "train")
   epoch_seconds = _last_per_step(curves.scalars(train_events, "epoch_seconds"))

@@ -26,7 +26,13 @@ def test_a_run_is_matched_to_its_config_and_a_shortened_schedule_is_named(tmp_pa
   assert results.match_config(dict(paper, epochs=50)) == ("resnet20_paper.cfg", {"epochs": 50})
   adam = results.read_config_file("configs/resnet20.cfg")
   assert results.match_config(adam) == ("resnet20.cfg", {})
+  # A flag the flagfile does not mention counts too (a run recorded before it existed: default).
   airbench = results.read_config_file("configs/airbench94.cfg")
+  assert results.match_config(dict(airbench, whitening=False)) == (
+    "airbench94.cfg",
+    {"whitening": False},
+  )
+  assert results.match_config(dict(airbench, whitening=True)) == ("airbench94.cfg", {})
   assert airbench["nesterov"] is True and airbench["lookahead"] is True  # Bare booleans.
   shorter = tmp_path / "shorter.cfg"  # airbench94.cfg's flags, then its own.
   shorter.write_text("--flagfile=configs/airbench94.cfg\n--epochs=7\n--nolookahead\n")
