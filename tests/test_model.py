@@ -33,6 +33,25 @@ def test_parameter_counts_match_the_paper(name):
   assert len(convolutions) == depth - 1 + 1  # depth - 1 convolutions plus the dense layer.
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("size", [32, 7])
+def test_option_a_shortcut_subsamples_and_zero_pads_exactly(dtype, size):
+  images = np.random.default_rng(0).normal(size=(2, size, size, 16)).astype(np.float32)
+  inputs = tf.cast(images, dtype)
+  with tf.GradientTape() as tape:
+    tape.watch(inputs)
+    shortcut = model_lib.option_a_shortcut(inputs, filters=32, strides=2)
+    loss = tf.reduce_sum(tf.cast(shortcut, tf.float32) * np.arange(32, dtype=np.float32))
+  subsampled = tf.cast(inputs, tf.float32).numpy()[:, ::2, ::2, :]
+  expected = np.pad(subsampled, [(0, 0), (0, 0), (0, 0), (8, 8)])
+  assert shortcut.dtype == dtype and shortcut.shape == expected.shape
+  np.testing.assert_array_equal(tf.cast(shortcut, tf.float32).numpy(), expected)
+  # The gradient reaches the subsampled pixels only, with the weight of their channel.
+  expected_gradient = np.zeros(images.shape, np.float32)
+  expected_gradient[:, ::2, ::2, :] = np.arange(8, 24, dtype=np.float32)
+  np.testing.assert_array_equal(tf.cast(tape.gradient(loss, inputs), tf.float32), expected_gradient)
+
+
 # Page's ResNet-9: 6.57M parameters at his widths (64, 128, 256, 512); the
 # half-width CPU variant has a quarter of the convolution weights.
 RESNET9_PARAMETERS = {"resnet9": 6_573_130, "resnet9_half": 1_646_122}
