@@ -60,7 +60,7 @@ def matmul_peak(dtype, size=2048, iterations=10):
   return 2 * size**3 * iterations / seconds
 
 
-def _build_train_steps(
+def build_train_steps(
   strategy, model_name, num_classes, batch_size, precision, fused_batch_norm=True
 ):
   """(model, train_steps) as train.py builds them: Adam at a constant 1e-3, no L2 term."""
@@ -164,11 +164,11 @@ def run_benchmark(
   `matmul_size` is the side of the square matmuls that measure the peak (smaller is
   quicker and less exact: bfloat16 is emulated, ~10x slower, on CPUs without AVX-512 BF16).
   """
-  (images, labels), (val_images, val_labels), class_names = _load(dataset, batch_size)
+  (images, labels), (val_images, val_labels), class_names = load_images(dataset, batch_size)
   num_classes = len(class_names)
   strategy = tf.distribute.get_strategy()  # What train.py's auto picks without GPUs.
   variants = _Variants()
-  train_kwargs = _train_dataset_kwargs(len(labels), batch_size)
+  train_kwargs = train_dataset_kwargs(len(labels), batch_size)
 
   def train_dataset():
     return pipeline.make_train_dataset(images, labels, **train_kwargs)
@@ -178,14 +178,12 @@ def run_benchmark(
   synthetic = iter(tf.data.Dataset.from_tensors(batch).repeat())
   flops = {}
   for precision in precisions:
-    model, train_steps = _build_train_steps(
-      strategy, model_name, num_classes, batch_size, precision
-    )
+    model, train_steps = build_train_steps(strategy, model_name, num_classes, batch_size, precision)
     flops[precision] = model_lib.forward_flops_per_image(model)
     variants.add(f"train_step[{precision}]", _rate_of(train_steps, synthetic, steps, batch_size))
 
     if precision == "float32":  # What the fused BatchNorm kernel buys.
-      _, stock_steps = _build_train_steps(
+      _, stock_steps = build_train_steps(
         strategy, model_name, num_classes, batch_size, precision, fused_batch_norm=False
       )
       variants.add(
@@ -216,7 +214,7 @@ def run_benchmark(
   return _report(results, flops, precisions, settings, matmul_size)
 
 
-def _load(dataset, batch_size):
+def load_images(dataset, batch_size):
   """((images, labels), (validation images, labels), class names) to benchmark on."""
   if dataset:
     train, validation, class_names, _ = sources.load_train_and_validation(dataset, 5000)
@@ -227,7 +225,7 @@ def _load(dataset, batch_size):
   return (images, labels), (images[:2048], labels[:2048]), [str(i) for i in range(10)]
 
 
-def _train_dataset_kwargs(num_examples, batch_size):
+def train_dataset_kwargs(num_examples, batch_size):
   """make_train_dataset's arguments as train.py builds it (one endless run of epochs)."""
   return dict(
     global_batch_size=batch_size,
@@ -245,9 +243,9 @@ def run_pipeline_benchmark(batch_size=128, batches=200, repeats=3, dataset=None)
     {"images_per_second": {"median", "min", "max", "runs"}, "host_cores": the cores
      this process may use (set with `taskset`), "per_core": the median per core}.
   """
-  (images, labels), _, _ = _load(dataset, batch_size)
+  (images, labels), _, _ = load_images(dataset, batch_size)
   dataset = pipeline.make_train_dataset(
-    images, labels, **_train_dataset_kwargs(len(labels), batch_size)
+    images, labels, **train_dataset_kwargs(len(labels), batch_size)
   )
   variants = _Variants()
   variants.add("input_pipeline", _pipeline_rate_function(dataset, batches, batch_size))

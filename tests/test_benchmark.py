@@ -2,7 +2,9 @@
 
 import json
 
-from resnet import benchmark, run_record
+import pytest
+
+from resnet import benchmark, run_record, step_profile
 
 
 def test_a_tiny_benchmark_reports_every_figure(tmp_path):
@@ -45,3 +47,23 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
   assert run_record.cpu_flags(str(tmp_path / "missing")) == {}
   cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n")
   assert run_record.cpu_label(str(cpuinfo)) == "AMD EPYC (AVX2)"
+
+
+def test_the_step_profile_counts_every_convolution_of_the_step(tmp_path):
+  steps = 2
+  seconds = step_profile.profile_train_steps("resnet8", 8, "float32", steps, str(tmp_path))
+  times = step_profile.op_times(str(tmp_path))
+  calls_per_step = {op: calls / steps for op, (_, calls) in times.items()}
+  # ResNet-8: 7 convolutions, each run forward and backward w.r.t. its kernel once per step;
+  # the stem's input gradient is never needed. Kernel names differ with oneDNN on or off.
+  convolutions = {
+    kind: sum(n for op, n in calls_per_step.items() if op.endswith(kind))
+    for kind in ("Conv2D", "Conv2DBackpropFilter", "Conv2DBackpropInput")
+  }
+  assert convolutions == {"Conv2D": 7, "Conv2DBackpropFilter": 7, "Conv2DBackpropInput": 6}
+  assert seconds > 0
+  by_name = step_profile.op_times(str(tmp_path), by="name")
+  assert sum(ms for ms, _ in by_name.values()) == pytest.approx(sum(ms for ms, _ in times.values()))
+  table = step_profile.format_op_table(times, steps)
+  assert table.splitlines()[0] == "| op | ms per step | share | calls per step |"
+  assert table.splitlines()[-1].startswith("| all ops |")
