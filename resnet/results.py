@@ -100,11 +100,17 @@ def match_config(config, configs_dir=CONFIGS_DIR):
     differ = {
       key: config.get(key)
       for key, value in values.items()
-      if key not in NOT_RECIPE and config.get(key) != value
+      if key not in NOT_RECIPE and not _same_flag(key, config.get(key), value)
     }
     if len(differ) < len(best[1]):
       best = (os.path.basename(path), differ)
   return best
+
+
+def _same_flag(key, run_value, file_value):
+  """Whether a run's recorded value is what the flagfile asks for: a flagfile's
+  --precision=auto is whichever precision the machine chose (run.json records that)."""
+  return run_value == file_value or (key == "precision" and file_value == "auto")
 
 
 def _last_per_step(rows):
