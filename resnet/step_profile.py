@@ -9,7 +9,8 @@ the same number with it and prints the milliseconds per step spent in each op ty
 kernels (or each op's, with --by=name). Op times are summed over TensorFlow's inter-op
 threads, so they can add up to more than the step's wall time when ops overlap. The
 trace stays in --logdir (TensorBoard's profile plugin reads it; this project does not
-install it). Run it on a quiet machine.
+install it). Run it on a quiet machine. It is made for CPUs: on a GPU the host threads
+record kernel launches, not the kernels' run time (read the trace in TensorBoard there).
 """
 
 import collections
