@@ -100,7 +100,12 @@ def _pipeline_rate_function(dataset, batches, batch_size):
   return lambda: batches * batch_size / _timed(take)
 
 
-def _rate_of(train_steps, iterator, steps, batch_size):
+def one_batch_forever(dataset):
+  """An iterator repeating `dataset`'s first batch, held in memory: only the step is timed."""
+  return iter(tf.data.Dataset.from_tensors(next(iter(dataset))).repeat())
+
+
+def rate_of(train_steps, iterator, steps, batch_size):
   """A function timing one call of `steps` steps on `iterator` -> images/s (traced first)."""
   train_steps(iterator, tf.constant(2))  # Trace and warm up.
   return lambda: steps * batch_size / _timed(lambda: train_steps(iterator, tf.constant(steps)))
@@ -173,14 +178,12 @@ def run_benchmark(
   def train_dataset():
     return pipeline.make_train_dataset(images, labels, **train_kwargs)
 
-  # Synthetic: one batch held in memory, so only the step is timed.
-  batch = next(iter(train_dataset()))
-  synthetic = iter(tf.data.Dataset.from_tensors(batch).repeat())
+  synthetic = one_batch_forever(train_dataset())
   flops = {}
   for precision in precisions:
     model, train_steps = build_train_steps(strategy, model_name, num_classes, batch_size, precision)
     flops[precision] = model_lib.forward_flops_per_image(model)
-    variants.add(f"train_step[{precision}]", _rate_of(train_steps, synthetic, steps, batch_size))
+    variants.add(f"train_step[{precision}]", rate_of(train_steps, synthetic, steps, batch_size))
 
     if precision == "float32":  # What the fused BatchNorm kernel buys.
       _, stock_steps = build_train_steps(
@@ -188,13 +191,13 @@ def run_benchmark(
       )
       variants.add(
         "train_step[float32,keras_batch_norm]",
-        _rate_of(stock_steps, synthetic, steps, batch_size),
+        rate_of(stock_steps, synthetic, steps, batch_size),
       )
 
     if precision == precisions[0]:
       # End to end as train.py runs it: the pipeline feeding the steps.
       fed = iter(pipeline.distribute_train_dataset(strategy, images, labels, **train_kwargs))
-      variants.add("end_to_end", _rate_of(train_steps, fed, steps, batch_size))
+      variants.add("end_to_end", rate_of(train_steps, fed, steps, batch_size))
 
       variants.add(
         "evaluation", _evaluation_rate_function(strategy, model, val_images, val_labels, batch_size)

@@ -17,7 +17,6 @@ import collections
 import glob
 import os
 import tempfile
-import time
 
 import tensorflow as tf
 from absl import app, flags
@@ -38,15 +37,11 @@ def profile_train_steps(model_name, batch_size, precision, steps, logdir):
   strategy = tf.distribute.get_strategy()
   (images, labels), _, class_names = benchmark.load_images(None, batch_size)
   kwargs = benchmark.train_dataset_kwargs(len(labels), batch_size)
-  batch = next(iter(pipeline.make_train_dataset(images, labels, **kwargs)))
-  iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+  iterator = benchmark.one_batch_forever(pipeline.make_train_dataset(images, labels, **kwargs))
   _, train_steps = benchmark.build_train_steps(
     strategy, model_name, len(class_names), batch_size, precision
   )
-  train_steps(iterator, tf.constant(2))  # Trace and warm up.
-  start = time.perf_counter()
-  train_steps(iterator, tf.constant(steps))
-  seconds_per_step = (time.perf_counter() - start) / steps
+  seconds_per_step = batch_size / benchmark.rate_of(train_steps, iterator, steps, batch_size)()
   tf.profiler.experimental.start(logdir)
   try:
     train_steps(iterator, tf.constant(steps))
