@@ -80,8 +80,9 @@ class Config:
   )
   batch_norm_weight_decay: bool = _option(
     False,
-    "--weight_decay also on BatchNorm scales and offsets (kernels only by default, as the "
-    "paper); divided by --batch_norm_lr_scale, so that they decay as much per step.",
+    "--weight_decay also on BatchNorm scales and offsets (kernels only by default; the "
+    "paper's Caffe/Torch code decays them too); divided by --batch_norm_lr_scale, so that "
+    "they decay as much per step.",
   )
   batch_norm_lr_scale: float = _option(
     1.0,
