@@ -2,12 +2,12 @@ r"""Learning curves of training runs, read from their TensorBoard events.
 
   python -m resnet.curves --output=curves.png runs/fast runs/resnet20
 
-prints, for each run, a Markdown table (epoch, minutes since the run's first
-event, training FLOPs, train and validation accuracy) and draws validation
-accuracy against wall-clock minutes, epochs and training FLOPs (3 x forward
-FLOPs x images trained), one line per run. Minutes count from
-the first event the run wrote (after its data were loaded); a resumed run's
-pause is included.
+prints, for each run, a Markdown table (epoch, minutes, training FLOPs, train
+and validation accuracy) and draws validation accuracy against minutes, epochs
+and training FLOPs (3 x forward FLOPs x images trained), one line per run.
+Minutes are the epochs' wall time so far (validation included; data loading and
+the time a cut-off run waited for its resume not), as `resnet.results`' "epochs'
+time". Runs written before epochs were timed count from their first event.
 """
 
 import json
@@ -41,10 +41,28 @@ def scalars(directory, tag):
   ]
 
 
+def last_per_step(rows):
+  """{step: value} of scalars() rows, the last value written for each step (a resumed run
+  repeats the steps after its last checkpoint)."""
+  return {step: value for _, step, value in sorted(rows)}
+
+
 def _first_wall_time(directory):
   accumulator = event_accumulator.EventAccumulator(directory)
   accumulator.Reload()
   return accumulator.FirstEventTimestamp()
+
+
+def _minutes(tensorboard_dir, validation_rows):
+  """Minutes of epochs up to each validation pass (its (wall_time, step, value) rows)."""
+  epoch_seconds = last_per_step(scalars(os.path.join(tensorboard_dir, "train"), "epoch_seconds"))
+  if not epoch_seconds:  # A run from before epochs were timed: wall time since its start.
+    start = _first_wall_time(tensorboard_dir)
+    return [(wall_time - start) / 60 for wall_time, _, _ in validation_rows]
+  return [
+    sum(seconds for end, seconds in epoch_seconds.items() if end <= step) / 60
+    for _, step, _ in validation_rows
+  ]
 
 
 def read_curve(model_dir):
@@ -62,15 +80,17 @@ def read_curve(model_dir):
     raise FileNotFoundError(f"No run.json in {model_dir}.")
   steps_per_epoch = record["steps_per_epoch"]
   images_per_step = record["config"]["batch_size"]
-  start = _first_wall_time(tensorboard_dir)
   train = scalars(os.path.join(tensorboard_dir, "train"), "accuracy")
+  validation = scalars(os.path.join(tensorboard_dir, "validation"), "accuracy")
   rows = []
-  for wall_time, step, accuracy in scalars(os.path.join(tensorboard_dir, "validation"), "accuracy"):
+  for (_, step, accuracy), minutes in zip(
+    validation, _minutes(tensorboard_dir, validation), strict=True
+  ):
     earlier = [value for _, train_step, value in train if train_step <= step]
     rows.append(
       {
         "epoch": step / steps_per_epoch,
-        "minutes": (wall_time - start) / 60,
+        "minutes": minutes,
         "training_flops": model_lib.training_flops(
           record["config"]["model"], step * images_per_step
         ),
@@ -100,7 +120,11 @@ def markdown_table(rows):
 def plot_curves(curves, output_path):
   """Validation accuracy against minutes, epochs and training FLOPs; curves: {label: rows}."""
   figure, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
-  x_axes = {"minutes": "wall-clock minutes", "epoch": "epoch", "training_flops": "training FLOPs"}
+  x_axes = {
+    "minutes": "minutes of epochs (wall time)",
+    "epoch": "epoch",
+    "training_flops": "training FLOPs",
+  }
   for label, rows in curves.items():
     accuracy = [100 * row["validation_accuracy"] for row in rows]
     for axis, key in zip(axes, x_axes, strict=True):
@@ -123,10 +147,12 @@ def main(argv):
   curves = {}
   for model_dir in model_dirs:
     try:
-      curves[model_dir] = read_curve(model_dir)
+      rows = read_curve(model_dir)
     except (FileNotFoundError, KeyError, json.JSONDecodeError) as error:
       sys.exit(f"resnet.curves: error: {model_dir}: not a training run ({error}).")
-    print(f"{model_dir}\n\n{markdown_table(curves[model_dir])}\n")
+    print(f"{model_dir}\n\n{markdown_table(rows)}\n")
+    label = os.path.basename(os.path.normpath(model_dir))  # The legend's name for the run.
+    curves[model_dir if label in curves else label] = rows
   if flags.FLAGS.output:
     plot_curves(curves, flags.FLAGS.output)
     print(f"Wrote {flags.FLAGS.output}", file=sys.stderr)

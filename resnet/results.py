@@ -113,11 +113,6 @@ def _same_flag(key, run_value, file_value):
   return run_value == file_value or (key == "precision" and file_value == "auto")
 
 
-def _last_per_step(rows):
-  """{step: value}, the last value written for each step (a resumed run repeats steps)."""
-  return {step: value for _, step, value in sorted(rows)}
-
-
 def summarize_run(model_dir):
   """One run's figures.
 
@@ -128,8 +123,8 @@ def summarize_run(model_dir):
   config = with_defaults(record["config"])
   total_steps = config["epochs"] * record["steps_per_epoch"]
   train_events = os.path.join(model_dir, "tensorboard", "train")
-  epoch_seconds = _last_per_step(curves.scalars(train_events, "epoch_seconds"))
-  rates = _last_per_step(curves.scalars(train_events, "images_per_second"))
+  epoch_seconds = curves.last_per_step(curves.scalars(train_events, "epoch_seconds"))
+  rates = curves.last_per_step(curves.scalars(train_events, "images_per_second"))
   latest = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
   step = checkpointing.saved_step(latest) if latest else 0
   best = files.read_json(os.path.join(model_dir, checkpointing.BEST_DIR, "best.json")) or {}

@@ -47,3 +47,15 @@ def test_curve_rows_table_and_plot(tmp_path):
 def test_a_directory_without_events_is_refused(tmp_path):
   with pytest.raises(FileNotFoundError, match="No TensorBoard validation events"):
     curves.read_curve(str(tmp_path))
+
+
+def test_minutes_are_the_epochs_time_without_a_resumes_pause(tmp_path):
+  _write_run(tmp_path)
+  with tf.summary.create_file_writer(str(tmp_path / "tensorboard" / "train")).as_default():
+    # Epoch 1 took 60 s; the run was cut off in epoch 2 and its resume logged epoch 1 again
+    # (90 s, the last value counts), then epoch 2 in 120 s. Hours of waiting for the resume
+    # between them do not count.
+    for step, seconds in [(10, 60.0), (10, 90.0), (20, 120.0)]:
+      tf.summary.scalar("epoch_seconds", seconds, step=step)
+  rows = curves.read_curve(str(tmp_path))
+  assert [row["minutes"] for row in rows] == [1.5, 3.5]
