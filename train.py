@@ -66,6 +66,8 @@ def train_and_evaluate(config, model_dir):
     raise config_lib.ConfigError(f"--model_dir={model_dir} is a file, not a directory.")
   strategy = _create_strategy(config)
   config, precision_choice = _resolve_precision(config, strategy)
+  padding = run_record.resolve_stride2_padding(model_dir, config.stride2_padding)
+  config = dataclasses.replace(config, stride2_padding=padding)
   chief = distribute.is_chief(strategy)
   data = _load_data(config)
   if chief:

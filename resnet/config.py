@@ -41,6 +41,14 @@ class Config:
 
   # --- Model and data ---
   model: str = _option("resnet20", "Model (resnet/model.py).", choices=model_lib.MODEL_NAMES)
+  stride2_padding: str = _option(
+    "auto",
+    "How the ResNet-6n+2 models' stride-2 convolutions pad: symmetric (1 pixel on every "
+    "side, as the paper's code; aligned with the shortcut) or same (Keras' 0 before, 1 "
+    "after; runs made before this option). auto: symmetric for a new run; a resumed run "
+    "keeps what it was built with.",
+    choices=("auto", *model_lib.STRIDE2_PADDINGS),
+  )
   whitening: bool = _option(
     True,
     "--model=airbench: its frozen first convolution whitens 2x2 patches of the training images "

@@ -8,7 +8,10 @@ blocks with 16, 32 and 64 filters (feature maps 32x32, 16x16, 8x8), global
 average pooling and a dense classifier. Shortcuts are identities; where a
 stage halves the resolution and doubles the width, the shortcut subsamples
 by 2 and pads the new channels with zeros (the paper's option A), so
-shortcuts add no parameters.
+shortcuts add no parameters. The stride-2 convolutions pad one pixel on every
+side, as the paper's Torch code and the reference PyTorch implementation do, so
+that output pixel i of both branches is centred on input pixel 2i (see
+STRIDE2_PADDINGS).
 
 ResNet9 (David Page, "How to train your ResNet", 2018; the DAWNBench
 CIFAR-10 winner): four 3x3 convolutions that set the width (64, 128, 256,
@@ -50,13 +53,21 @@ RESNET9_WIDTHS = {
 }
 MODEL_NAMES = (*DEPTHS, *RESNET9_WIDTHS, "airbench")  # airbench: resnet/airbench.py.
 
+# How a 3x3 convolution of stride 2 pads an even-sized input. "symmetric": 1 pixel on
+# every side (the paper's code), output pixel i centred on input pixel 2i, where the
+# option-A shortcut samples. "same": Keras' padding="same", 0 pixels before and 1 after,
+# centred on 2i + 1, one pixel off the shortcut; what every run before this option was
+# built with (a run record or .keras config without the key means "same").
+STRIDE2_PADDINGS = ("symmetric", "same")
+LEGACY_STRIDE2_PADDING = "same"
 
-def _conv3x3(filters, strides=1, dtype=None, name=None):
+
+def _conv3x3(filters, strides=1, dtype=None, name=None, padding="same"):
   return layers.Conv2D(
     filters,
     3,
     strides=strides,
-    padding="same",
+    padding=padding,
     use_bias=False,
     kernel_initializer="he_normal",
     dtype=dtype,
@@ -64,21 +75,41 @@ def _conv3x3(filters, strides=1, dtype=None, name=None):
   )
 
 
-class BasicBlock(layers.Layer):
-  """Two 3x3 convolutions with batch norm and a parameter-free shortcut."""
+def symmetric_pad(images):
+  """[B, H, W, C] -> [B, H + 2, W + 2, C], one row/column of zeros on every side."""
+  return keras.ops.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]])
 
-  def __init__(self, filters, strides=1, sync_batch_norm=False, fused_batch_norm=True, **kwargs):
+
+class BasicBlock(layers.Layer):
+  """Two 3x3 convolutions with batch norm and a parameter-free shortcut.
+
+  `stride2_padding` (STRIDE2_PADDINGS) is how conv1 pads when `strides` is 2.
+  """
+
+  def __init__(
+    self,
+    filters,
+    strides=1,
+    sync_batch_norm=False,
+    fused_batch_norm=True,
+    stride2_padding="symmetric",
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     self.filters = filters
     self.strides = strides
+    # Padded explicitly, then a "valid" convolution: Keras has no symmetric padding.
+    self.pad_symmetrically = strides > 1 and stride2_padding == "symmetric"
+    padding = "valid" if self.pad_symmetrically else "same"
     # Named like their attributes, so weights read "stage1_block1/conv1/kernel".
-    self.conv1 = _conv3x3(filters, strides, dtype=self.dtype_policy, name="conv1")
+    self.conv1 = _conv3x3(filters, strides, dtype=self.dtype_policy, name="conv1", padding=padding)
     self.bn1 = batch_norm.create(sync_batch_norm, fused_batch_norm, self.dtype_policy, name="bn1")
     self.conv2 = _conv3x3(filters, dtype=self.dtype_policy, name="conv2")
     self.bn2 = batch_norm.create(sync_batch_norm, fused_batch_norm, self.dtype_policy, name="bn2")
 
   def call(self, inputs, training=False):
-    x = keras.ops.relu(self.bn1(self.conv1(inputs), training=training))
+    x = self.conv1(symmetric_pad(inputs) if self.pad_symmetrically else inputs)
+    x = keras.ops.relu(self.bn1(x, training=training))
     x = self.bn2(self.conv2(x), training=training)
     return keras.ops.relu(x + option_a_shortcut(inputs, self.filters, self.strides))
 
@@ -109,18 +140,31 @@ class ResNet(keras.Model):
   "mixed_bfloat16") for every layer but the classifier: weights stay float32,
   computation runs in the policy's compute dtype. Logits are float32 even
   under a mixed policy, so that the softmax and the loss are computed in full
-  precision.
+  precision. `stride2_padding` is one of STRIDE2_PADDINGS.
   """
 
-  def __init__(self, depth, num_classes=10, sync_batch_norm=False, fused_batch_norm=True, **kwargs):
+  def __init__(
+    self,
+    depth,
+    num_classes=10,
+    sync_batch_norm=False,
+    fused_batch_norm=True,
+    stride2_padding="symmetric",
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     if depth < 8 or (depth - 2) % 6:
       raise ValueError(f"ResNet depth must be 6n + 2 with n >= 1, got {depth}.")
+    if stride2_padding not in STRIDE2_PADDINGS:
+      raise ValueError(
+        f"stride2_padding must be one of {STRIDE2_PADDINGS}, got {stride2_padding!r}."
+      )
     self.depth = depth
     self.num_classes = num_classes
     blocks_per_stage = (depth - 2) // 6
     self.sync_batch_norm = sync_batch_norm
     self.fused_batch_norm = fused_batch_norm
+    self.stride2_padding = stride2_padding
     policy = self.dtype_policy
     self.stem_conv = _conv3x3(STAGE_FILTERS[0], dtype=policy, name="stem_conv")
     self.stem_bn = batch_norm.create(sync_batch_norm, fused_batch_norm, policy, name="stem_bn")
@@ -132,7 +176,13 @@ class ResNet(keras.Model):
         name = f"stage{stage + 1}_block{index + 1}"
         strides = 2 if stage > 0 and index == 0 else 1
         block = BasicBlock(
-          filters, strides, sync_batch_norm, fused_batch_norm, dtype=policy, name=name
+          filters,
+          strides,
+          sync_batch_norm,
+          fused_batch_norm,
+          stride2_padding,
+          dtype=policy,
+          name=name,
         )
         setattr(self, name, block)
         self.block_names.append(name)
@@ -150,7 +200,13 @@ class ResNet(keras.Model):
       "num_classes": self.num_classes,
       "sync_batch_norm": self.sync_batch_norm,
       "fused_batch_norm": self.fused_batch_norm,
+      "stride2_padding": self.stride2_padding,
     }
+
+  @classmethod
+  def from_config(cls, config):
+    # .keras files saved before the option existed were built with Keras' "same".
+    return cls(**{"stride2_padding": LEGACY_STRIDE2_PADDING, **config})
 
   def call(self, images, training=False):
     x = keras.ops.relu(self.stem_bn(self.stem_conv(images), training=training))
@@ -244,14 +300,21 @@ class ResNet9(keras.Model):
 
 
 def create_model(
-  name_or_depth, num_classes=10, precision="float32", sync_batch_norm=False, fused_batch_norm=True
+  name_or_depth,
+  num_classes=10,
+  precision="float32",
+  sync_batch_norm=False,
+  fused_batch_norm=True,
+  stride2_padding="symmetric",
 ):
   """Builds a model by name ("resnet20", "resnet9", ...) or ResNet depth, weights created.
 
   `precision` is the Keras dtype policy of its layers (see ResNet);
   `sync_batch_norm` computes BatchNorm statistics over all replicas' batches;
   `fused_batch_norm=False` uses stock keras.layers.BatchNormalization (the
-  same variables and results, slower; for comparisons).
+  same variables and results, slower; for comparisons); `stride2_padding`
+  (STRIDE2_PADDINGS) applies to the ResNet-6n+2 models, which alone have
+  stride-2 convolutions (ResNet-9 and airbench downsample by max pooling).
 
   Raises:
     ValueError: an unknown name or a depth that is not 6n + 2.
@@ -279,7 +342,13 @@ def create_model(
   else:
     depth = DEPTHS.get(name_or_depth, name_or_depth)
     model = ResNet(
-      depth, num_classes, sync_batch_norm, fused_batch_norm, name=f"resnet{depth}", dtype=precision
+      depth,
+      num_classes,
+      sync_batch_norm,
+      fused_batch_norm,
+      stride2_padding,
+      name=f"resnet{depth}",
+      dtype=precision,
     )
   model(keras.ops.zeros((1, 32, 32, 3)))  # Creates the weights (a subclassed model has no build()).
   return model

@@ -22,8 +22,16 @@ from resnet import model as model_lib
 RUN_RECORD = "run.json"
 # Config keys that define the model, the data or the optimizer's state: resuming with other
 # values is refused. Runs recorded before a key existed had its default (RUN_KEY_DEFAULTS).
-RUN_DEFINING_KEYS = ("model", "dataset", "validation_size", "batch_size", "seed", "optimizer")
-RUN_KEY_DEFAULTS = {"optimizer": "adam"}
+RUN_DEFINING_KEYS = (
+  "model",
+  "stride2_padding",
+  "dataset",
+  "validation_size",
+  "batch_size",
+  "seed",
+  "optimizer",
+)
+RUN_KEY_DEFAULTS = {"optimizer": "adam", "stride2_padding": model_lib.LEGACY_STRIDE2_PADDING}
 
 
 def read_run_record(model_dir):
@@ -47,6 +55,18 @@ def trained_run_record(model_dir):
       f"{model_dir} is not a training run: it has no {RUN_RECORD}."
     )
   return record
+
+
+def resolve_stride2_padding(model_dir, requested):
+  """--stride2_padding: `requested`, or for "auto" "symmetric" in a new run and what the
+  run in `model_dir` was built with when it resumes ("same" for runs recorded before the
+  option existed), so that the same command resumes old runs as they were trained."""
+  if requested != "auto":
+    return requested
+  record = read_run_record(model_dir)
+  if record is None:
+    return "symmetric"
+  return {**RUN_KEY_DEFAULTS, **record["config"]}["stride2_padding"]
 
 
 def _git_commit():
@@ -184,8 +204,12 @@ def load_trained_model(model_dir, checkpoint_path=None):
   record = trained_run_record(model_dir)
   checkpoint_path = checkpoint_path or checkpointing.best_checkpoint_path(model_dir)
   # float32 whatever the run's --precision: checkpoints hold float32 weights.
+  config = {**RUN_KEY_DEFAULTS, **record["config"]}
   model = model_lib.create_model(
-    record["config"]["model"], num_classes=len(record["class_names"]), precision="float32"
+    config["model"],
+    num_classes=len(record["class_names"]),
+    precision="float32",
+    stride2_padding=config["stride2_padding"],
   )
   checkpointing.restore_model(model, checkpoint_path)
   return model, record, checkpoint_path

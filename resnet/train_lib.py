@@ -237,6 +237,8 @@ def create_training(
       precision=config.precision,
       sync_batch_norm=config.sync_batch_norm,
       fused_batch_norm=fused_batch_norm,
+      # "auto" outside train.py (benchmark, selfcheck, tests): what a new run gets.
+      stride2_padding=("symmetric" if config.stride2_padding == "auto" else config.stride2_padding),
     )
     if isinstance(model, airbench.Airbench) and config.whitening and train_images is not None:
       images = augment.normalize(train_images[: airbench.WHITENING_IMAGES])
