@@ -75,11 +75,12 @@ def read_config_file(path):
   return values
 
 
-def with_defaults(config):
-  """`config` with every Config field it lacks at its default: the value runs recorded
-  before the field existed had (a new option's default keeps the old behaviour)."""
+def with_defaults(config, recorded=True):
+  """`config` with every Config field it lacks at its default. A `recorded` config (a run's)
+  gets the value runs recorded before the field existed had (run_record.RUN_KEY_DEFAULTS);
+  a flagfile's, the Config default it asks for."""
   defaults = dataclasses.asdict(config_lib.Config())
-  return {**defaults, **run_record.RUN_KEY_DEFAULTS, **config}
+  return {**defaults, **(run_record.RUN_KEY_DEFAULTS if recorded else {}), **config}
 
 
 def match_config(config, configs_dir=CONFIGS_DIR):
@@ -94,7 +95,7 @@ def match_config(config, configs_dir=CONFIGS_DIR):
   config = with_defaults(config)
   best = ("-", {key: value for key, value in config.items() if key not in NOT_RECIPE})
   for path in sorted(glob.glob(os.path.join(configs_dir, "*.cfg"))):
-    values = with_defaults(read_config_file(path))
+    values = with_defaults(read_config_file(path), recorded=False)
     if values.get("model") != config.get("model"):
       continue
     differ = {
@@ -109,7 +110,10 @@ def match_config(config, configs_dir=CONFIGS_DIR):
 
 def _same_flag(key, run_value, file_value):
   """Whether a run's recorded value is what the flagfile asks for: a flagfile's
-  --precision=auto is whichever precision the machine chose (run.json records that)."""
+  --precision=auto is whichever precision the machine chose (run.json records that), its
+  --stride2_padding=auto what a new run gets (runs made before the option used "same")."""
+  if key == "stride2_padding" and file_value == "auto":
+    return run_value in ("auto", "symmetric")
   return run_value == file_value or (key == "precision" and file_value == "auto")
 
 

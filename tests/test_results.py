@@ -19,15 +19,23 @@ from tests.test_train import REPO, debug_config
 eval_main = importlib.import_module("eval")
 
 
+def recorded(flagfile):
+  """The config a new run of `flagfile` records: --stride2_padding=auto resolved."""
+  return dict(results.read_config_file(flagfile), stride2_padding="symmetric")
+
+
 def test_a_run_is_matched_to_its_config_and_a_shortened_schedule_is_named(tmp_path):
-  paper = results.read_config_file("configs/resnet20_paper.cfg")
+  paper = recorded("configs/resnet20_paper.cfg")
   assert paper["optimizer"] == "sgd" and paper["learning_rate"] == 0.1 and paper["epochs"] == 182
   assert results.match_config(dict(paper, seed=3)) == ("resnet20_paper.cfg", {})
   assert results.match_config(dict(paper, epochs=50)) == ("resnet20_paper.cfg", {"epochs": 50})
-  adam = results.read_config_file("configs/resnet20.cfg")
+  adam = recorded("configs/resnet20.cfg")
   assert results.match_config(adam) == ("resnet20.cfg", {})
+  # A run made before --stride2_padding existed (no key) used Keras' "same": named.
+  old_run = {key: value for key, value in adam.items() if key != "stride2_padding"}
+  assert results.match_config(old_run) == ("resnet20.cfg", {"stride2_padding": "same"})
   # A flag the flagfile does not mention counts too (a run recorded before it existed: default).
-  airbench = results.read_config_file("configs/airbench94.cfg")
+  airbench = recorded("configs/airbench94.cfg")
   assert results.match_config(dict(airbench, whitening=False)) == (
     "airbench94.cfg",
     {"whitening": False},
@@ -45,7 +53,7 @@ def test_a_run_is_matched_to_its_config_and_a_shortened_schedule_is_named(tmp_pa
   )
   shorter = tmp_path / "shorter.cfg"  # airbench94.cfg's flags, then its own.
   shorter.write_text("--flagfile=configs/airbench94.cfg\n--epochs=7\n--nolookahead\n")
-  assert results.read_config_file(str(shorter)) == dict(airbench, epochs=7, lookahead=False)
+  assert recorded(str(shorter)) == dict(airbench, epochs=7, lookahead=False)
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob("configs/*.cfg")), ids=os.path.basename)
