@@ -107,6 +107,30 @@ def evaluate(torch, model, inputs, labels, batch_size=500):
   return correct / len(labels), loss_sum / len(labels)
 
 
+def train_epoch(torch, model, optimizer, inputs, labels, batch_size, generator):
+  """One epoch in a fresh order drawn from `generator`; returns (mean loss, accuracy)."""
+  order = torch.randperm(len(labels), generator=generator)
+  model.train()
+  loss_sum, correct = 0.0, 0
+  for start in range(0, len(order), batch_size):  # The last partial batch kept, as its loader.
+    index = order[start : start + batch_size]
+    logits = model(augment(torch, inputs[index], generator))
+    loss = torch.nn.functional.cross_entropy(logits, labels[index])
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    loss_sum += float(loss.detach()) * len(index)
+    correct += int((logits.argmax(1) == labels[index]).sum())
+  return loss_sum / len(order), correct / len(order)
+
+
+def write_json(path, value):
+  """Writes `value` to `path` atomically (a temporary file, then a rename)."""
+  with open(path + ".tmp", "w") as file:
+    json.dump(value, file, indent=2)
+  os.replace(path + ".tmp", path)
+
+
 def train(args):
   """Trains the reference's model with its recipe on the split; resumes from output_dir."""
   import torch  # The reference's environment only.
@@ -114,11 +138,11 @@ def train(args):
   torch.set_num_threads(args.threads or os.cpu_count())
   reference = import_reference_resnet(os.path.expanduser(args.reference))
   split = np.load(os.path.expanduser(args.split))
-  train_inputs = to_inputs(torch, split["train_images"])
-  train_labels = torch.from_numpy(split["train_labels"].astype(np.int64))
-  validation_inputs = to_inputs(torch, split["validation_images"])
-  validation_labels = torch.from_numpy(split["validation_labels"].astype(np.int64))
-
+  inputs = {name: to_inputs(torch, split[f"{name}_images"]) for name in ("train", "validation")}
+  labels = {
+    name: torch.from_numpy(split[f"{name}_labels"].astype(np.int64))
+    for name in ("train", "validation")
+  }
   torch.manual_seed(args.seed)  # The reference's initialisation draws from the global RNG.
   model = getattr(reference, args.model)()
   optimizer = torch.optim.SGD(
@@ -129,77 +153,59 @@ def train(args):
   output_dir = os.path.expanduser(args.output_dir)
   os.makedirs(output_dir, exist_ok=True)
   checkpoint_path = os.path.join(output_dir, "checkpoint.pt")
-  history, start_epoch = [], 0
+  state = dict(history=[], epoch=0)
   if os.path.exists(checkpoint_path):
     state = torch.load(checkpoint_path, weights_only=False)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    history, start_epoch = state["history"], state["epoch"]
-    print(f"Resumed at epoch {start_epoch}.")
-
-  num_parameters = sum(p.numel() for p in model.parameters())
-  for epoch in range(start_epoch, args.epochs):
+    print(f"Resumed at epoch {state['epoch']}.")
+  history = state["history"]
+  for epoch in range(state["epoch"], args.epochs):
     # The data order and augmentation of an epoch depend on (seed, epoch) only: exact resume.
     generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-    order = torch.randperm(len(train_labels), generator=generator)
-    model.train()
-    started, loss_sum, correct = time.time(), 0.0, 0
-    for start in range(0, len(order), args.batch_size):
-      index = order[start : start + args.batch_size]
-      inputs = augment(torch, train_inputs[index], generator)
-      logits = model(inputs)
-      loss = torch.nn.functional.cross_entropy(logits, train_labels[index])
-      optimizer.zero_grad()
-      loss.backward()
-      optimizer.step()
-      loss_sum += float(loss) * len(index)
-      correct += int((logits.argmax(1) == train_labels[index]).sum())
-    learning_rate = optimizer.param_groups[0]["lr"]
+    started, learning_rate = time.time(), optimizer.param_groups[0]["lr"]
+    train_loss, train_accuracy = train_epoch(
+      torch, model, optimizer, inputs["train"], labels["train"], args.batch_size, generator
+    )
     scheduler.step()
     seconds = time.time() - started
-    accuracy, validation_loss = evaluate(torch, model, validation_inputs, validation_labels)
+    accuracy, loss = evaluate(torch, model, inputs["validation"], labels["validation"])
     history.append(
       dict(
         epoch=epoch + 1,
         learning_rate=learning_rate,
-        train_loss=loss_sum / len(order),
-        train_accuracy=correct / len(order),
+        train_loss=train_loss,
+        train_accuracy=train_accuracy,
         validation_accuracy=accuracy,
-        validation_loss=validation_loss,
+        validation_loss=loss,
         seconds=seconds,
-        images_per_second=len(order) / seconds,
+        images_per_second=len(labels["train"]) / seconds,
       )
     )
     print(json.dumps(history[-1]), flush=True)
-    state = dict(
-      model=model.state_dict(),
-      optimizer=optimizer.state_dict(),
-      scheduler=scheduler.state_dict(),
-      history=history,
-      epoch=epoch + 1,
-    )
-    torch.save(state, checkpoint_path + ".tmp")
-    os.replace(checkpoint_path + ".tmp", checkpoint_path)
-
+    objects = dict(model=model, optimizer=optimizer, scheduler=scheduler)
+    state = {name: value.state_dict() for name, value in objects.items()}
+    torch.save(dict(state, history=history, epoch=epoch + 1), checkpoint_path + ".tmp")
+    os.replace(checkpoint_path + ".tmp", checkpoint_path)  # Atomic: a kill keeps the last.
   best = max(history, key=lambda entry: entry["validation_accuracy"])
-  result = dict(
-    reference=os.path.abspath(os.path.expanduser(args.reference)),
-    model=args.model,
-    num_parameters=num_parameters,
-    seed=args.seed,
-    epochs=args.epochs,
-    milestones=milestones,
-    torch=torch.__version__,
-    threads=torch.get_num_threads(),
-    best_validation_accuracy=best["validation_accuracy"],
-    best_epoch=best["epoch"],
-    final_validation_accuracy=history[-1]["validation_accuracy"],
-    history=history,
+  write_json(
+    os.path.join(output_dir, "result.json"),
+    dict(
+      reference=os.path.abspath(os.path.expanduser(args.reference)),
+      model=args.model,
+      num_parameters=sum(p.numel() for p in model.parameters()),
+      seed=args.seed,
+      epochs=args.epochs,
+      milestones=milestones,
+      torch=torch.__version__,
+      threads=torch.get_num_threads(),
+      best_validation_accuracy=best["validation_accuracy"],
+      best_epoch=best["epoch"],
+      final_validation_accuracy=history[-1]["validation_accuracy"],
+      history=history,
+    ),
   )
-  with open(os.path.join(output_dir, "result.json.tmp"), "w") as file:
-    json.dump(result, file, indent=2)
-  os.replace(os.path.join(output_dir, "result.json.tmp"), os.path.join(output_dir, "result.json"))
   print(f"best validation accuracy {best['validation_accuracy']:.4f} at epoch {best['epoch']}")
 
 
