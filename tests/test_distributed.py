@@ -519,6 +519,39 @@ def test_two_workers_train_like_two_replicas_in_one_process(image_folder, tmp_pa
   )
 
 
+def test_an_overflow_is_skipped_on_every_replica_under_collective_all_reduce():
+  # GPUs all-reduce with collectives (NCCL), not with the ReductionToOneDevice of our
+  # CPU "mirrored": tests/collective_overflow.py runs the overflow test above on
+  # MirroredStrategy's default collectives (one process, 2 logical devices) and on two
+  # local workers, mixed_float16 both, all three processes at once.
+  script = os.path.join(REPO, "tests", "collective_overflow.py")
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+  runs = {"mirrored": {}}
+  for index in range(2):
+    task = {"type": "worker", "index": index}
+    runs[f"worker{index}"] = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
+  processes = {
+    name: subprocess.Popen(
+      [sys.executable, script, "multi_worker" if env else "mirrored"],
+      env=dict(os.environ, **env),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for name, env in runs.items()
+  }
+  outputs = {name: process.communicate(timeout=300)[0] for name, process in processes.items()}
+  reports = {}
+  for name, process in processes.items():
+    assert process.returncode == 0, f"{name}:\n{outputs[name][-3000:]}"
+    reports[name] = json.loads(outputs[name].strip().splitlines()[-1])
+  for report in reports.values():  # Each asserted the skip and the training after it.
+    assert report["all_reduce"] == "RING (collective)" and report["replicas"] == 2
+    assert report["scale"] == [32768.0, 16384.0] and report["trained_after"]
+  checksums = [report["weights_checksum"] for report in reports.values()]
+  assert checksums == pytest.approx([checksums[0]] * 3, rel=1e-6)  # Workers stayed in step.
+
+
 def test_sigterm_to_one_worker_saves_on_all_at_one_step_and_the_run_resumes(image_folder, tmp_path):
   config = debug_config(image_folder, epochs=12, log_every_steps=1)  # 36 steps.
   model_dir = str(tmp_path / "run")
