@@ -152,7 +152,7 @@ def _create_strategy(config):
   strategy = distribute.create_strategy(config.strategy, config.tpu)
   pipeline.check_global_batch_size(strategy, config.batch_size)
   if config.jit_compile:
-    distribute.check_jit_compile(strategy)
+    distribute.check_jit_compile(strategy, config.sync_batch_norm)
   logging.info(distribute.describe(strategy, config.strategy))
   if warning := distribute.small_batch_norm_warning(
     strategy, config.batch_size, config.sync_batch_norm

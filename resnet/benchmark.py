@@ -4,6 +4,7 @@ r"""Throughput benchmark: our train step, input pipeline, end to end, evaluation
   taskset -c 0 python -m resnet.benchmark --pipeline_only  # Per host core.
   python -m resnet.benchmark --model=resnet20 --batch_size=128 --precisions=float32 \
     --steps=30 --repeats=5 --output=/tmp/benchmark.json
+  python -m resnet.benchmark --xla --nofit_baseline  # Also train.py --jit_compile's step.
 
 Every figure is measured in this one process, on this machine, with the variants
 alternated in each round (so that drift on a shared machine hits them alike), and
@@ -61,9 +62,10 @@ def matmul_peak(dtype, size=2048, iterations=10):
 
 
 def build_train_steps(
-  strategy, model_name, num_classes, batch_size, precision, fused_batch_norm=True
+  strategy, model_name, num_classes, batch_size, precision, fused_batch_norm=True, jit_compile=False
 ):
-  """(model, train_steps) as train.py builds them: Adam at a constant 1e-3, no L2 term."""
+  """(model, train_steps) as train.py builds them: Adam at a constant 1e-3, no L2 term;
+  `jit_compile` as train.py's --jit_compile (the forward and backward pass compiled by XLA)."""
   keras.utils.set_random_seed(0)
   config = config_lib.Config(
     model=model_name,
@@ -73,6 +75,7 @@ def build_train_steps(
     lr_schedule="constant",
     warmup_epochs=0,
     weight_decay=0.0,
+    jit_compile=jit_compile,
   )
   training = train_lib.create_training(
     config, strategy, num_classes, steps_per_epoch=1, fused_batch_norm=fused_batch_norm
@@ -163,11 +166,13 @@ def run_benchmark(
   dataset=None,
   fit_baseline=True,
   matmul_size=2048,
+  xla=False,
 ):
   """Measures everything listed in the module docstring; returns a JSON-ready dict.
 
   `matmul_size` is the side of the square matmuls that measure the peak (smaller is
   quicker and less exact: bfloat16 is emulated, ~10x slower, on CPUs without AVX-512 BF16).
+  `xla` also times each precision's train step with --jit_compile ("train_step[P,xla]").
   """
   (images, labels), (val_images, val_labels), class_names = load_images(dataset, batch_size)
   num_classes = len(class_names)
@@ -184,6 +189,11 @@ def run_benchmark(
     model, train_steps = build_train_steps(strategy, model_name, num_classes, batch_size, precision)
     flops[precision] = model_lib.forward_flops_per_image(model)
     variants.add(f"train_step[{precision}]", rate_of(train_steps, synthetic, steps, batch_size))
+    if xla:
+      _, xla_steps = build_train_steps(
+        strategy, model_name, num_classes, batch_size, precision, jit_compile=True
+      )
+      variants.add(f"train_step[{precision},xla]", rate_of(xla_steps, synthetic, steps, batch_size))
 
     if precision == "float32":  # What the fused BatchNorm kernel buys.
       _, stock_steps = build_train_steps(
@@ -378,6 +388,7 @@ def main(argv):
     FLAGS.repeats,
     FLAGS.dataset,
     FLAGS.fit_baseline,
+    xla=FLAGS.xla,
   )
   print(format_report(report))
   if FLAGS.output:
@@ -394,6 +405,9 @@ if __name__ == "__main__":
   flags.DEFINE_integer("repeats", 3, "Rounds; each figure is the median over them.")
   flags.DEFINE_string("dataset", None, "cifar10 or folder:PATH; default random images.")
   flags.DEFINE_bool("fit_baseline", True, "Also time keras model.fit on the same pipeline.")
+  flags.DEFINE_bool(
+    "xla", False, "Also time each precision's train step as train.py --jit_compile runs it."
+  )
   flags.DEFINE_string("output", None, "JSON file to write.")
   flags.DEFINE_bool(
     "pipeline_only", False, "Only the input pipeline (10 x --steps batches per round), per core."

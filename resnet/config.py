@@ -149,7 +149,9 @@ class Config:
     choices=(*optimization.PRECISIONS, "auto"),
   )
   jit_compile: bool = _option(
-    False, "Compile the train step with XLA (one device or TPU; not the mirrored strategies)."
+    False,
+    "Compile each replica's forward and backward pass with XLA; the optimizer runs outside "
+    "(any strategy; under the mirrored ones not with --sync_batch_norm).",
   )
   sync_batch_norm: bool = _option(
     False, "BatchNorm statistics over the global batch instead of each replica's batch."

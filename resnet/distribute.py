@@ -120,24 +120,29 @@ def all_reduce_implementation(strategy):
   return type(cross_device_ops).__name__  # ReductionToOneDevice for CPU devices.
 
 
-def check_jit_compile(strategy):
-  """Raises StrategyError for the strategies whose XLA-compiled step fails: the mirrored ones.
+def check_jit_compile(strategy, sync_batch_norm):
+  """Raises StrategyError for what XLA cannot compile: synchronised BatchNorm, mirrored.
 
-  Keras 3's optimizer counts its steps in a variable updated on the first
-  replica only, which TensorFlow does with a merge_call; inside an
-  XLA-compiled replica function TensorFlow refuses merge_call (keras#21366),
-  with any precision, on GPUs (even one) and across workers. Several CPU
-  replicas fail to compile too. Tested with TensorFlow's GPU code path forced
-  on CPU devices (tests/test_distributed.py).
+  --jit_compile compiles each replica's forward and backward pass
+  (train_lib.make_train_steps); the optimizer and the all-reduce of the
+  gradients run outside it, because Keras 3's optimizer counts its steps
+  through a merge_call, which TensorFlow refuses inside a compiled replica
+  function (keras#21366). Synchronised BatchNorm all-reduces inside the
+  forward pass: under the mirrored strategies on CPUs TensorFlow does that
+  with a merge_call too; on GPUs with a collective op inside the compiled
+  function, which the CPU's XLA cannot compile, so it is untested here
+  (tests/test_distributed.py forces TensorFlow's GPU path on CPU devices). One
+  device needs no all-reduce and TPUs compile theirs, so neither is refused.
+
+  Raises:
+    StrategyError: `sync_batch_norm` under MirroredStrategy or MultiWorkerMirroredStrategy.
   """
-  if isinstance(
-    strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
-  ):
+  mirrored = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+  if sync_batch_norm and isinstance(strategy, mirrored):
     raise StrategyError(
-      f"--jit_compile does not work with {type(strategy).__name__}: Keras' optimizer "
-      "update in the compiled replica step needs a merge_call, which TensorFlow refuses "
-      "there (keras#21366). Drop --jit_compile, or train on one device "
-      "(--strategy=default) or a TPU."
+      f"--jit_compile --sync_batch_norm does not work with {type(strategy).__name__}: the "
+      "synchronised BatchNorm's all-reduce would run inside the XLA-compiled forward pass, "
+      "where TensorFlow refuses it on CPUs and it is untested on GPUs. Drop one of the two."
     )
 
 

@@ -61,8 +61,10 @@ def make_train_steps(
   batch, whatever the replica count. With a LossScaleOptimizer the loss is
   scaled before differentiation and the gradients unscaled by `apply`, which
   skips (and lowers the scale on) steps with non-finite gradients.
-  `jit_compile` compiles each replica's step with XLA (for GPUs and TPUs; on
-  CPUs it was slower, and it needs XLA-compatible all-reduces).
+  `jit_compile` compiles each replica's forward and backward pass with XLA
+  (loss and gradients, loss scaling included); the gradient all-reduce and
+  the optimizer run outside, so any strategy can (distribute.check_jit_compile
+  refuses the one combination that cannot).
 
   The BatchNorm parameters' gradients are multiplied by `batch_norm_lr_scale`:
   with SGD, a learning rate that many times larger (Page's and airbench's
@@ -77,7 +79,9 @@ def make_train_steps(
   """
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-  def replica_step(totals, images, labels):
+  def loss_and_gradients(images, labels):
+    # One replica's forward and backward pass: (per-example loss float32 [b],
+    # predicted classes int32 [b], gradients of its (scaled) loss).
     with tf.GradientTape() as tape:
       logits = model(augment.normalize(images), training=True)  # uint8 in.
       per_example_loss = optimization.cross_entropy(labels, logits, num_classes, label_smoothing)
@@ -88,7 +92,17 @@ def make_train_steps(
         )
         loss += tf.nn.scale_regularization_loss(penalty)
       scaled_loss = optimizer.scale_loss(loss)  # The loss itself unless loss scaling.
-    gradients = tape.gradient(scaled_loss, model.trainable_variables)
+    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return per_example_loss, predictions, tape.gradient(scaled_loss, model.trainable_variables)
+
+  if jit_compile:
+    # XLA compiles what it speeds up, the forward and backward pass; the optimizer
+    # runs outside: Keras' optimizer counts its steps through a merge_call, which
+    # TensorFlow refuses inside a compiled replica function (keras#21366).
+    loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
+
+  def replica_step(totals, images, labels):
+    per_example_loss, predictions, gradients = loss_and_gradients(images, labels)
     # The norm of the gradient of this replica's mean loss: its gradient times the
     # replica count (the loss was divided by the global batch). With one replica
     # the full batch's gradient norm; with several, each replica's estimate of it.
@@ -103,7 +117,6 @@ def make_train_steps(
         for g, v in zip(gradients, model.trainable_variables, strict=True)
       ]
     optimizer.apply(gradients, model.trainable_variables)
-    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
     step_sums = [  # In the order of SUM_KEYS.
       tf.reduce_sum(per_example_loss),
       tf.reduce_sum(tf.cast(predictions == labels, tf.float32)),
@@ -112,9 +125,6 @@ def make_train_steps(
       tf.where(tf.math.is_finite(gradient_norm), gradient_norm, 0.0) / replicas,
     ]
     return totals + tf.stack(step_sums)
-
-  if jit_compile:
-    replica_step = tf.function(replica_step, jit_compile=True)
 
   @tf.function
   def train_steps(iterator, num_steps):

@@ -8,10 +8,13 @@ from resnet import benchmark, run_record, step_profile
 
 
 def test_a_tiny_benchmark_reports_every_figure(tmp_path):
-  report = benchmark.run_benchmark("resnet8", batch_size=16, steps=2, repeats=1, matmul_size=512)
+  report = benchmark.run_benchmark(
+    "resnet8", batch_size=16, steps=2, repeats=1, matmul_size=512, xla=True
+  )
   rates = report["images_per_second"]
   assert set(rates) == {
     "train_step[float32]",
+    "train_step[float32,xla]",
     "train_step[float32,keras_batch_norm]",
     "end_to_end",
     "evaluation",
