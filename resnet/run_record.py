@@ -101,9 +101,15 @@ def resolve_model_facts(model_dir, config, class_names):
     (`config` with stride2_padding resolved, {"input_normalization": ...} to record).
 
   Raises:
-    CheckpointError: --init_from is no training run, or its model differs.
+    CheckpointError: --init_from is no training run or its model differs; or `model_dir`
+      holds an imported model (resnet.import_reference), not a run to resume.
   """
   record = read_run_record(model_dir)
+  if record is not None and "imported_from" in record:
+    raise checkpointing.CheckpointError(
+      f"{model_dir} holds imported weights, not a run to resume: train from them with "
+      f"--init_from={model_dir} and a new --model_dir."
+    )
   if record is not None or not config.init_from:
     padding = resolve_stride2_padding(model_dir, config.stride2_padding)
     facts = {"input_normalization": input_normalization(record or {})}
