@@ -66,19 +66,25 @@ def train_and_evaluate(config, model_dir):
     raise config_lib.ConfigError(f"--model_dir={model_dir} is a file, not a directory.")
   strategy = _create_strategy(config)
   config, precision_choice = _resolve_precision(config, strategy)
-  padding = run_record.resolve_stride2_padding(model_dir, config.stride2_padding)
-  config = dataclasses.replace(config, stride2_padding=padding)
   chief = distribute.is_chief(strategy)
   data = _load_data(config)
+  # Padding and input normalisation: the record's on a resume, else --init_from's, else new.
+  config, model_facts = run_record.resolve_model_facts(model_dir, config, data.class_names)
   if chief:
     checkpointing.make_writable_directory(model_dir)
   # One run at a time per directory: a second start is refused before it writes anything.
   lock = run_lock.hold(model_dir) if chief else contextlib.nullcontext()
   # Non-chief workers save their checkpoints (as TensorFlow requires) to a scratch directory.
   with lock, distribute.scratch_directory(strategy) as scratch_dir:
-    record = _start_run_record(config, model_dir, data, strategy, chief, precision_choice)
-    run, checkpoints = _create_training(config, strategy, data, model_dir, scratch_dir, chief)
+    record = _start_run_record(
+      config, model_dir, data, strategy, chief, precision_choice, model_facts
+    )
+    run, checkpoints = _create_training(
+      config, strategy, data, model_dir, scratch_dir, chief, model_facts["input_normalization"]
+    )
     restored = checkpoints.restore()  # Every worker reads the chief's checkpoints.
+    if config.init_from and not restored:  # A new run starts from another run's weights.
+      run_record.init_model_from_run(run.model, config.init_from, record)
     writers = _create_writers(config, model_dir, data, record, checkpoints.step, chief)
     stop = distribute.StopSignals(coordinated=scratch_dir is not None)
     preemption = distribute.preemption_handler(
@@ -190,7 +196,7 @@ def _load_data(config):
   )
 
 
-def _create_training(config, strategy, data, model_dir, scratch_dir, chief):
+def _create_training(config, strategy, data, model_dir, scratch_dir, chief, input_normalization):
   """(train_lib.Training, checkpointing.Checkpoints) of the run, not yet restored."""
   with strategy.scope():
     counters = checkpointing.create_counters()
@@ -201,6 +207,7 @@ def _create_training(config, strategy, data, model_dir, scratch_dir, chief):
     data.steps_per_epoch,
     counters["lr_multiplier"],
     train_images=data.train[0],
+    input_normalization=input_normalization,
   )
   checkpoints = checkpointing.Checkpoints(
     model_dir,
@@ -214,13 +221,14 @@ def _create_training(config, strategy, data, model_dir, scratch_dir, chief):
   return run, checkpoints
 
 
-def _start_run_record(config, model_dir, data, strategy, chief, precision_choice):
+def _start_run_record(config, model_dir, data, strategy, chief, precision_choice, model_facts):
   """Creates (the chief) or checks (every worker) MODEL_DIR/run.json; see run_record."""
   return run_record.start_run_record(
     model_dir,
     dataclasses.asdict(config),
     write=chief,
     **data.facts(),
+    **model_facts,
     peak_learning_rate=config.peak_learning_rate,
     num_replicas=strategy.num_replicas_in_sync,
     precision_choice=precision_choice,

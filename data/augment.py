@@ -20,17 +20,24 @@ TTA_MODES = ("none", "flip", "flip_translate")  # Test-time augmentation: see tt
 # Per-channel statistics of the CIFAR-10 training images, in [0, 1] units.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# A run's input normalisation as run.json records it ("input_normalization"); runs
+# recorded without one used these (resnet/run_record.input_normalization).
+CIFAR10_NORMALIZATION = {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}
 
 
-def normalize(images):
-  """uint8 [..., 32, 32, 3] in [0, 255] -> float32 with per-channel zero mean, unit std.
+def normalize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+  """uint8 [..., 32, 32, 3] in [0, 255] -> float32 (images / 255 - mean) / std.
+
+  `mean` and `std` are 3 per-channel values in [0, 1] pixel units: a run's input
+  normalisation (`normalize(images, **run_record.input_normalization(record))`);
+  CIFAR-10's statistics, which give zero mean and unit std, by default.
 
   Applied by the model's steps (resnet/train_lib.py) on the device, not by the
   input pipeline: the host then sends uint8, a quarter of the bytes, and does
   less work per image.
   """
   images = tf.cast(images, tf.float32) / 255.0
-  return (images - tf.constant(CIFAR10_MEAN)) / tf.constant(CIFAR10_STD)
+  return (images - tf.convert_to_tensor(mean, tf.float32)) / tf.convert_to_tensor(std, tf.float32)
 
 
 def crop_and_flip(images, offsets, flips, crop_padding=CROP_PADDING):

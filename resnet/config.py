@@ -49,6 +49,13 @@ class Config:
     "keeps what it was built with.",
     choices=("auto", *model_lib.STRIDE2_PADDINGS),
   )
+  init_from: str | None = _option(
+    None,
+    "A new run starts from the model weights (not the optimizer) of the best checkpoint of "
+    "this model directory (train.py's or resnet.import_reference's), and takes its "
+    "--stride2_padding and input normalisation; --model and the classes must be the same. "
+    "Ignored when the run resumes from its own checkpoint.",
+  )
   whitening: bool = _option(
     True,
     "--model=airbench: its frozen first convolution whitens 2x2 patches of the training images "

@@ -11,8 +11,9 @@ Writes (replacing an older export):
   MODEL_DIR/export/model.keras   Keras model, uint8 [B, 32, 32, 3] -> probabilities [B, C]; load
                                  it with `import resnet.model` then `keras.saving.load_model`.
 
-Both normalise the images themselves (data.augment.normalize's per-channel mean and std) and
-compute in float32, whatever precision the run trained in.
+Both normalise the images themselves, with the per-channel mean and std the run recorded
+(run_record.input_normalization; data.augment.normalize), and compute in float32, whatever
+precision the run trained in.
 """
 
 import os
@@ -43,14 +44,17 @@ def export_paths(model_dir):
 class _Serving(tf.Module):
   """The SavedModel's root object: the ResNet, the class names and the serving function."""
 
-  def __init__(self, model, class_names):
+  def __init__(self, model, class_names, input_normalization):
     super().__init__()
     self.model = model
     self.class_names = tf.constant(class_names)
+    # Per-channel [3] constants of the serving graph, [0, 1] pixel units.
+    self.mean = tuple(input_normalization["mean"])
+    self.std = tuple(input_normalization["std"])
 
   @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="images")])
   def serve(self, images):
-    logits = self.model(augment.normalize(images), training=False)
+    logits = self.model(augment.normalize(images, self.mean, self.std), training=False)
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
     return {
       "probabilities": probabilities,
@@ -59,18 +63,20 @@ class _Serving(tf.Module):
     }
 
 
-def keras_classifier(model):
+def keras_classifier(model, input_normalization=None):
   """Wraps a ResNet into a functional keras.Model: uint8 [B, 32, 32, 3] -> probabilities [B, C].
 
   The input is normalised by Rescaling and Normalization layers (the maths of
-  augment.normalize, up to float rounding), so the .keras file needs no code
-  of ours beyond the ResNet class.
+  augment.normalize with `input_normalization`, the run's {"mean", "std"}, CIFAR-10's
+  if None, up to float rounding), so the .keras file needs no code of ours beyond
+  the ResNet class.
   """
+  normalization = input_normalization or augment.CIFAR10_NORMALIZATION
   images = keras.Input(IMAGE_SHAPE, dtype="uint8", name="images")
   # Explicit float32 layers: a global mixed-precision policy must not leak into the export.
   x = keras.layers.Rescaling(1.0 / 255.0, dtype="float32")(images)
   x = keras.layers.Normalization(
-    mean=augment.CIFAR10_MEAN, variance=np.square(augment.CIFAR10_STD), dtype="float32"
+    mean=normalization["mean"], variance=np.square(normalization["std"]), dtype="float32"
   )(x)
   probabilities = keras.layers.Softmax(dtype="float32", name="probabilities")(model(x))
   return keras.Model(images, probabilities, name=f"{model.name}_classifier")
@@ -99,6 +105,7 @@ def export_best_model(model_dir, checkpoint_path=None):
   """
   model, record, _ = run_record.load_trained_model(model_dir, checkpoint_path)
   class_names = record["class_names"]
+  normalization = run_record.input_normalization(record)
 
   paths = export_paths(model_dir)
   export_dir = os.path.dirname(paths["saved_model"])
@@ -110,11 +117,11 @@ def export_best_model(model_dir, checkpoint_path=None):
   }
   if tf.io.gfile.exists(temporary["saved_model"]):
     tf.io.gfile.rmtree(temporary["saved_model"])
-  serving = _Serving(model, class_names)
+  serving = _Serving(model, class_names, normalization)
   tf.saved_model.save(
     serving, temporary["saved_model"], signatures={"serving_default": serving.serve}
   )
-  keras_classifier(model).save(temporary["keras"])
+  keras_classifier(model, normalization).save(temporary["keras"])
   files.replace_directory(temporary["saved_model"], paths["saved_model"])
   tf.io.gfile.rename(temporary["keras"], paths["keras"], overwrite=True)
   return paths

@@ -5,6 +5,7 @@ record, not from training flags; a resume whose run-defining flags differ from
 the record is refused.
 """
 
+import dataclasses
 import json
 import os
 import platform
@@ -16,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from data import augment
 from resnet import checkpointing, files
 from resnet import model as model_lib
 
@@ -67,6 +69,92 @@ def resolve_stride2_padding(model_dir, requested):
   if record is None:
     return "symmetric"
   return {**RUN_KEY_DEFAULTS, **record["config"]}["stride2_padding"]
+
+
+def input_normalization(record):
+  """{"mean": [3], "std": [3]}, [0, 1] pixel units: how the run normalised its images (for
+  augment.normalize); CIFAR-10's statistics for runs recorded before the key existed."""
+  normalization = record.get("input_normalization") or augment.CIFAR10_NORMALIZATION
+  return {"mean": list(normalization["mean"]), "std": list(normalization["std"])}
+
+
+def _model_definition(record):
+  """What makes two runs' models interchangeable: name, classes, padding, normalisation."""
+  config = {**RUN_KEY_DEFAULTS, **record["config"]}
+  return {
+    "--model": config["model"],
+    "classes": len(record["class_names"]),
+    "--stride2_padding": config["stride2_padding"],
+    "input normalisation": input_normalization(record),
+  }
+
+
+def resolve_model_facts(model_dir, config, class_names):
+  """A run's model-defining facts beyond its flags, before it starts.
+
+  A resumed run keeps those of its record. A new run with `config.init_from` takes
+  --stride2_padding (when "auto") and the input normalisation from that run, whose
+  --model and number of classes must be this run's; any other new run pads
+  symmetrically and normalises with CIFAR-10's statistics.
+
+  Returns:
+    (`config` with stride2_padding resolved, {"input_normalization": ...} to record).
+
+  Raises:
+    CheckpointError: --init_from is no training run or its model differs; or `model_dir`
+      holds an imported model (resnet.import_reference), not a run to resume.
+  """
+  record = read_run_record(model_dir)
+  if record is not None and "imported_from" in record:
+    raise checkpointing.CheckpointError(
+      f"{model_dir} holds imported weights, not a run to resume: train from them with "
+      f"--init_from={model_dir} and a new --model_dir."
+    )
+  if record is not None or not config.init_from:
+    padding = resolve_stride2_padding(model_dir, config.stride2_padding)
+    facts = {"input_normalization": input_normalization(record or {})}
+    return dataclasses.replace(config, stride2_padding=padding), facts
+  source = _model_definition(trained_run_record(config.init_from))
+  padding = config.stride2_padding
+  if padding == "auto":
+    padding = source["--stride2_padding"]
+  wanted = {"--model": config.model, "classes": len(class_names), "--stride2_padding": padding}
+  _check_same_model(config.init_from, source, wanted)
+  checkpointing.best_checkpoint_path(config.init_from)  # Fails now, before a file is written.
+  facts = {"input_normalization": source["input normalisation"]}
+  return dataclasses.replace(config, stride2_padding=padding), facts
+
+
+def _check_same_model(source_dir, source, wanted):
+  """CheckpointError naming the first of `wanted`'s facts that `source`'s differ from."""
+  for key, value in wanted.items():
+    if source[key] != value:
+      raise checkpointing.CheckpointError(
+        f"--init_from={source_dir} has {key} {source[key]!r}, this run {value!r}: its "
+        "weights do not fit this run's model."
+      )
+
+
+def init_model_from_run(model, source_dir, record):
+  """Sets `model`'s weights (not an optimizer's) from the best checkpoint of the run in
+  `source_dir`, a new run's starting point (--init_from).
+
+  Args:
+    model: the new run's model; record: its run record.
+
+  Returns:
+    The checkpoint path restored.
+
+  Raises:
+    CheckpointError: no run or best checkpoint there, or a model that differs from
+      this run's (name, classes, padding, input normalisation).
+  """
+  source = _model_definition(trained_run_record(source_dir))
+  _check_same_model(source_dir, source, _model_definition(record))
+  path = checkpointing.best_checkpoint_path(source_dir)
+  checkpointing.restore_model(model, path)
+  logging.info("Initialised the model from %s (--init_from).", path)
+  return path
 
 
 def _git_commit():

@@ -50,11 +50,13 @@ def make_train_steps(
   batch_norm_lr_scale=1.0,
   lookahead=None,
   jit_compile=False,
+  input_normalization=None,
 ):
   """Builds `train_steps(iterator, num_steps) -> dict` running steps under `strategy`.
 
   The iterator yields (uint8 [b, 32, 32, 3] images, int32 [b] labels) per
-  replica, as data/pipeline.py makes them; the step normalises on the device.
+  replica, as data/pipeline.py makes them; the step normalises on the device
+  with `input_normalization`, the run's {"mean", "std"} (None: CIFAR-10's).
   Each replica's loss is its per-example sum divided by the GLOBAL batch size
   (plus weight decay divided by the replica count); the optimizer sums the
   gradients over replicas, so the update is that of one device on the global
@@ -78,12 +80,13 @@ def make_train_steps(
     of the gradient norm, see replica_step).
   """
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  normalization = input_normalization or augment.CIFAR10_NORMALIZATION
 
   def loss_and_gradients(images, labels):
     # One replica's forward and backward pass: (per-example loss float32 [b],
     # predicted classes int32 [b], gradients of its (scaled) loss).
     with tf.GradientTape() as tape:
-      logits = model(augment.normalize(images), training=True)  # uint8 in.
+      logits = model(augment.normalize(images, **normalization), training=True)  # uint8 in.
       per_example_loss = optimization.cross_entropy(labels, logits, num_classes, label_smoothing)
       loss = tf.nn.compute_average_loss(per_example_loss, global_batch_size=global_batch_size)
       if weight_decay:
@@ -172,17 +175,19 @@ def make_average_moving_statistics(strategy, model):
   return average
 
 
-def make_predict_step(strategy, model):
+def make_predict_step(strategy, model, input_normalization=None):
   """Builds `predict_step(batch) -> dict` of per-example outputs gathered from all replicas.
 
-  `batch` is a dict of pipeline.make_eval_dataset (uint8 images, normalised here).
+  `batch` is a dict of pipeline.make_eval_dataset (uint8 images, normalised here with
+  `input_normalization`, the run's {"mean", "std"}; None: CIFAR-10's).
 
   Returns numpy-convertible tensors "probabilities" float32 [B, C], "label",
   "mask" and "index" [B], where B is the global batch (padding included).
   """
+  normalization = input_normalization or augment.CIFAR10_NORMALIZATION
 
   def replica_step(batch):
-    logits = model(augment.normalize(batch["image"]), training=False)  # uint8 in.
+    logits = model(augment.normalize(batch["image"], **normalization), training=False)
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
     return {
       "probabilities": probabilities,
@@ -223,6 +228,7 @@ def create_training(
   lr_multiplier=None,
   fused_batch_norm=True,
   train_images=None,
+  input_normalization=None,
 ):
   """Builds a run's model and optimizer under `strategy.scope()`, and its steps.
 
@@ -236,6 +242,8 @@ def create_training(
     train_images: uint8 [N, 32, 32, 3] training images; the airbench model's
       whitening layer is computed from the first airbench.WHITENING_IMAGES
       (without them it stays random: for speed measurements).
+    input_normalization: the run's {"mean", "std"} (run_record.input_normalization)
+      for the steps and the whitening; None: CIFAR-10's.
 
   Returns:
     A Training. The optimizer's slots exist, so a restore can fill them.
@@ -251,7 +259,8 @@ def create_training(
       stride2_padding=("symmetric" if config.stride2_padding == "auto" else config.stride2_padding),
     )
     if isinstance(model, airbench.Airbench) and config.whitening and train_images is not None:
-      images = augment.normalize(train_images[: airbench.WHITENING_IMAGES])
+      normalization = input_normalization or augment.CIFAR10_NORMALIZATION
+      images = augment.normalize(train_images[: airbench.WHITENING_IMAGES], **normalization)
       model.set_whitening(airbench.whitening_kernel(images))
     total_steps = config.epochs * steps_per_epoch
     lookahead = None
@@ -287,13 +296,14 @@ def create_training(
     batch_norm_lr_scale=config.batch_norm_lr_scale,
     lookahead=lookahead,
     jit_compile=config.jit_compile,
+    input_normalization=input_normalization,
   )
   return Training(
     model=model,
     schedule=schedule,
     optimizer=optimizer,
     train_steps=train_steps,
-    predict_step=make_predict_step(strategy, model),
+    predict_step=make_predict_step(strategy, model, input_normalization),
     average_moving_statistics=make_average_moving_statistics(strategy, model),
     lookahead=lookahead,
   )
