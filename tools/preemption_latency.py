@@ -9,7 +9,7 @@ until the chief's checkpoint index appears, the step saved and the workers'
 step time, hence about how many steps ran after the signal.
 
   python tools/preemption_latency.py --dataset=folder:../shared/data/cifar10-jpeg75
-  python tools/preemption_latency.py --repo=../main ...   # Another checkout's train.py.
+  python tools/preemption_latency.py --repo=/tmp/old ...   # Another checkout's train.py.
   python tools/preemption_latency.py ... -- --log_every_steps=10   # Flags for train.py.
 
 With no flags after `--`, train.py runs with its defaults (resnet20, batch 128,
@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-# "I0101 00:00:00.000 ... step 50/70200 (epoch 0.14): ... 103 img/s": absl's line, its time.
+# The console's log line: "... step 50/70200 (epoch 0.14): loss ... 103 img/s".
 STEP_LINE = re.compile(r"step (\d+)/\d+ \(epoch [\d.]+\):.* (\d+) img/s")
 
 
@@ -64,7 +64,7 @@ def start_workers(repo, model_dir, work_dir, train_flags):
 
 
 def step_lines(log_path):
-  """[(step, images/s, when this process read the line)] of the log so far."""
+  """[(step, images/s)] of the log lines so far."""
   with open(log_path) as log:
     return [(int(m[1]), int(m[2])) for m in STEP_LINE.finditer(log.read())]
 
