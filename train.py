@@ -101,8 +101,9 @@ def train_and_evaluate(config, model_dir):
     window, epoch_meter = console.Meter(), console.Meter()  # Since the last log; epoch.
     with stop:  # Preemption or Ctrl-C: save, then leave the loop.
       while step < data.total_steps and not stop.received:
-        # Run until the next log line, checkpoint or epoch end, whichever comes first.
+        # Run to the next log line, checkpoint, epoch end or (several workers) preemption check.
         boundaries = [config.log_every_steps, data.steps_per_epoch, config.checkpoint_every_steps]
+        boundaries += [config.preemption_check_steps] if preemption else []
         num_steps = min([b - step % b for b in boundaries if b] + [data.total_steps - step])
         sums = run.train_steps(batches, tf.constant(num_steps))
         if not np.isfinite(loss := float(sums["loss_sum"])):  # Never saved: back to the latest.

@@ -196,10 +196,21 @@ def eval_batch_size(strategy, global_batch_size):
 
 
 def distribute_train_dataset(strategy, images, labels, **kwargs):
-  """make_train_dataset for every input pipeline of `strategy` (kwargs as there)."""
+  """make_train_dataset for every input pipeline of `strategy` (kwargs as there).
+
+  Each pipeline is declared endless (tf.data raises if one is read past its end,
+  which the loop never does): in multi-worker mode TensorFlow 2.21's iterator
+  asks every worker at each next() whether it still has data, an all-reduce
+  per step, for every dataset but an endless one (a known finite length does
+  not spare it; input_lib._enable_get_next_as_optional). Every pipeline yields
+  the same number of full batches, so the answer would always be yes.
+  """
   check_global_batch_size(strategy, kwargs["global_batch_size"])
+  endless = tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY)
   return strategy.distribute_datasets_from_function(
-    lambda context: make_train_dataset(images, labels, input_context=context, **kwargs)
+    lambda context: make_train_dataset(images, labels, input_context=context, **kwargs).apply(
+      endless
+    )
   )
 
 

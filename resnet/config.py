@@ -173,6 +173,14 @@ class Config:
   checkpoint_every_steps: int = _option(
     0, "Steps between mid-epoch checkpoints; 0 saves only at the end of each epoch.", low=0
   )
+  preemption_check_steps: int = _option(
+    5,
+    "Several workers: at most this many steps per call of the train steps, between which "
+    "the workers check for a preemption (SIGTERM or Ctrl-C to any of them); all save within "
+    "about 3 x this many steps of the signal (plus up to 1 s, and a validation under way). "
+    "Larger: fewer host round trips.",
+    **POSITIVE,
+  )
   export: bool = _option(
     True, "When training ends, export the best model (SavedModel and .keras) to MODEL_DIR/export."
   )

@@ -41,6 +41,7 @@ NOT_RECIPE = {
   "deterministic",
   "log_every_steps",
   "checkpoint_every_steps",
+  "preemption_check_steps",
   "export",
   "on_nan",
   "nan_lr_factor",

@@ -9,10 +9,16 @@ which the next start replaces:
 
 - Same host: stale when its process is gone, or when the process id now
   belongs to another process (its start time in /proc differs).
-- Another host: its process cannot be probed from here, so the holder rewrites
-  the lock every REFRESH_SECONDS; it is stale STALE_SECONDS after the last
-  rewrite (clocks of the hosts assumed to agree to well under a minute).
-  Deleting MODEL_DIR/run.lock by hand releases it at once.
+- Another host (a recreated VM, a rescheduled pod or job: a new host name, the
+  same gs:// directory), or a process that cannot be probed: the holder
+  rewrites the lock every REFRESH_SECONDS, and a lock not rewritten for
+  STALE_SECONDS (two missed rewrites and a slow one) is stale. A start that
+  finds a more recent one waits until it would be stale, watching it: rewritten
+  meanwhile, its run is live and the start is refused; untouched, it is
+  replaced. So a restart on a new host waits at most STALE_SECONDS, with no
+  one there to delete the lock (deleting MODEL_DIR/run.lock by hand releases
+  it at once). The clocks of the hosts are assumed to agree to within a few
+  seconds (NTP); a start never waits longer than STALE_SECONDS of its own.
 
 What it cannot promise: tf.io.gfile has no atomic create-if-absent. The lock
 is written under a temporary name and renamed into place only if no lock
@@ -34,8 +40,9 @@ import tensorflow as tf
 from absl import logging
 
 LOCK_FILE = "run.lock"
-REFRESH_SECONDS = 60
-STALE_SECONDS = 300  # Five missed refreshes: a run on another host is presumed dead.
+REFRESH_SECONDS = 20
+STALE_SECONDS = 50  # Two missed refreshes, and a slow write: the holder is presumed dead.
+WATCH_SECONDS = 5  # How often a waiting start reads the lock again.
 OWNER_KEYS = {"host", "pid", "start_ticks", "started", "refreshed", "token"}
 
 
@@ -57,23 +64,41 @@ def _utc(seconds):
   return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
+def _now():
+  """Seconds since the epoch (a function of its own, so that tests can move time)."""
+  return time.time()
+
+
+def _sleep(seconds):
+  time.sleep(seconds)
+
+
 def describe(owner):
   """Names the run that wrote lock contents `owner`: its host, process id and start time."""
   return f"host {owner['host']}, pid {owner['pid']}, started {_utc(owner['started'])}"
 
 
-def is_stale(owner, now=None):
-  """Whether the run that wrote lock contents `owner` is gone (see the module docstring)."""
-  if owner["host"] != socket.gethostname():
-    return (now or time.time()) - owner["refreshed"] > STALE_SECONDS
+def _process_alive(owner):
+  """Whether the same-host process that wrote `owner` still runs; None if it cannot tell."""
   try:
     os.kill(owner["pid"], 0)  # Signal 0: only asks whether the process exists.
   except ProcessLookupError:
-    return True
+    return False
   except PermissionError:
     pass  # It exists, owned by another user.
   ticks = process_start_ticks(owner["pid"])
-  return ticks is not None and owner.get("start_ticks") not in (None, ticks)  # Pid reused.
+  if ticks is None or owner.get("start_ticks") is None:
+    return None  # No /proc: a process with that id, perhaps another one.
+  return ticks == owner["start_ticks"]  # Else its pid now names another process.
+
+
+def is_stale(owner):
+  """Whether the run that wrote lock contents `owner` is gone (see the module docstring)."""
+  if owner["host"] == socket.gethostname():
+    alive = _process_alive(owner)
+    if alive is not None:
+      return not alive
+  return _now() - owner["refreshed"] > STALE_SECONDS
 
 
 def _read(path):
@@ -119,11 +144,10 @@ def _refused(model_dir, owner):
   if owner["host"] == socket.gethostname():
     remedy = "wait for it to finish or stop it"
   else:
-    age = time.time() - owner["refreshed"]
+    age = _now() - owner["refreshed"]
     remedy = (
-      f"it cannot be probed from here; it refreshed its lock {age:.0f} s ago and counts as "
-      f"gone {STALE_SECONDS} s after the last refresh. Wait, or if it is surely gone, "
-      f"delete {where}"
+      f"it refreshed its lock {age:.0f} s ago (a lock not refreshed for {STALE_SECONDS} s "
+      f"is stale). Wait for it to finish, or if it is surely gone, delete {where}"
     )
   return RunLockedError(
     f"--model_dir={model_dir} is in use by another training run ({describe(owner)}; "
@@ -133,7 +157,7 @@ def _refused(model_dir, owner):
 
 def _acquire(path, model_dir):
   """Writes this process's lock at `path`, replacing a stale one; its contents."""
-  now = time.time()
+  now = _now()
   owner = {
     "host": socket.gethostname(),
     "pid": os.getpid(),
@@ -143,9 +167,9 @@ def _acquire(path, model_dir):
     "token": secrets.token_hex(8),  # Tells this lock from a later one of the same process.
   }
   previous = _read(path)
+  if previous is not None and not is_stale(previous):
+    previous = _watch_until_stale(path, model_dir, previous)
   if previous is not None:
-    if not is_stale(previous):
-      raise _refused(model_dir, previous)
     logging.warning(
       "Replacing the stale lock of a run that ended without removing it (%s).",
       describe(previous),
@@ -163,6 +187,39 @@ def _acquire(path, model_dir):
   return owner
 
 
+def _watch_until_stale(path, model_dir, owner):
+  """Waits while the recent lock `owner` at `path` (of another host, or of a process that
+  cannot be probed) is neither rewritten nor stale.
+
+  Returns:
+    The stale lock's contents to replace, or None if it was removed meanwhile.
+
+  Raises:
+    RunLockedError: it was rewritten (its run is live), or it names a live process here.
+  """
+  if owner["host"] == socket.gethostname() and _process_alive(owner):
+    raise _refused(model_dir, owner)
+  started = _now()
+  # Never past STALE_SECONDS of this host's clock, whatever the holder's clock says.
+  deadline = min(owner["refreshed"], started) + STALE_SECONDS
+  logging.warning(
+    "%s is held by a run (%s) that refreshed it %.0f s ago: waiting up to %.0f s. If it "
+    "is not refreshed meanwhile, that run is gone and this one takes over.",
+    path,
+    describe(owner),
+    started - owner["refreshed"],
+    deadline - started,
+  )
+  while _now() <= deadline:
+    _sleep(min(WATCH_SECONDS, deadline - _now() + 0.01))
+    current = _read(path)
+    if current is None:
+      return None
+    if current != owner:  # Refreshed, or replaced by another start.
+      raise _refused(model_dir, current)
+  return owner
+
+
 def _unwritable(path):
   return RunLockedError(f"Cannot create the lock {path}: the filesystem refused or lost it.")
 
@@ -175,7 +232,7 @@ def _refresh_until(stopped, path, owner):
       if holder is None or holder["token"] != owner["token"]:
         logging.error("%s was removed or taken over (%s); no longer refreshed.", path, holder)
         return
-      owner["refreshed"] = time.time()
+      owner["refreshed"] = _now()
       _write(path, owner, overwrite=True)
     except (OSError, tf.errors.OpError) as error:  # A full disk must not stop training.
       logging.warning("Cannot refresh %s: %s", path, error)

@@ -33,6 +33,7 @@ from resnet import (
 )
 from resnet import model as model_lib
 from resnet.lookahead import Lookahead
+from tests.conftest import write_image_folder
 from tests.test_train import REPO, checkpoint_weights, debug_config, final_weights
 
 NUM_CLASSES = 3
@@ -226,6 +227,32 @@ def test_a_call_of_the_steps_runs_few_all_reduces(jit_compile):
   # The moving statistics of all BatchNorm layers (2 here, 19 in ResNet-20) in one.
   average = train_lib.make_average_moving_statistics(strategy, model)
   assert len(model.non_trainable_variables) == 4 and all_reduces(average) == (1, 0)
+
+
+def test_two_real_workers_run_no_all_reduce_to_fetch_a_batch(tmp_path):
+  # The test above builds the strategy from local devices, where it is not in multi-worker
+  # mode. Two processes of a real cluster are: there an input of unknown length would make
+  # every next() sum across workers whether any still has data, one more round trip a step.
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+  processes = []
+  for index in range(2):
+    task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+    processes.append(
+      subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "tests", "multi_worker_collectives.py")],
+        env=dict(os.environ, TF_CONFIG=json.dumps(task), TMPDIR=str(tmp_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
+    )
+  outputs = [process.communicate(timeout=300)[0] for process in processes]
+  assert [process.returncode for process in processes] == [0, 0], "\n".join(outputs)[-3000:]
+  for output in outputs:
+    result = json.loads(output.split("RESULT ")[1])
+    # Per call, per step: as counted on local devices; and no "has any worker data left?".
+    facts = [result[key] for key in ("workers", "per_call", "per_step", "get_next_as_optional")]
+    assert facts == [2, 1, 2, False]
 
 
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
@@ -473,13 +500,14 @@ def free_ports(count):
   return ports
 
 
-def start_workers(config, model_dir, work_dir, num_workers=2):
+def start_workers(config, model_dir, work_dir, num_workers=2, signal_at_step=None):
   """`num_workers` train.py processes of one cluster, TF_CONFIG as a launcher sets it.
 
-  Worker i logs to WORK_DIR/worker{i}.log and has WORK_DIR/tmp{i} as TMPDIR.
+  Worker i logs to WORK_DIR/worker{i}.log and has WORK_DIR/tmp{i} as TMPDIR. With
+  `signal_at_step`, worker 1 sends itself SIGTERM from inside that step (signal_at_step.py).
   """
   cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(num_workers)]}
-  command = [sys.executable, "train.py", f"--model_dir={model_dir}", "--strategy=multi_worker"]
+  command = [f"--model_dir={model_dir}", "--strategy=multi_worker"]
   command += [
     f"--{key}={value}"
     for key, value in dataclasses.asdict(config).items()
@@ -494,9 +522,18 @@ def start_workers(config, model_dir, work_dir, num_workers=2):
       TMPDIR=scratch,
       TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
     )
+    script = "train.py"
+    if signal_at_step and index == 1:
+      script, env["SIGNAL_AT_STEP"] = "tests/signal_at_step.py", str(signal_at_step)
     with open(os.path.join(work_dir, f"worker{index}.log"), "w") as log:
       processes.append(
-        subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+          [sys.executable, script, *command],
+          cwd=REPO,
+          env=env,
+          stdout=log,
+          stderr=subprocess.STDOUT,
+        )
       )
   return processes
 
@@ -612,21 +649,35 @@ def test_an_overflow_is_skipped_on_every_replica_under_collective_all_reduce():
   assert checksums == pytest.approx([checksums[0]] * 3, rel=1e-6)  # Workers stayed in step.
 
 
-def test_sigterm_to_one_worker_saves_on_all_at_one_step_and_the_run_resumes(image_folder, tmp_path):
-  config = debug_config(image_folder, epochs=12, log_every_steps=1)  # 36 steps.
-  model_dir = str(tmp_path / "run")
-  processes = start_workers(config, model_dir, tmp_path)
-  # Preempt the non-chief once training is under way.
-  wait_for_line(tmp_path / "worker1.log", "step 10/36", processes[1])
-  processes[1].send_signal(signal.SIGTERM)
+def test_sigterm_to_one_worker_saves_on_all_within_a_few_steps_and_the_run_resumes_exactly(
+  tmp_path,
+):
+  # Calls of the train steps run to the next log line or epoch end (32 steps here) unless
+  # several workers cut them at --preemption_check_steps (2): the handler's check after
+  # the call under way learns of the signal; the workers save at the check after it.
+  images = write_image_folder(str(tmp_path / "images"), {"train": 200, "test": 7})
+  config = debug_config(
+    images, epochs=2, steps_per_epoch=32, log_every_steps=32, preemption_check_steps=2
+  )
+  config = dataclasses.replace(config, optimizer="sgd", momentum=0.9, learning_rate=0.02)
+  model_dir, signal_step = str(tmp_path / "run"), 4
+  processes = start_workers(config, model_dir, tmp_path, signal_at_step=signal_step)
   codes, logs = finish(processes, tmp_path)
   assert codes == [128 + signal.SIGTERM] * 2, logs[0][-3000:] + logs[1][-3000:]
   stopped = [int(log.split("Stopped by SIGTERM at step ")[1].split()[0]) for log in logs]
-  assert stopped[0] == stopped[1] and 10 <= stopped[0] < 36
+  print(f"SIGTERM in step {signal_step}; saved at step {stopped[0]}")
+  # The call under way and two more (3 x 2 steps), and 2 steps of the handler's 1-s poll.
+  assert stopped[0] == stopped[1] and signal_step <= stopped[0] <= signal_step + 3 * 2 + 2
   latest = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
   assert latest.endswith(f"ckpt-{stopped[0]}")
 
   codes, logs = finish(start_workers(config, model_dir, tmp_path), tmp_path)  # Same command.
   assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
   assert f"Resumed from {latest} at step {stopped[0]}" in logs[0]
-  assert "Done at step 36" in logs[0] and "Done at step 36" in logs[1]
+  assert "Done at step 64" in logs[0] and "Done at step 64" in logs[1]
+  # Exactly where it stopped: as an uninterrupted run on two replicas in one process.
+  single_dir = str(tmp_path / "single")
+  train.train_and_evaluate(dataclasses.replace(config, strategy="mirrored"), single_dir)
+  expected, actual = final_weights(single_dir), final_weights(model_dir)
+  for name in expected:
+    np.testing.assert_allclose(actual[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)

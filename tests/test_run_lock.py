@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -68,14 +69,67 @@ def test_a_stale_lock_is_replaced_then_removed(tmp_path, kind, caplog):
   assert os.listdir(tmp_path) == []  # Removed on exit.
 
 
-def test_a_recent_lock_of_another_host_refuses_and_says_how_to_release_it(tmp_path):
-  write_lock(tmp_path, host="elsewhere", refreshed=time.time() - 30)
+@pytest.fixture
+def clock(monkeypatch):
+  """run_lock's clock, moved by its sleeps instead of waiting; `on_sleep` runs after each."""
+  state = types.SimpleNamespace(now=time.time(), slept=0.0, on_sleep=lambda: None)
+
+  def sleep(seconds):
+    state.now += seconds
+    state.slept += seconds
+    state.on_sleep()
+
+  monkeypatch.setattr(run_lock, "_now", lambda: state.now)
+  monkeypatch.setattr(run_lock, "_sleep", sleep)
+  return state
+
+
+def test_a_new_host_takes_over_a_lock_not_refreshed_for_a_minute_at_once(tmp_path, clock):
+  # A recreated VM, a rescheduled pod: a new host name, and the old run's lock left behind.
+  write_lock(tmp_path, host="old-vm", refreshed=clock.now - 60)
+  with run_lock.hold(str(tmp_path)) as owner:
+    assert owner["host"] == socket.gethostname()
+  assert clock.slept == 0
+
+
+def test_a_new_host_right_after_a_crash_waits_under_a_minute_then_takes_over(
+  tmp_path, clock, caplog
+):
+  write_lock(tmp_path, host="old-pod", refreshed=clock.now - 5)
+  with run_lock.hold(str(tmp_path)) as owner:
+    assert owner["host"] == socket.gethostname()
+  assert "refreshed it 5 s ago: waiting up to 45 s" in caplog.text
+  assert 45 <= clock.slept < 46  # Until the lock is stale, reading it every few seconds.
+
+
+def test_a_live_run_on_another_host_is_refused_once_it_refreshes_its_lock(tmp_path, clock):
+  holder = write_lock(tmp_path, host="elsewhere", refreshed=clock.now - 10)
+
+  def live_holder_refreshes():  # Every REFRESH_SECONDS after its last refresh.
+    if clock.now - holder["refreshed"] >= run_lock.REFRESH_SECONDS:
+      write_lock(tmp_path, **dict(holder, refreshed=clock.now))
+
+  clock.on_sleep = live_holder_refreshes
   with pytest.raises(
     run_lock.RunLockedError,
-    match=r"host elsewhere.*refreshed its lock 3\d s ago.*delete .*run.lock",
+    match=r"host elsewhere.*refreshed its lock 0 s ago.*delete .*run.lock",
   ):
     with run_lock.hold(str(tmp_path)):
       pass
+  assert clock.slept <= run_lock.REFRESH_SECONDS  # Refused as soon as it is seen refreshed.
+  assert json.loads((tmp_path / run_lock.LOCK_FILE).read_text())["host"] == "elsewhere"
+
+
+def test_a_lock_whose_process_cannot_be_probed_goes_stale_by_its_refreshes(
+  tmp_path, clock, monkeypatch
+):
+  # Without /proc a live process id may name another process (a container restarted
+  # with the same host name): the refreshes decide, as for another host.
+  monkeypatch.setattr(run_lock, "process_start_ticks", lambda pid: None)
+  write_lock(tmp_path, start_ticks=None, refreshed=clock.now - 60)
+  with run_lock.hold(str(tmp_path)):
+    pass
+  assert clock.slept == 0
 
 
 def test_the_lock_is_removed_on_an_error_and_a_second_hold_is_refused(tmp_path):
