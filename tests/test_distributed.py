@@ -359,16 +359,43 @@ def test_a_run_saved_on_two_replicas_resumes_on_one(image_folder, tmp_path, monk
   )
 
 
-def test_a_mixed_float16_run_resumes_in_float32(image_folder, tmp_path):
-  config = debug_config(image_folder, precision="mixed_float16", epochs=1)
-  train.train_and_evaluate(config, str(tmp_path))
-  path = tf.train.latest_checkpoint(str(tmp_path / checkpointing.LATEST_DIR))
-  names = [name for name, _ in tf.train.list_variables(path)]
-  assert any(name.startswith("loss_scale_optimizer/") for name in names)
-  resumed = train.train_and_evaluate(
-    dataclasses.replace(config, precision="float32", epochs=2), str(tmp_path)
-  )
-  assert resumed["step"] == 6 and np.isfinite(resumed["validation"]["loss"])
+@pytest.fixture(scope="module")
+def one_step_runs(image_folder, tmp_path_factory):
+  """{precision: the model directory of a one-step run in that precision (ckpt-1)}."""
+  runs = {}
+  for precision in optimization.PRECISIONS:
+    runs[precision] = str(tmp_path_factory.mktemp(precision))
+    config = debug_config(image_folder, precision=precision, epochs=1, steps_per_epoch=1)
+    train.train_and_evaluate(config, runs[precision])
+  return runs
+
+
+@pytest.mark.parametrize("resumed", optimization.PRECISIONS)
+@pytest.mark.parametrize("saved", optimization.PRECISIONS)
+def test_a_run_resumes_in_every_precision(one_step_runs, image_folder, tmp_path, saved, resumed):
+  # A spot VM can come back on other hardware, where --precision=auto picks another
+  # precision. Weights and the optimizer's state carry over; the loss scale only from
+  # mixed_float16 to mixed_float16: it starts afresh when the checkpoint has none, and
+  # is left behind when the new run has no loss scaling.
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(one_step_runs[saved], model_dir)
+  config = debug_config(image_folder, precision=resumed, epochs=2, steps_per_epoch=1)
+  result = train.train_and_evaluate(config, model_dir)
+  assert result["step"] == 2 and np.isfinite(result["validation"]["loss"])
+  path = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
+  reader = tf.compat.v1.train.NewCheckpointReader(path)
+
+  def value(name):
+    return reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
+
+  assert value("optimizer/_iterations") == 2  # Resumed, not restarted.
+  if resumed == "mixed_float16":
+    # Finite steps counted by the loss scale: 2 if it carried over, 1 if it started afresh.
+    assert value("loss_scale_optimizer/step_counter") == (2 if saved == resumed else 1)
+    assert value("loss_scale_optimizer/dynamic_scale") == 2.0**15
+  else:
+    names = reader.get_variable_to_shape_map()
+    assert not [name for name in names if name.startswith("loss_scale_optimizer/")]
 
 
 @pytest.mark.parametrize(
