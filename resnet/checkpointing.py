@@ -13,7 +13,7 @@ import uuid
 import tensorflow as tf
 from absl import logging
 
-from resnet import files
+from resnet import files, run_lock
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -74,6 +74,19 @@ def make_writable_directory(model_dir):
       f"Cannot write to --model_dir={model_dir}: {one_line_message(error)}. Choose a "
       "directory you can write to, with free space."
     ) from None
+
+
+@contextlib.contextmanager
+def claim_model_dir(model_dir):
+  """Proves that `model_dir` can be written (make_writable_directory), then holds its run
+  lock (resnet/run_lock.py) within `with`: a second run there is refused before it writes.
+
+  Raises:
+    CheckpointError: the directory cannot be written; RunLockedError: a live run holds it.
+  """
+  make_writable_directory(model_dir)
+  with run_lock.hold(model_dir):
+    yield
 
 
 def best_checkpoint_path(model_dir):
@@ -146,6 +159,7 @@ class Checkpoints:
       self.checkpoint, os.path.join(write_dir, BEST_DIR), max_to_keep=1, checkpoint_name="best"
     )
     self._saved_step = None  # The step of the state on disk: saving it again is a no-op.
+    self.restored_path = None  # The checkpoint the last restore read, if any.
 
   @property
   def step(self):
@@ -174,7 +188,7 @@ class Checkpoints:
     for path in reversed(manager.checkpoints):
       try:
         self._restore_from(path)
-        self._saved_step = self.step
+        self._saved_step, self.restored_path = self.step, path
         best = float(self.counters["best_accuracy"].numpy())
         logging.info(
           "Resumed from %s at step %d (best validation accuracy %.4f).", path, self.step, best

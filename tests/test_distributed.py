@@ -443,10 +443,13 @@ def free_ports(count):
 def start_workers(config, model_dir, work_dir, num_workers=2):
   """`num_workers` train.py processes of one cluster, TF_CONFIG as a launcher sets it.
 
-  Worker i logs to WORK_DIR/worker{i}.log and has WORK_DIR/tmp{i} as TMPDIR.
+  `model_dir` is every worker's --model_dir, or a list of one per worker (hosts
+  that do not share storage). Worker i logs to WORK_DIR/worker{i}.log and has
+  WORK_DIR/tmp{i} as TMPDIR.
   """
   cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(num_workers)]}
-  command = [sys.executable, "train.py", f"--model_dir={model_dir}", "--strategy=multi_worker"]
+  model_dirs = model_dir if isinstance(model_dir, list) else [model_dir] * num_workers
+  command = [sys.executable, "train.py", "--strategy=multi_worker"]
   command += [
     f"--{key}={value}"
     for key, value in dataclasses.asdict(config).items()
@@ -463,14 +466,29 @@ def start_workers(config, model_dir, work_dir, num_workers=2):
     )
     with open(os.path.join(work_dir, f"worker{index}.log"), "w") as log:
       processes.append(
-        subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+          [*command, f"--model_dir={model_dirs[index]}"],
+          cwd=REPO,
+          env=env,
+          stdout=log,
+          stderr=subprocess.STDOUT,
+        )
       )
   return processes
 
 
-def finish(processes, work_dir):
-  """(exit codes, logs) once every worker has exited."""
-  codes = [process.wait(timeout=300) for process in processes]
+def finish(processes, work_dir, timeout=300):
+  """(exit codes, logs) once every worker has exited; after `timeout` seconds the
+  workers still running are killed and their code is "hung"."""
+  deadline = time.monotonic() + timeout
+  codes = []
+  for process in processes:
+    try:
+      codes.append(process.wait(timeout=max(0.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+      process.kill()  # Waiting in a collective for a peer that left: it would never end.
+      process.wait()
+      codes.append("hung")
   logs = []
   for index in range(len(processes)):
     with open(os.path.join(work_dir, f"worker{index}.log")) as log:
