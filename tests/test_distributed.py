@@ -565,7 +565,9 @@ def test_two_workers_train_like_two_replicas_in_one_process(image_folder, tmp_pa
 
 
 def test_sigterm_to_one_worker_saves_on_all_at_one_step_and_the_run_resumes(image_folder, tmp_path):
-  config = debug_config(image_folder, epochs=12, log_every_steps=1)  # 36 steps.
+  # 36 steps; --on_nan=recover: the first start's step-0 save runs on both workers (its
+  # collectives would hang one worker that ran them alone).
+  config = debug_config(image_folder, epochs=12, log_every_steps=1, on_nan="recover")
   model_dir = str(tmp_path / "run")
   processes = start_workers(config, model_dir, tmp_path)
   # Preempt the non-chief once training is under way.

@@ -1,4 +1,5 @@
-"""Two local worker processes: they restore the same state or all stop with one line."""
+"""Two local worker processes: they restore the same state or all stop with one line;
+NaN recovery and the export work on several workers."""
 
 import dataclasses
 import glob
@@ -6,7 +7,8 @@ import os
 import shutil
 
 import train
-from resnet import checkpointing
+from resnet import checkpointing, export, predict
+from tests.conftest import CLASS_NAMES
 from tests.test_distributed import finish, start_workers
 from tests.test_run_lock import write_lock
 from tests.test_train import debug_config
@@ -57,3 +59,27 @@ def test_a_refusal_on_the_chief_alone_stops_every_worker_with_one_line(image_fol
   assert other_line.startswith("train.py: error: worker 0 stopped: ")
   assert chief_line.split("error: ")[1] in other_line
   assert "Traceback" not in logs[0] + logs[1]
+
+
+def test_two_workers_recover_from_nan_to_a_one_process_checkpoint_and_export(
+  image_folder, tmp_path
+):
+  # The preemption handler, created after the restore, attaches a variable of its own to
+  # the checkpoint; a checkpoint saved by one process lacks it. The chief exports after
+  # the other worker has left.
+  model_dir = str(tmp_path / "run")
+  config = debug_config(image_folder, precision="float32")
+  train.train_and_evaluate(dataclasses.replace(config, epochs=1), model_dir)  # ckpt-3.
+  diverging = dataclasses.replace(
+    config, learning_rate=1e30, on_nan="recover", nan_lr_factor=1e-32, export=True
+  )
+  codes, logs = finish(start_workers(diverging, model_dir, tmp_path), tmp_path)
+  assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  for log in logs:
+    assert f"Restored {model_dir}/checkpoints/ckpt-3 (step 3)" in log
+    assert "Done at step 6" in log
+  paths = export.export_paths(model_dir)
+  image = os.path.join(image_folder, "test", "cat", "0000.png")
+  (prediction,) = predict.predict_files(paths["saved_model"], [image])
+  assert prediction["probabilities"].shape == (len(CLASS_NAMES),)
+  assert os.path.getsize(paths["keras"]) > 10_000
