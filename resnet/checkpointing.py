@@ -184,7 +184,7 @@ class Checkpoints:
     manager = tf.train.CheckpointManager(
       self.checkpoint, os.path.join(self.model_dir, LATEST_DIR), max_to_keep=KEEP_LATEST
     )
-    errors = []
+    errors, self.restored_path = [], None
     for path in reversed(manager.checkpoints):
       try:
         self._restore_from(path)

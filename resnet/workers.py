@@ -73,7 +73,7 @@ def failing_together(strategy):
     return
   try:
     yield
-  except BaseException as error:  # Ctrl-C too: the others must hear of it. Then it goes on.
+  except BaseException as error:  # Ctrl-C too: the others must hear of it, then it goes on up.
     with contextlib.suppress(distribute.StrategyError):  # This worker's error says more.
       gather_lines(strategy, checkpointing.one_line_message(error))
     raise

@@ -6,6 +6,8 @@ import glob
 import os
 import shutil
 
+import pytest
+
 import train
 from resnet import checkpointing, export, predict
 from tests.conftest import CLASS_NAMES
@@ -21,15 +23,26 @@ def error_lines(log):
   return [line for line in log.splitlines() if line.startswith("train.py: error: ")]
 
 
-def test_workers_that_restore_different_checkpoints_stop_with_one_line_each(image_folder, tmp_path):
+@pytest.fixture(scope="module")
+def one_process_epoch(image_folder, tmp_path_factory):
+  """(config, the model directory of its first epoch in one process: ckpt-2 and ckpt-3)."""
+  config = debug_config(image_folder, precision="float32", checkpoint_every_steps=2)
+  model_dir = str(tmp_path_factory.mktemp("one_process"))
+  train.train_and_evaluate(dataclasses.replace(config, epochs=1), model_dir)
+  return config, model_dir
+
+
+def test_workers_that_restore_different_checkpoints_stop_with_one_line_each(
+  one_process_epoch, tmp_path
+):
   # Each worker restores from its own --model_dir: without shared storage, or when one
   # worker cannot read the newest checkpoint (damaged in its copy only, as a failed read
   # of gs:// would leave it), they would train on from different steps, and their
   # collectives stop matching.
-  config = debug_config(image_folder, precision="float32", checkpoint_every_steps=2)
+  config, one_process_dir = one_process_epoch
   chief_dir, other_dir = str(tmp_path / "chief"), str(tmp_path / "other")
-  train.train_and_evaluate(dataclasses.replace(config, epochs=1), chief_dir)  # ckpt-2, ckpt-3.
-  shutil.copytree(chief_dir, other_dir)
+  shutil.copytree(one_process_dir, chief_dir)
+  shutil.copytree(one_process_dir, other_dir)
   (data_file,) = glob.glob(os.path.join(other_dir, checkpointing.LATEST_DIR, "ckpt-3.data-*"))
   with open(data_file, "r+b") as file:
     file.truncate(os.path.getsize(data_file) // 2)
@@ -62,16 +75,23 @@ def test_a_refusal_on_the_chief_alone_stops_every_worker_with_one_line(image_fol
 
 
 def test_two_workers_recover_from_nan_to_a_one_process_checkpoint_and_export(
-  image_folder, tmp_path
+  one_process_epoch, image_folder, tmp_path
 ):
   # The preemption handler, created after the restore, attaches a variable of its own to
   # the checkpoint; a checkpoint saved by one process lacks it. The chief exports after
   # the other worker has left.
+  config, one_process_dir = one_process_epoch
   model_dir = str(tmp_path / "run")
-  config = debug_config(image_folder, precision="float32")
-  train.train_and_evaluate(dataclasses.replace(config, epochs=1), model_dir)  # ckpt-3.
+  shutil.copytree(one_process_dir, model_dir)
+  # Step 4's loss is that of ckpt-3's weights; steps 5-6 diverge and go back to ckpt-3
+  # (no checkpoint at step 4 in between).
   diverging = dataclasses.replace(
-    config, learning_rate=1e30, on_nan="recover", nan_lr_factor=1e-32, export=True
+    config,
+    learning_rate=1e30,
+    on_nan="recover",
+    nan_lr_factor=1e-32,
+    checkpoint_every_steps=0,
+    export=True,
   )
   codes, logs = finish(start_workers(diverging, model_dir, tmp_path), tmp_path)
   assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
