@@ -359,43 +359,55 @@ def test_a_run_saved_on_two_replicas_resumes_on_one(image_folder, tmp_path, monk
   )
 
 
-@pytest.fixture(scope="module")
-def one_step_runs(image_folder, tmp_path_factory):
-  """{precision: the model directory of a one-step run in that precision (ckpt-1)}."""
-  runs = {}
-  for precision in optimization.PRECISIONS:
-    runs[precision] = str(tmp_path_factory.mktemp(precision))
-    config = debug_config(image_folder, precision=precision, epochs=1, steps_per_epoch=1)
-    train.train_and_evaluate(config, runs[precision])
-  return runs
+def run_checkpoints(image_folder, precision, model_dir):
+  """The Checkpoints of a one-device debug_config run in `precision`, as train.py makes
+  them (fresh random weights; nothing restored yet)."""
+  config = debug_config(image_folder, precision=precision)
+  strategy = tf.distribute.get_strategy()
+  with strategy.scope():
+    counters = checkpointing.create_counters()
+  run = train_lib.create_training(config, strategy, NUM_CLASSES, 3, counters["lr_multiplier"])
+  return checkpointing.Checkpoints(model_dir, run.model, run.optimizer, counters)
 
 
 @pytest.mark.parametrize("resumed", optimization.PRECISIONS)
 @pytest.mark.parametrize("saved", optimization.PRECISIONS)
-def test_a_run_resumes_in_every_precision(one_step_runs, image_folder, tmp_path, saved, resumed):
+def test_a_checkpoint_restores_in_every_precision(image_folder, tmp_path, saved, resumed):
   # A spot VM can come back on other hardware, where --precision=auto picks another
   # precision. Weights and the optimizer's state carry over; the loss scale only from
   # mixed_float16 to mixed_float16: it starts afresh when the checkpoint has none, and
-  # is left behind when the new run has no loss scaling.
-  model_dir = str(tmp_path / "run")
-  shutil.copytree(one_step_runs[saved], model_dir)
-  config = debug_config(image_folder, precision=resumed, epochs=2, steps_per_epoch=1)
-  result = train.train_and_evaluate(config, model_dir)
-  assert result["step"] == 2 and np.isfinite(result["validation"]["loss"])
-  path = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
-  reader = tf.compat.v1.train.NewCheckpointReader(path)
+  # is left unread when the new run has no loss scaling.
+  before = run_checkpoints(image_folder, saved, str(tmp_path))
+  before.counters["step"].assign(7)
+  before.checkpoint.optimizer.iterations.assign(7)
+  if saved == "mixed_float16":  # A loss scale that has moved since the start.
+    before.checkpoint.loss_scale_optimizer.dynamic_scale.assign(4.0)
+    before.checkpoint.loss_scale_optimizer.step_counter.assign(5)
+  before.save_latest()
 
-  def value(name):
-    return reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
-
-  assert value("optimizer/_iterations") == 2  # Resumed, not restarted.
+  after = run_checkpoints(image_folder, resumed, str(tmp_path))
+  assert after.restore().endswith("ckpt-7") and after.step == 7
+  assert int(after.checkpoint.optimizer.iterations.numpy()) == 7
+  for old, new in zip(before.checkpoint.model.weights, after.checkpoint.model.weights, strict=True):
+    np.testing.assert_array_equal(new.numpy(), old.numpy())  # Not the new random weights.
   if resumed == "mixed_float16":
-    # Finite steps counted by the loss scale: 2 if it carried over, 1 if it started afresh.
-    assert value("loss_scale_optimizer/step_counter") == (2 if saved == resumed else 1)
-    assert value("loss_scale_optimizer/dynamic_scale") == 2.0**15
-  else:
-    names = reader.get_variable_to_shape_map()
-    assert not [name for name in names if name.startswith("loss_scale_optimizer/")]
+    loss_scale = after.checkpoint.loss_scale_optimizer
+    expected = (4.0, 5) if saved == "mixed_float16" else (2.0**15, 0)  # Carried, or fresh.
+    assert (
+      float(loss_scale.dynamic_scale.numpy()),
+      int(loss_scale.step_counter.numpy()),
+    ) == expected
+
+
+def test_a_mixed_bfloat16_run_resumes_in_mixed_float16(image_folder, tmp_path):
+  # From an A100 (or this CPU) to a V100: the whole resumed run, not only its restore.
+  config = debug_config(image_folder, precision="mixed_bfloat16", epochs=1, steps_per_epoch=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  config = dataclasses.replace(config, precision="mixed_float16", epochs=2)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["step"] == 2 and np.isfinite(result["validation"]["loss"])
+  path = tf.train.latest_checkpoint(str(tmp_path / checkpointing.LATEST_DIR))
+  assert tf.train.load_variable(path, "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 2
 
 
 @pytest.mark.parametrize(
