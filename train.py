@@ -78,7 +78,8 @@ def train_and_evaluate(config, model_dir):
     workers.entered_together(strategy, lock),
     distribute.scratch_directory(strategy) as scratch_dir,
   ):
-    record = _start_run_record(config, model_dir, data, strategy, chief, precision_choice)
+    with workers.failing_together(strategy):  # A worker's own directory may hold another run.
+      record = _start_run_record(config, model_dir, data, strategy, chief, precision_choice)
     run, checkpoints = _create_training(config, strategy, data, model_dir, scratch_dir, chief)
     with workers.restoring_alike(strategy, checkpoints):  # All read the chief's checkpoints.
       restored = checkpoints.restore()
