@@ -62,7 +62,10 @@ def failing_together(strategy):
   """Within `with`, an exception on any worker is raised on every worker, at the block's end.
 
   The block must run no collective op, or a worker that failed before it would
-  leave the others waiting there. In a single process: a plain `with`.
+  leave the others waiting there.
+
+  Args:
+    strategy: the run's strategy (a single process: a plain `with`).
 
   Raises:
     On a worker whose block failed, its own exception; on the others,
@@ -86,6 +89,10 @@ def failing_together(strategy):
 def entered_together(strategy, context):
   """Enters `context` within failing_together: if entering fails on any worker, every
   worker raises (see failing_together), and those that had entered leave it again.
+
+  Args:
+    strategy: the run's strategy.
+    context: a context manager, e.g. the chief's checkpointing.claim_model_dir.
 
   Yields:
     What `context` yields.
