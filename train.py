@@ -33,6 +33,7 @@ from resnet import (
   run_record,
   summaries,
   train_lib,
+  workers,
 )
 from resnet import config as config_lib
 
@@ -70,19 +71,22 @@ def train_and_evaluate(config, model_dir):
   data = _load_data(config)
   # Padding and input normalisation: the record's on a resume, else --init_from's, else new.
   config, model_facts = run_record.resolve_model_facts(model_dir, config, data.class_names)
-  if chief:
-    checkpointing.make_writable_directory(model_dir)
-  # One run at a time per directory: a second start is refused before it writes anything.
-  lock = run_lock.hold(model_dir) if chief else contextlib.nullcontext()
+  # Only the chief writes (and locks) the model directory; if it cannot, every worker stops.
+  lock = checkpointing.claim_model_dir(model_dir) if chief else contextlib.nullcontext()
   # Non-chief workers save their checkpoints (as TensorFlow requires) to a scratch directory.
-  with lock, distribute.scratch_directory(strategy) as scratch_dir:
-    record = _start_run_record(
-      config, model_dir, data, strategy, chief, precision_choice, model_facts
-    )
+  with (
+    workers.entered_together(strategy, lock),
+    distribute.scratch_directory(strategy) as scratch_dir,
+  ):
+    with workers.failing_together(strategy):  # A worker's own directory may hold another run.
+      record = _start_run_record(
+        config, model_dir, data, strategy, chief, precision_choice, model_facts
+      )
     run, checkpoints = _create_training(
       config, strategy, data, model_dir, scratch_dir, chief, model_facts["input_normalization"]
     )
-    restored = checkpoints.restore()  # Every worker reads the chief's checkpoints.
+    with workers.restoring_alike(strategy, checkpoints):  # All read the chief's checkpoints.
+      restored = checkpoints.restore()
     if config.init_from and not restored:  # A new run starts from another run's weights.
       run_record.init_model_from_run(run.model, config.init_from, record)
     writers = _create_writers(config, model_dir, data, record, checkpoints.step, chief)
@@ -107,9 +111,10 @@ def train_and_evaluate(config, model_dir):
         num_steps = min([b - step % b for b in boundaries if b] + [data.total_steps - step])
         sums = run.train_steps(batches, tf.constant(num_steps))
         if not np.isfinite(loss := float(sums["loss_sum"])):  # Never saved: back to the latest.
-          step = checkpoints.recover_from_non_finite_loss(
-            loss, step, num_steps, config.max_nan_recoveries, config.nan_lr_factor
-          )
+          with workers.restoring_alike(strategy, checkpoints):
+            step = checkpoints.recover_from_non_finite_loss(
+              loss, step, num_steps, config.max_nan_recoveries, config.nan_lr_factor
+            )
           batches = iter(data.distribute_train(strategy, start_step=step))
           window.reset()
           continue

@@ -13,7 +13,7 @@ import uuid
 import tensorflow as tf
 from absl import logging
 
-from resnet import files
+from resnet import files, run_lock
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -76,6 +76,19 @@ def make_writable_directory(model_dir):
     ) from None
 
 
+@contextlib.contextmanager
+def claim_model_dir(model_dir):
+  """Proves that `model_dir` can be written (make_writable_directory), then holds its run
+  lock (resnet/run_lock.py) within `with`: a second run there is refused before it writes.
+
+  Raises:
+    CheckpointError: the directory cannot be written; RunLockedError: a live run holds it.
+  """
+  make_writable_directory(model_dir)
+  with run_lock.hold(model_dir):
+    yield
+
+
 def best_checkpoint_path(model_dir):
   """The path of MODEL_DIR's best checkpoint; CheckpointError when there is none."""
   path = tf.train.latest_checkpoint(os.path.join(model_dir, BEST_DIR))
@@ -115,9 +128,9 @@ class Checkpoints:
 
   Holds the tf.train.Checkpoint of the model, the optimizer and the counters
   (see create_counters), and the two managers. The optimizer is saved under
-  "optimizer" with or without loss scaling, so a run can resume in another
-  precision; the loss scale is saved on its own. Every process reads the chief's checkpoints in
-  `model_dir`; under MultiWorkerMirroredStrategy every worker must also save
+  "optimizer" with or without loss scaling, and mixed_float16's loss scale on
+  its own, so a run resumes in any precision (see restore). Every process reads the chief's
+  checkpoints in `model_dir`; under MultiWorkerMirroredStrategy every worker must also save
   (saving runs collective ops), the non-chief ones into `write_dir` (None: the
   chief, which saves into `model_dir` and writes best/best.json).
   """
@@ -134,9 +147,10 @@ class Checkpoints:
     loss_scale = {"loss_scale_optimizer": optimizer} if optimizer is not inner else {}
     # A resnet.lookahead.Lookahead's average and counter, when the run has one.
     extra = {"lookahead": lookahead.state} if lookahead is not None else {}
-    self.checkpoint = tf.train.Checkpoint(
-      model=model, optimizer=inner, **loss_scale, **extra, **counters
-    )
+    # What a restore fills. Not self.checkpoint's attributes: TF's PreemptionCheckpointHandler
+    # adds a counter of its own to that, which checkpoints saved without it lack.
+    self._objects = dict(model=model, optimizer=inner, **loss_scale, **extra, **counters)
+    self.checkpoint = tf.train.Checkpoint(**self._objects)
     write_dir = write_dir or model_dir
     self._latest = tf.train.CheckpointManager(
       self.checkpoint, os.path.join(write_dir, LATEST_DIR), max_to_keep=KEEP_LATEST
@@ -145,6 +159,7 @@ class Checkpoints:
       self.checkpoint, os.path.join(write_dir, BEST_DIR), max_to_keep=1, checkpoint_name="best"
     )
     self._saved_step = None  # The step of the state on disk: saving it again is a no-op.
+    self.restored_path = None  # The checkpoint the last restore read, if any.
 
   @property
   def step(self):
@@ -169,11 +184,11 @@ class Checkpoints:
     manager = tf.train.CheckpointManager(
       self.checkpoint, os.path.join(self.model_dir, LATEST_DIR), max_to_keep=KEEP_LATEST
     )
-    errors = []
+    errors, self.restored_path = [], None
     for path in reversed(manager.checkpoints):
       try:
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        self._saved_step = self.step
+        self._restore_from(path)
+        self._saved_step, self.restored_path = self.step, path
         best = float(self.counters["best_accuracy"].numpy())
         logging.info(
           "Resumed from %s at step %d (best validation accuracy %.4f).", path, self.step, best
@@ -190,6 +205,17 @@ class Checkpoints:
         f"{'; '.join(errors)}). Move the directory away to start afresh."
       )
     return None
+
+  def _restore_from(self, path):
+    """Restores the checkpoint at `path` into the run's own objects, all of which it must
+    hold but the loss scale: a float32 or bfloat16 run saved none, so a mixed_float16
+    run resumed from it starts with a fresh one (and a run without loss scaling leaves
+    a saved one unread)."""
+    saved = tf.compat.v1.train.NewCheckpointReader(path).get_variable_to_shape_map()
+    objects = dict(self._objects)
+    if not any(name.startswith("loss_scale_optimizer/") for name in saved):
+      objects.pop("loss_scale_optimizer", None)
+    tf.train.Checkpoint(**objects).restore(path).assert_existing_objects_matched()
 
   def save_latest(self):
     """Saves the current state as checkpoints/ckpt-<step>, unless that step is saved already."""

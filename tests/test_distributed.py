@@ -446,16 +446,55 @@ def test_a_run_saved_on_two_replicas_resumes_on_one(image_folder, tmp_path, monk
   )
 
 
-def test_a_mixed_float16_run_resumes_in_float32(image_folder, tmp_path):
-  config = debug_config(image_folder, precision="mixed_float16", epochs=1)
+def run_checkpoints(image_folder, precision, model_dir):
+  """The Checkpoints of a one-device debug_config run in `precision`, as train.py makes
+  them (fresh random weights; nothing restored yet)."""
+  config = debug_config(image_folder, precision=precision)
+  strategy = tf.distribute.get_strategy()
+  with strategy.scope():
+    counters = checkpointing.create_counters()
+  run = train_lib.create_training(config, strategy, NUM_CLASSES, 3, counters["lr_multiplier"])
+  return checkpointing.Checkpoints(model_dir, run.model, run.optimizer, counters)
+
+
+@pytest.mark.parametrize("resumed", optimization.PRECISIONS)
+@pytest.mark.parametrize("saved", optimization.PRECISIONS)
+def test_a_checkpoint_restores_in_every_precision(image_folder, tmp_path, saved, resumed):
+  # A spot VM can come back on other hardware, where --precision=auto picks another
+  # precision. Weights and the optimizer's state carry over; the loss scale only from
+  # mixed_float16 to mixed_float16: it starts afresh when the checkpoint has none, and
+  # is left unread when the new run has no loss scaling.
+  before = run_checkpoints(image_folder, saved, str(tmp_path))
+  before.counters["step"].assign(7)
+  before.checkpoint.optimizer.iterations.assign(7)
+  if saved == "mixed_float16":  # A loss scale that has moved since the start.
+    before.checkpoint.loss_scale_optimizer.dynamic_scale.assign(4.0)
+    before.checkpoint.loss_scale_optimizer.step_counter.assign(5)
+  before.save_latest()
+
+  after = run_checkpoints(image_folder, resumed, str(tmp_path))
+  assert after.restore().endswith("ckpt-7") and after.step == 7
+  assert int(after.checkpoint.optimizer.iterations.numpy()) == 7
+  for old, new in zip(before.checkpoint.model.weights, after.checkpoint.model.weights, strict=True):
+    np.testing.assert_array_equal(new.numpy(), old.numpy())  # Not the new random weights.
+  if resumed == "mixed_float16":
+    loss_scale = after.checkpoint.loss_scale_optimizer
+    expected = (4.0, 5) if saved == "mixed_float16" else (2.0**15, 0)  # Carried, or fresh.
+    assert (
+      float(loss_scale.dynamic_scale.numpy()),
+      int(loss_scale.step_counter.numpy()),
+    ) == expected
+
+
+def test_a_mixed_bfloat16_run_resumes_in_mixed_float16(image_folder, tmp_path):
+  # From an A100 (or this CPU) to a V100: the whole resumed run, not only its restore.
+  config = debug_config(image_folder, precision="mixed_bfloat16", epochs=1, steps_per_epoch=1)
   train.train_and_evaluate(config, str(tmp_path))
+  config = dataclasses.replace(config, precision="mixed_float16", epochs=2)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["step"] == 2 and np.isfinite(result["validation"]["loss"])
   path = tf.train.latest_checkpoint(str(tmp_path / checkpointing.LATEST_DIR))
-  names = [name for name, _ in tf.train.list_variables(path)]
-  assert any(name.startswith("loss_scale_optimizer/") for name in names)
-  resumed = train.train_and_evaluate(
-    dataclasses.replace(config, precision="float32", epochs=2), str(tmp_path)
-  )
-  assert resumed["step"] == 6 and np.isfinite(resumed["validation"]["loss"])
+  assert tf.train.load_variable(path, "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 2
 
 
 @pytest.mark.parametrize(
@@ -503,11 +542,14 @@ def free_ports(count):
 def start_workers(config, model_dir, work_dir, num_workers=2, signal_at_step=None):
   """`num_workers` train.py processes of one cluster, TF_CONFIG as a launcher sets it.
 
-  Worker i logs to WORK_DIR/worker{i}.log and has WORK_DIR/tmp{i} as TMPDIR. With
-  `signal_at_step`, worker 1 sends itself SIGTERM from inside that step (signal_at_step.py).
+  `model_dir` is every worker's --model_dir, or a list of one per worker (hosts
+  that do not share storage). Worker i logs to WORK_DIR/worker{i}.log and has
+  WORK_DIR/tmp{i} as TMPDIR. With `signal_at_step`, worker 1 sends itself SIGTERM
+  from inside that step (signal_at_step.py).
   """
   cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(num_workers)]}
-  command = [f"--model_dir={model_dir}", "--strategy=multi_worker"]
+  model_dirs = model_dir if isinstance(model_dir, list) else [model_dir] * num_workers
+  command = ["--strategy=multi_worker"]
   command += [
     f"--{key}={value}"
     for key, value in dataclasses.asdict(config).items()
@@ -528,7 +570,7 @@ def start_workers(config, model_dir, work_dir, num_workers=2, signal_at_step=Non
     with open(os.path.join(work_dir, f"worker{index}.log"), "w") as log:
       processes.append(
         subprocess.Popen(
-          [sys.executable, script, *command],
+          [sys.executable, script, *command, f"--model_dir={model_dirs[index]}"],
           cwd=REPO,
           env=env,
           stdout=log,
@@ -538,9 +580,18 @@ def start_workers(config, model_dir, work_dir, num_workers=2, signal_at_step=Non
   return processes
 
 
-def finish(processes, work_dir):
-  """(exit codes, logs) once every worker has exited."""
-  codes = [process.wait(timeout=300) for process in processes]
+def finish(processes, work_dir, timeout=300):
+  """(exit codes, logs) once every worker has exited; after `timeout` seconds the
+  workers still running are killed and their code is "hung"."""
+  deadline = time.monotonic() + timeout
+  codes = []
+  for process in processes:
+    try:
+      codes.append(process.wait(timeout=max(0.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+      process.kill()  # Waiting in a collective for a peer that left: it would never end.
+      process.wait()
+      codes.append("hung")
   logs = []
   for index in range(len(processes)):
     with open(os.path.join(work_dir, f"worker{index}.log")) as log:
@@ -656,8 +707,15 @@ def test_sigterm_to_one_worker_saves_on_all_within_a_few_steps_and_the_run_resum
   # several workers cut them at --preemption_check_steps (2): the handler's check after
   # the call under way learns of the signal; the workers save at the check after it.
   images = write_image_folder(str(tmp_path / "images"), {"train": 200, "test": 7})
+  # --on_nan=recover: the first start's step-0 save runs on both workers (its collectives
+  # would hang one worker that ran them alone).
   config = debug_config(
-    images, epochs=2, steps_per_epoch=32, log_every_steps=32, preemption_check_steps=2
+    images,
+    epochs=2,
+    steps_per_epoch=32,
+    log_every_steps=32,
+    preemption_check_steps=2,
+    on_nan="recover",
   )
   config = dataclasses.replace(config, optimizer="sgd", momentum=0.9, learning_rate=0.02)
   model_dir, signal_step = str(tmp_path / "run"), 4
