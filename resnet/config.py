@@ -140,7 +140,9 @@ class Config:
     "else the default device. multi_worker is configured by TF_CONFIG.",
     choices=distribute.STRATEGIES,
   )
-  tpu: str = _option("", "--strategy=tpu: TPU name or grpc:// address; '' = this TPU VM.")
+  tpu: str = _option(
+    "", "--strategy=tpu: TPU name or grpc:// address; '' = this TPU VM (or $TPU_NAME's TPU)."
+  )
   precision: str = _option(
     "float32",
     "Keras dtype policy: mixed_float16 for GPUs with tensor cores (with loss scaling), "

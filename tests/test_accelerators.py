@@ -1,0 +1,73 @@
+"""TPUs, GPUs without tensor cores, GPUs TensorFlow cannot see: what a first run on
+accelerators meets, proven here on the CPU with TensorFlow's detection patched."""
+
+import os
+
+import pytest
+import tensorflow as tf
+
+import train
+from resnet import distribute
+from tests.test_train import debug_config
+
+# The environment variables through which TensorFlow's Cloud TPU client finds a TPU by name.
+TPU_NAME_VARIABLES = ("TPU_NAME", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS", "TPU_CONFIG")
+
+
+@pytest.fixture
+def no_tpu_name(monkeypatch):
+  """An environment that names no TPU, as on a fresh Cloud TPU VM."""
+  for name in TPU_NAME_VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def fake_tpu(monkeypatch):
+  """TensorFlow's TPU start-up replaced by recorders: the addresses the resolver was given."""
+  addresses = []
+
+  class Resolver:
+    def __init__(self, tpu=None):
+      addresses.append(tpu)
+
+  monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", Resolver)
+  monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", lambda resolver: None)
+  monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", lambda resolver: None)
+  monkeypatch.setattr(tf.distribute, "TPUStrategy", lambda resolver: ("TPUStrategy", resolver))
+  return addresses
+
+
+def test_strategy_tpu_without_tpu_flag_means_this_vm_s_tpu(no_tpu_name, fake_tpu):
+  # TensorFlow 2.21's resolver takes only "local" as the TPU attached to the VM; "" goes to
+  # the Cloud TPU client, which wants a TPU name.
+  strategy = distribute.create_strategy("tpu", tpu_address="")
+  assert fake_tpu == ["local"] and strategy[0] == "TPUStrategy"
+  distribute.create_strategy("tpu", tpu_address="my-tpu")
+  distribute.create_strategy("tpu", tpu_address="grpc://10.0.0.2:8470")
+  assert fake_tpu[1:] == ["my-tpu", "grpc://10.0.0.2:8470"]
+
+
+def test_a_tpu_named_by_the_environment_is_left_to_tensorflow(monkeypatch, fake_tpu):
+  # A pod slice (TPU_NAME) or GKE: TensorFlow's client reads the name when given "".
+  monkeypatch.setenv("TPU_NAME", "my-pod-slice")
+  distribute.create_strategy("tpu", tpu_address="")
+  assert fake_tpu == [""]
+
+
+def test_no_tpu_here_is_one_line_naming_the_local_tpu(no_tpu_name, image_folder, tmp_path):
+  # TensorFlow itself, unpatched, on this CPU-only machine: the local TPU is not found.
+  with pytest.raises(distribute.StrategyError) as error:
+    train.train_and_evaluate(debug_config(image_folder, strategy="tpu"), str(tmp_path / "run"))
+  message = str(error.value)
+  assert "this VM's TPU" in message and "NotFoundError" in message and "\n" not in message
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_any_failure_to_reach_a_named_tpu_is_one_line(monkeypatch, fake_tpu):
+  def unreachable(resolver):
+    raise RuntimeError('TPU "my-tpu" is not yet ready; state: "CREATING"\nmore detail')
+
+  monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", unreachable)
+  with pytest.raises(distribute.StrategyError, match="--tpu=my-tpu") as error:
+    distribute.create_strategy("tpu", tpu_address="my-tpu")
+  assert "not yet ready" in str(error.value) and "\n" not in str(error.value)
