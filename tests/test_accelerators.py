@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import train
-from resnet import distribute
+from resnet import distribute, precision, run_record
 from tests.test_train import debug_config
 
 # The environment variables through which TensorFlow's Cloud TPU client finds a TPU by name.
@@ -71,3 +71,39 @@ def test_any_failure_to_reach_a_named_tpu_is_one_line(monkeypatch, fake_tpu):
   with pytest.raises(distribute.StrategyError, match="--tpu=my-tpu") as error:
     distribute.create_strategy("tpu", tpu_address="my-tpu")
   assert "not yet ready" in str(error.value) and "\n" not in str(error.value)
+
+
+# --- GPUs: what --precision=auto picks, from what TensorFlow says of them ---------------
+
+
+def fake_gpus(monkeypatch, details):
+  """TensorFlow sees one GPU per entry of `details` (its get_device_details)."""
+  gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(len(details))]
+  list_physical_devices = tf.config.list_physical_devices
+  monkeypatch.setattr(
+    tf.config,
+    "list_physical_devices",
+    lambda kind=None: gpus if kind == "GPU" else list_physical_devices(kind),
+  )
+  monkeypatch.setattr(
+    tf.config.experimental, "get_device_details", lambda device: details[gpus.index(device)]
+  )
+
+
+@pytest.mark.parametrize(
+  "details, expected",
+  [
+    ([{"device_name": "Tesla P100-PCIE-16GB", "compute_capability": (6, 0)}], "float32"),
+    ([{"device_name": "Tesla V100-SXM2-16GB", "compute_capability": (7, 0)}], "mixed_float16"),
+    ([{"device_name": "NVIDIA A100-SXM4-40GB", "compute_capability": (8, 0)}], "mixed_bfloat16"),
+    ([{"device_name": "NVIDIA H100", "compute_capability": (9, 0)}, {}], "float32"),
+  ],
+  ids=["P100", "V100", "A100", "H100_and_a_gpu_without_details"],
+)
+def test_auto_precision_reads_each_gpu_s_compute_capability(monkeypatch, details, expected):
+  # A CPU with bfloat16 that must not decide: the GPUs run the step.
+  monkeypatch.setattr(run_record, "cpu_flags", lambda: {"avx512_bf16": True, "amx_bf16": True})
+  fake_gpus(monkeypatch, details)
+  chosen, reason = precision.choose_for_this_machine(tf.distribute.get_strategy())
+  assert chosen == expected, reason
+  assert reason.startswith("GPU")
