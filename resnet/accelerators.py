@@ -1,10 +1,14 @@
-"""Reaching this machine's accelerators: the TPU of a Cloud TPU VM.
+"""This machine's accelerators: reaching a Cloud TPU VM's TPU, and NVIDIA GPUs
+that TensorFlow cannot see.
 
-TensorFlow's own start-up code assumes a set-up (a TPU name in the
-environment) that a plain TPU VM does not have, and fails with tracebacks that
-do not say what to do; this module turns those into one line.
+TensorFlow's TPU start-up assumes a set-up (a TPU name in the environment)
+that a plain TPU VM does not have, and fails with tracebacks that do not say
+what to do; here they become one line. A `pip install tensorflow` without
+CUDA's libraries (the `tensorflow[and-cuda]` extra) finds no GPU on a VM that
+has one, and training silently runs on the CPU; here that becomes a warning.
 """
 
+import glob
 import os
 
 import tensorflow as tf
@@ -59,3 +63,50 @@ def tpu_strategy(tpu_address):
       "tensorflow-tpu build (README, Set-up); a TPU node or pod slice needs --tpu=NAME "
       "or grpc://HOST:PORT."
     ) from None
+
+
+# One directory per GPU the NVIDIA driver has bound, with an "information" file ("Model: ...").
+NVIDIA_PROC_GPUS = "/proc/driver/nvidia/gpus"
+# /dev/nvidia0, /dev/nvidia1, ...: one per GPU (not nvidiactl or nvidia-uvm). Containers
+# given GPUs have these even where /proc/driver/nvidia is not mounted.
+NVIDIA_DEVICE_FILES = "/dev/nvidia[0-9]*"
+
+
+def nvidia_gpus():
+  """The NVIDIA GPUs this machine's driver shows, whether or not TensorFlow can use them.
+
+  Returns:
+    [the driver's model name of each GPU], else [the device file of each GPU], else [].
+  """
+  models = []
+  for directory in sorted(glob.glob(os.path.join(NVIDIA_PROC_GPUS, "*"))):
+    model = "NVIDIA GPU"
+    try:
+      with open(os.path.join(directory, "information")) as file:
+        for line in file:
+          if line.startswith("Model:"):
+            model = line.split(":", 1)[1].strip()
+    except OSError:
+      pass
+    models.append(model)
+  return models or sorted(glob.glob(NVIDIA_DEVICE_FILES))
+
+
+def missing_gpu_warning():
+  """The warning for NVIDIA GPUs that TensorFlow does not see, or None.
+
+  None also when CUDA_VISIBLE_DEVICES hides every GPU ("" or "-1"): on purpose.
+  Listing physical devices does not start TensorFlow's runtime.
+  """
+  if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+    return None
+  gpus = nvidia_gpus()
+  if not gpus or tf.config.list_physical_devices("GPU"):
+    return None
+  return (
+    f"This machine has {len(gpus)} NVIDIA GPU(s) ({', '.join(sorted(set(gpus)))}) but "
+    "TensorFlow sees none: everything runs on the CPU. Install TensorFlow with CUDA's "
+    "libraries (pip install -e '.[gpu]', i.e. tensorflow[and-cuda]); if it has them, "
+    "TensorFlow's start-up log says why (driver too old, GPU older than compute capability "
+    "6.0). Check with python -m resnet.selfcheck."
+  )

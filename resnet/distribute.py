@@ -60,6 +60,8 @@ def create_strategy(name, tpu_address="", single_process=False):
   Raises:
     StrategyError: an unknown name, a malformed TF_CONFIG, or a TPU that cannot be started.
   """
+  if warning := accelerators.missing_gpu_warning():  # Else a GPU VM trains on its CPU.
+    logging.warning(warning)
   if name == "auto":
     if not single_process and cluster_workers_from_tf_config() > 1:
       name = "multi_worker"

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import train
-from resnet import distribute, precision, run_record
+from resnet import accelerators, distribute, precision, run_record
 from tests.test_train import debug_config
 
 # The environment variables through which TensorFlow's Cloud TPU client finds a TPU by name.
@@ -107,3 +107,52 @@ def test_auto_precision_reads_each_gpu_s_compute_capability(monkeypatch, details
   chosen, reason = precision.choose_for_this_machine(tf.distribute.get_strategy())
   assert chosen == expected, reason
   assert reason.startswith("GPU")
+
+
+# --- NVIDIA GPUs that TensorFlow does not see ---------------------------------------------
+
+
+@pytest.fixture
+def nvidia_driver(tmp_path, monkeypatch):
+  """A driver that shows two GPUs (as /proc/driver/nvidia/gpus lays them out), and no
+  CUDA_VISIBLE_DEVICES; TensorFlow here sees no GPU."""
+  for bus, model in (("0000:00:04.0", "Tesla T4"), ("0000:00:05.0", "Tesla T4")):
+    (tmp_path / "gpus" / bus).mkdir(parents=True)
+    (tmp_path / "gpus" / bus / "information").write_text(
+      f"Model: \t\t {model}\nIRQ:   \t\t 35\nBus Type: \t PCIe\nDevice Minor: \t 0\n"
+    )
+  monkeypatch.setattr(accelerators, "NVIDIA_PROC_GPUS", str(tmp_path / "gpus"))
+  monkeypatch.setattr(accelerators, "NVIDIA_DEVICE_FILES", str(tmp_path / "dev" / "nvidia[0-9]*"))
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+  return tmp_path
+
+
+def test_nvidia_gpus_are_found_by_the_driver_s_files(nvidia_driver, monkeypatch):
+  assert accelerators.nvidia_gpus() == ["Tesla T4", "Tesla T4"]
+  # Without /proc/driver/nvidia (some containers) the device files tell.
+  (nvidia_driver / "dev").mkdir()
+  for name in ("nvidia0", "nvidiactl", "nvidia-uvm"):
+    (nvidia_driver / "dev" / name).write_text("")
+  monkeypatch.setattr(accelerators, "NVIDIA_PROC_GPUS", str(nvidia_driver / "absent"))
+  assert accelerators.nvidia_gpus() == [str(nvidia_driver / "dev" / "nvidia0")]
+
+
+def test_nvidia_gpus_that_tensorflow_does_not_see_are_warned_about(nvidia_driver, caplog):
+  # What a `pip install tensorflow` without CUDA's libraries gives on a GPU VM.
+  warning = accelerators.missing_gpu_warning()
+  assert "2 NVIDIA GPU(s) (Tesla T4)" in warning and "tensorflow[and-cuda]" in warning
+  distribute.create_strategy("default")  # As train.py and eval.py start.
+  assert any("TensorFlow sees none" in record.message for record in caplog.records)
+
+
+def test_no_warning_when_tensorflow_sees_the_gpus_or_they_are_hidden(nvidia_driver, monkeypatch):
+  monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # Hidden on purpose.
+  assert accelerators.missing_gpu_warning() is None
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+  fake_gpus(monkeypatch, [{"compute_capability": (7, 5)}] * 2)
+  assert accelerators.missing_gpu_warning() is None
+
+
+def test_no_warning_without_nvidia_devices(nvidia_driver, monkeypatch):
+  monkeypatch.setattr(accelerators, "NVIDIA_PROC_GPUS", str(nvidia_driver / "absent"))
+  assert accelerators.nvidia_gpus() == [] and accelerators.missing_gpu_warning() is None
