@@ -62,3 +62,23 @@ def choose_for_this_machine(strategy):
   """choose() for the devices `strategy` runs on."""
   tpu = isinstance(strategy, tf.distribute.TPUStrategy)
   return choose(run_record.cpu_flags(), gpu_compute_capabilities(), tpu=tpu)
+
+
+def resolve_auto(model_dir, strategy):
+  """--precision=auto (the default) for the run in `model_dir` under `strategy`.
+
+  A new run, and a run begun with auto, get this machine's choice (a resumed run
+  follows the hardware it lands on). A run begun with a precision given, or
+  before auto was the default (float32 then), keeps it: the same command resumes
+  it as it was trained; an explicit --precision changes it.
+
+  Returns:
+    (the precision, what run.json records as precision_choice: "auto: P (why)" or
+    "kept: P (...)").
+  """
+  record = run_record.read_run_record(model_dir)
+  if record is not None and not (record.get("precision_choice") or "").startswith("auto:"):
+    kept = record["config"]["precision"]
+    return kept, f"kept: {kept} (begun with it given, not auto)"
+  chosen, reason = choose_for_this_machine(strategy)
+  return chosen, f"auto: {chosen} ({reason})"

@@ -32,7 +32,15 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from data import pipeline
-from resnet import accelerators, benchmark, distribute, optimization, run_record, train_lib
+from resnet import (
+  accelerators,
+  benchmark,
+  distribute,
+  optimization,
+  precision,
+  run_record,
+  train_lib,
+)
 from resnet.config import Config
 
 WEIGHT_TOLERANCE = 1e-4  # Largest |difference| of any weight: float32 noise is ~1e-5.
@@ -139,7 +147,11 @@ def check_precision(strategy, precision, model="resnet8", steps=3, per_replica_b
 def check_speed(strategy, model="resnet20", steps=10, per_replica_batch=128):
   """The step's images/s on all devices, and whether the input pipeline keeps up."""
   config = Config(
-    model=model, batch_size=per_replica_batch * strategy.num_replicas_in_sync, warmup_epochs=0
+    model=model,
+    batch_size=per_replica_batch * strategy.num_replicas_in_sync,
+    warmup_epochs=0,
+    # What a run gets by default: the step the input pipeline must keep up with.
+    precision=precision.choose_for_this_machine(strategy)[0],
   )
   images, labels = _random_examples(max(4 * config.batch_size, 4096))
   training = train_lib.create_training(
@@ -161,7 +173,7 @@ def check_speed(strategy, model="resnet20", steps=10, per_replica_batch=128):
     "speed",
     "INFO",
     f"{model} training step: {step_rate:,.0f} images/s at batch {config.batch_size} "
-    f"({strategy.num_replicas_in_sync} replicas)",
+    f"({strategy.num_replicas_in_sync} replicas, {config.precision})",
   )
   headroom = pipeline_rate / step_rate
   feeds = Verdict(
