@@ -72,6 +72,10 @@ def resolve_auto(model_dir, strategy):
   before auto was the default (float32 then), keeps it: the same command resumes
   it as it was trained; an explicit --precision changes it.
 
+  Args:
+    model_dir: the run's directory (its run.json, if any, says how the run began).
+    strategy: the strategy the run trains under (choose_for_this_machine).
+
   Returns:
     (the precision, what run.json records as precision_choice: "auto: P (why)" or
     "kept: P (...)").
