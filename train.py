@@ -66,7 +66,7 @@ def train_and_evaluate(config, model_dir):
   if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
     raise config_lib.ConfigError(f"--model_dir={model_dir} is a file, not a directory.")
   strategy = _create_strategy(config)
-  config, precision_choice = _resolve_precision(config, strategy)
+  config, precision_choice = _resolve_precision(config, strategy, model_dir)
   chief = distribute.is_chief(strategy)
   data = _load_data(config)
   # Padding and input normalisation: the record's on a resume, else --init_from's, else new.
@@ -177,14 +177,14 @@ def _create_strategy(config):
   return strategy
 
 
-def _resolve_precision(config, strategy):
-  """(`config` with --precision=auto replaced by this machine's choice, the choice's
-  reason for the run record, or None when the precision was given)."""
+def _resolve_precision(config, strategy, model_dir):
+  """(`config` with --precision=auto resolved (precision.resolve_auto), the choice and
+  its reason for the run record, or None when the precision was given)."""
   if config.precision != "auto":
     return config, None
-  chosen, reason = precision.choose_for_this_machine(strategy)
-  logging.info("--precision=auto: %s (%s).", chosen, reason)
-  return dataclasses.replace(config, precision=chosen), f"auto: {chosen} ({reason})"
+  chosen, choice = precision.resolve_auto(model_dir, strategy)
+  logging.info("--precision=auto: %s.", choice)
+  return dataclasses.replace(config, precision=chosen), choice
 
 
 def _load_data(config):

@@ -147,12 +147,15 @@ class Config:
     "else the default device. multi_worker is configured by TF_CONFIG.",
     choices=distribute.STRATEGIES,
   )
-  tpu: str = _option("", "--strategy=tpu: TPU name or grpc:// address; '' = this TPU VM.")
+  tpu: str = _option(
+    "", "--strategy=tpu: TPU name or grpc:// address; '' = this TPU VM (or $TPU_NAME's TPU)."
+  )
   precision: str = _option(
-    "float32",
+    "auto",
     "Keras dtype policy: mixed_float16 for GPUs with tensor cores (with loss scaling), "
-    "mixed_bfloat16 for TPUs, Ampere+ GPUs and CPUs with AMX or AVX-512 BF16; auto "
-    "picks one of these for this machine (resnet/precision.py).",
+    "mixed_bfloat16 for TPUs, Ampere+ GPUs and CPUs with AMX or AVX-512 BF16, float32. "
+    "auto picks one of these for this machine (resnet/precision.py); a resumed run begun "
+    "with a precision given keeps it.",
     choices=(*optimization.PRECISIONS, "auto"),
   )
   jit_compile: bool = _option(

@@ -15,6 +15,8 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
+from resnet import accelerators
+
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
@@ -52,12 +54,14 @@ def create_strategy(name, tpu_address="", single_process=False):
   MultiWorkerMirroredStrategy configured by TF_CONFIG: all local GPUs (or the
   CPU) of every worker, all-reduce by multi_worker_implementation(). It must
   be created before anything else starts TensorFlow's runtime. "tpu" connects
-  to the TPU at `tpu_address` ("" = the local TPU VM, or a name or grpc://
-  address).
+  to the TPU at `tpu_address` ("" = this TPU VM, or the TPU that TPU_NAME
+  names; accelerators.tpu_strategy).
 
   Raises:
-    StrategyError: an unknown name or a malformed TF_CONFIG.
+    StrategyError: an unknown name, a malformed TF_CONFIG, or a TPU that cannot be started.
   """
+  if warning := accelerators.missing_gpu_warning():  # Else a GPU VM trains on its CPU.
+    logging.warning(warning)
   if name == "auto":
     if not single_process and cluster_workers_from_tf_config() > 1:
       name = "multi_worker"
@@ -71,10 +75,10 @@ def create_strategy(name, tpu_address="", single_process=False):
       )
     )
   if name == "tpu":
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
+    try:
+      return accelerators.tpu_strategy(tpu_address)
+    except accelerators.AcceleratorError as error:
+      raise StrategyError(str(error)) from None
   gpus = tf.config.list_logical_devices("GPU")
   if name == "default":
     return tf.distribute.get_strategy()

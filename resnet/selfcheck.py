@@ -4,7 +4,8 @@ r"""A two-minute check of this machine's devices: run it first on new hardware.
   python -m resnet.selfcheck --cpu_devices=2    # no GPU: two logical CPU devices
 
 Prints one verdict per line and exits with 1 if any check FAILs:
-  devices         what TensorFlow sees (INFO)
+  devices         what TensorFlow sees (INFO); FAIL when the NVIDIA driver shows
+                  GPUs that TensorFlow does not see (training would use the CPU)
   all-reduce      the strategy over all devices and its all-reduce (INFO)
   replicas agree  one device and all devices train to the same weights: a few SGD
                   steps on the same global batches, with synchronised BatchNorm, in
@@ -31,7 +32,15 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from data import pipeline
-from resnet import benchmark, distribute, optimization, run_record, train_lib
+from resnet import (
+  accelerators,
+  benchmark,
+  distribute,
+  optimization,
+  precision,
+  run_record,
+  train_lib,
+)
 from resnet.config import Config
 
 WEIGHT_TOLERANCE = 1e-4  # Largest |difference| of any weight: float32 noise is ~1e-5.
@@ -138,7 +147,11 @@ def check_precision(strategy, precision, model="resnet8", steps=3, per_replica_b
 def check_speed(strategy, model="resnet20", steps=10, per_replica_batch=128):
   """The step's images/s on all devices, and whether the input pipeline keeps up."""
   config = Config(
-    model=model, batch_size=per_replica_batch * strategy.num_replicas_in_sync, warmup_epochs=0
+    model=model,
+    batch_size=per_replica_batch * strategy.num_replicas_in_sync,
+    warmup_epochs=0,
+    # What a run gets by default: the step the input pipeline must keep up with.
+    precision=precision.choose_for_this_machine(strategy)[0],
   )
   images, labels = _random_examples(max(4 * config.batch_size, 4096))
   training = train_lib.create_training(
@@ -160,7 +173,7 @@ def check_speed(strategy, model="resnet20", steps=10, per_replica_batch=128):
     "speed",
     "INFO",
     f"{model} training step: {step_rate:,.0f} images/s at batch {config.batch_size} "
-    f"({strategy.num_replicas_in_sync} replicas)",
+    f"({strategy.num_replicas_in_sync} replicas, {config.precision})",
   )
   headroom = pipeline_rate / step_rate
   feeds = Verdict(
@@ -176,12 +189,12 @@ def run_checks(model="resnet20", steps=10, per_replica_batch=128):
   """Every check on this machine's devices; yields Verdicts as they finish."""
   gpus = run_record.machine_description()["gpus"]
   cpus = len(tf.config.list_logical_devices("CPU"))
-  yield Verdict(
-    "devices",
-    "INFO",
+  devices = (
     f"{len(gpus)} GPU(s) {', '.join(gpus)}; {cpus} logical CPU device(s); CPU "
-    f"{run_record.cpu_label()}; TensorFlow {tf.__version__}",
+    f"{run_record.cpu_label()}; TensorFlow {tf.__version__}"
   )
+  missing_gpus = accelerators.missing_gpu_warning()  # NVIDIA GPUs that TensorFlow cannot use.
+  yield Verdict("devices", "FAIL" if missing_gpus else "INFO", missing_gpus or devices)
   strategy = distribute.create_strategy("mirrored")  # GPUs, or else logical CPU devices.
   yield Verdict("all-reduce", "INFO", distribute.describe(strategy, "mirrored"))
   checks = [("replicas agree", lambda: [check_replicas_agree(strategy)])]

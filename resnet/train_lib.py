@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from data import augment
-from resnet import airbench, optimization
+from resnet import airbench, optimization, precision
 from resnet import model as model_lib
 from resnet.lookahead import Lookahead
 
@@ -248,6 +248,8 @@ def create_training(
   Returns:
     A Training. The optimizer's slots exist, so a restore can fill them.
   """
+  if config.precision == "auto":  # Outside train.py (benchmark, selfcheck, tests): a new run's.
+    config = dataclasses.replace(config, precision=precision.choose_for_this_machine(strategy)[0])
   with strategy.scope():
     model = model_lib.create_model(
       config.model,

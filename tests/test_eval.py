@@ -30,7 +30,9 @@ eval_main = importlib.import_module("eval")
 @pytest.fixture(scope="module")
 def model_dir(image_folder, tmp_path_factory):
   directory = str(tmp_path_factory.mktemp("evalrun"))
-  config = debug_config(image_folder, epochs=1, steps_per_epoch=4)
+  # float32, as eval.py evaluates: training validates in the run's precision, and the
+  # default (auto) is mixed_bfloat16 on CPUs with bfloat16, float32 on others.
+  config = debug_config(image_folder, epochs=1, steps_per_epoch=4, precision="float32")
   train.train_and_evaluate(config, directory)
   return directory
 
@@ -285,7 +287,10 @@ def test_compare_prints_one_table_of_several_runs(model_dir, tmp_path):
 
 
 def test_validation_tta_selects_by_what_eval_reports_with_the_same_tta(image_folder, tmp_path):
-  config = debug_config(image_folder, validation_tta="flip_translate", epochs=1)
+  # float32, as eval.py evaluates (see model_dir): in mixed_bfloat16 the losses differ by ~1e-3.
+  config = debug_config(
+    image_folder, validation_tta="flip_translate", epochs=1, precision="float32"
+  )
   result = train.train_and_evaluate(config, str(tmp_path))
   metrics = eval_main.evaluate_model_dir(str(tmp_path), "validation", tta="flip_translate")
   assert metrics["num_examples"] == result["validation"]["num_examples"] == 24

@@ -42,13 +42,15 @@ def test_a_run_is_matched_to_its_config_and_a_shortened_schedule_is_named(tmp_pa
   )
   assert results.match_config(dict(airbench, whitening=True)) == ("airbench94.cfg", {})
   assert airbench["nesterov"] is True and airbench["lookahead"] is True  # Bare booleans.
-  # --precision=auto in a flagfile matches the precision the machine chose; elsewhere it differs.
-  (tmp_path / "auto.cfg").write_text("--flagfile=configs/airbench94.cfg\n--precision=auto\n")
+  # --precision=auto (the default, so also a flagfile without --precision) matches the
+  # precision the machine chose; a precision the flagfile gives must be the run's.
+  (tmp_path / "float32.cfg").write_text("--flagfile=configs/airbench94.cfg\n--precision=float32\n")
   for precision in ("float32", "mixed_bfloat16"):
+    assert results.match_config(dict(adam, precision=precision)) == ("resnet20.cfg", {})
     chosen = dict(airbench, precision=precision)
-    assert results.match_config(chosen, configs_dir=str(tmp_path)) == ("auto.cfg", {})
-  assert results.match_config(dict(adam, precision="mixed_bfloat16")) == (
-    "resnet20.cfg",
+    assert results.match_config(chosen) == ("airbench94.cfg", {})
+  assert results.match_config(dict(airbench, precision="mixed_bfloat16"), str(tmp_path)) == (
+    "float32.cfg",
     {"precision": "mixed_bfloat16"},
   )
   shorter = tmp_path / "shorter.cfg"  # airbench94.cfg's flags, then its own.

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from resnet import distribute, selfcheck
+from resnet import accelerators, distribute, selfcheck
 
 
 def test_the_self_check_passes_on_two_logical_cpu_devices():
@@ -34,3 +34,14 @@ def test_replicas_that_scale_the_gradient_wrongly_fail_the_check(monkeypatch):
   )
   assert verdict.status == "FAIL", verdict
   assert float(verdict.message.split("difference ")[1].split()[0]) > 1e-3
+
+
+def test_nvidia_gpus_that_tensorflow_does_not_see_fail_the_devices_check(monkeypatch):
+  # The driver shows a GPU, TensorFlow (here: no GPU) does not: training would run on the CPU.
+  monkeypatch.setattr(accelerators, "nvidia_gpus", lambda: ["Tesla T4"])
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+  devices = next(selfcheck.run_checks(model="resnet8"))  # The first verdict; nothing trains.
+  assert devices.check == "devices" and devices.status == "FAIL", devices
+  assert "NVIDIA GPU(s) (Tesla T4) but TensorFlow sees none" in devices.message
+  monkeypatch.setattr(accelerators, "nvidia_gpus", lambda: [])
+  assert next(selfcheck.run_checks(model="resnet8")).status == "INFO"

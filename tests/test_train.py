@@ -314,6 +314,36 @@ def test_auto_precision_is_chosen_from_the_cpu_and_recorded(image_folder, tmp_pa
   assert record["precision_choice"] == "auto: mixed_bfloat16 (CPU with AMX)"
 
 
+def test_the_default_precision_is_auto_and_a_given_one_is_kept(image_folder, tmp_path, monkeypatch):
+  # A CPU with bfloat16 (auto: mixed_bfloat16), whatever this machine has.
+  monkeypatch.setattr(run_record, "cpu_flags", lambda: {"avx512_bf16": True, "amx_bf16": False})
+  flag_values = flags.FlagValues()
+  train.define_flags(flag_values)
+  flag_values(["train.py", "--model_dir=unused"])
+  assert train.config_from_flags(flag_values).precision == "auto"
+  default = debug_config(image_folder, epochs=1, steps_per_epoch=1)
+  default = dataclasses.replace(default, precision=config_lib.Config().precision)
+
+  def trained_in(model_dir, config):
+    train.train_and_evaluate(config, model_dir)
+    record = run_record.read_run_record(model_dir)
+    return record["config"]["precision"], record["precision_choice"]
+
+  new, given = str(tmp_path / "new"), str(tmp_path / "given")
+  assert trained_in(new, default) == (
+    "mixed_bfloat16",
+    "auto: mixed_bfloat16 (CPU with AVX-512 BF16)",
+  )
+  assert trained_in(given, dataclasses.replace(default, precision="float32")) == ("float32", None)
+  # Resumed with the default: a run begun with a precision given (or before auto was the
+  # default) keeps it; a run begun with auto follows the machine it resumes on.
+  monkeypatch.setattr(run_record, "cpu_flags", lambda: {})
+  more = dataclasses.replace(default, epochs=2)
+  assert trained_in(given, more) == ("float32", "kept: float32 (begun with it given, not auto)")
+  assert trained_in(given, dataclasses.replace(more, epochs=3))[0] == "float32"
+  assert trained_in(new, more)[0] == "float32"  # This CPU has no bfloat16.
+
+
 def test_tfds_cifar10_end_to_end_on_mock_data(mock_cifar10, tmp_path):
   config = config_lib.Config(
     model="resnet8",

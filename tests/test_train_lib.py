@@ -166,8 +166,13 @@ def test_lookahead_follows_airbench(graph):
     ({"avx512_bf16": True, "amx_bf16": False}, [], False, "mixed_bfloat16"),
     ({"avx512_bf16": False, "amx_bf16": True}, [], False, "mixed_bfloat16"),
     ({"amx_bf16": True}, [(7, 0)], False, "mixed_float16"),  # The GPUs run the step.
+    ({}, [(7, 5)], False, "mixed_float16"),  # T4: float16 tensor cores.
     ({}, [(8, 0), (8, 6)], False, "mixed_bfloat16"),
     ({}, [(8, 6), (7, 5)], False, "mixed_float16"),  # The oldest GPU decides.
+    ({"amx_bf16": True}, [(6, 0)], False, "float32"),  # P100: no tensor cores.
+    ({}, [(6, 1)], False, "float32"),  # P4, P40: float16 at a fraction of float32's rate.
+    ({}, [(9, 0), (6, 1)], False, "float32"),
+    ({"amx_bf16": True}, [None], False, "float32"),  # A GPU that does not say.
     ({}, [], True, "mixed_bfloat16"),
   ],
 )
