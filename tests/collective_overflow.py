@@ -62,7 +62,7 @@ def batches(strategy, images, labels):
 def main(kind):
   strategy = create_strategy(kind)
   # Float inputs, passed through as they are: uint8 images cannot overflow float16.
-  augment.normalize = lambda images: tf.cast(images, tf.float32)
+  augment.normalize = lambda images, **_: tf.cast(images, tf.float32)
   keras.utils.set_random_seed(1)
   with strategy.scope():
     model = model_lib.create_model("resnet8", NUM_CLASSES, precision="mixed_float16")

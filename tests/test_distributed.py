@@ -272,7 +272,7 @@ def test_mixed_precision_trains_with_float32_master_weights(precision):
 @pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
 def test_an_overflow_on_one_replica_is_skipped_on_every_replica(strategy_name, monkeypatch):
   # Float inputs, passed through as they are: uint8 images cannot overflow float16.
-  monkeypatch.setattr(augment, "normalize", lambda images: tf.cast(images, tf.float32))
+  monkeypatch.setattr(augment, "normalize", lambda images, **_: tf.cast(images, tf.float32))
   strategy = distribute.create_strategy(strategy_name)
   model, optimizer, train_steps = make_training(strategy, precision="mixed_float16")
   images, labels = fixed_batch()
