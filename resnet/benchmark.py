@@ -26,8 +26,7 @@ from absl import app, flags, logging
 
 from data import augment, pipeline, sources
 from resnet import config as config_lib
-from resnet import metrics, run_record, train_lib
-from resnet import model as model_lib
+from resnet import metrics, models, run_record, train_lib
 
 
 def _median_and_spread(values):
@@ -187,7 +186,7 @@ def run_benchmark(
   flops = {}
   for precision in precisions:
     model, train_steps = build_train_steps(strategy, model_name, num_classes, batch_size, precision)
-    flops[precision] = model_lib.forward_flops_per_image(model)
+    flops[precision] = models.forward_flops_per_image(model)
     variants.add(f"train_step[{precision}]", rate_of(train_steps, synthetic, steps, batch_size))
     if xla:
       _, xla_steps = build_train_steps(
@@ -276,7 +275,7 @@ def _add_fit_variants(variants, model_name, num_classes, train_dataset, steps, b
   ).repeat()
   for name, fused in (("keras_model_fit", True), ("keras_model_fit[keras_batch_norm]", False)):
     keras.utils.set_random_seed(0)
-    fit_model = model_lib.create_model(model_name, num_classes, fused_batch_norm=fused)
+    fit_model = models.create_model(model_name, num_classes, fused_batch_norm=fused)
     fit_model.compile(
       optimizer=keras.optimizers.Adam(1e-3),
       loss=keras.losses.CategoricalCrossentropy(from_logits=True),
@@ -398,7 +397,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_enum("model", "resnet20", list(model_lib.MODEL_NAMES), "Model (resnet/model.py).")
+  flags.DEFINE_enum("model", "resnet20", models.NAMES, "Model:\n" + models.describe())
   flags.DEFINE_integer("batch_size", 128, "Global batch size.")
   flags.DEFINE_list("precisions", ["float32"], "Train-step precisions to measure.")
   flags.DEFINE_integer("steps", 20, "Steps (batches) per measurement.")
