@@ -89,9 +89,21 @@ class Config:
   learning_rate: float = _option(1e-3, "Peak learning rate.", **POSITIVE)
   lr_schedule: str = _option(
     "cosine",
-    "Decay after the warm-up: constant, cosine, piecewise (/10 at 50% and 75%), or linear "
-    "(to zero at the end).",
+    "Decay after the warm-up: constant, cosine, piecewise (x --lr_drop_factor at each of "
+    "--lr_drops), or linear (to zero at the end).",
     choices=optimization.LR_SCHEDULES,
+  )
+  lr_drops: str = _option(
+    "0.5,0.75",
+    "--lr_schedule=piecewise: the fractions of the post-warm-up steps at which the rate drops "
+    "(He et al.: 0.5,0.75; Wide ResNets: 0.3,0.6,0.8).",
+  )
+  lr_drop_factor: float = _option(
+    0.1,
+    "--lr_schedule=piecewise: what each drop multiplies the rate by, in (0, 1].",
+    low=0,
+    high=1,
+    closed=(False, True),
   )
   warmup_epochs: float = _option(2.0, "Linear warm-up, in epochs.", **NON_NEGATIVE)
   weight_decay: float = _option(
@@ -213,6 +225,24 @@ class Config:
     return MAX_NAN_RECOVERIES if self.on_nan == "recover" else 0
 
   @property
+  def lr_drop_fractions(self):
+    """--lr_drops as increasing floats in (0, 1).
+
+    Raises:
+      ConfigError: a value that is not a number in (0, 1), or not increasing.
+    """
+    try:
+      fractions = [float(value) for value in self.lr_drops.split(",")]
+    except ValueError:
+      fractions = []
+    increasing = fractions == sorted(set(fractions))
+    if not (fractions and increasing and 0 < fractions[0] and fractions[-1] < 1):
+      raise ConfigError(
+        f"--lr_drops must be increasing fractions in (0, 1), e.g. 0.5,0.75; got {self.lr_drops!r}."
+      )
+    return tuple(fractions)
+
+  @property
   def peak_learning_rate(self):
     """--learning_rate, scaled linearly with the global batch when
     --lr_reference_batch_size is set (Goyal et al. 2017: k times the batch,
@@ -261,6 +291,7 @@ def validate(config):
     if used and option not in models.MODELS[config.model].takes:
       names = ", ".join(models.takers(option))
       raise ConfigError(f"{flag} applies to --model={names} only, not {config.model}.")
+  config.lr_drop_fractions  # noqa: B018 - raises ConfigError for a malformed --lr_drops.
 
 
 def check_model_input(config, image_shape, num_classes):

@@ -276,6 +276,8 @@ def create_training(
       total_steps,
       warmup_steps=int(config.warmup_epochs * steps_per_epoch),
       multiplier=lr_multiplier,
+      drops=config.lr_drop_fractions,
+      drop_factor=config.lr_drop_factor,
     )
     optimizer = optimization.create_optimizer(
       schedule,

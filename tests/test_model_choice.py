@@ -31,6 +31,8 @@ def test_a_wide_resnet_with_dropout_trains_on_its_recipe_and_records_its_size(
     nesterov=True,
     learning_rate=0.1,
     lr_schedule="piecewise",
+    lr_drops="0.3,0.6,0.8",
+    lr_drop_factor=0.2,
     weight_decay=5e-4,
     epochs=1,
     steps_per_epoch=2,
@@ -60,6 +62,7 @@ def test_options_a_model_does_not_have_are_refused(image_folder, tmp_path):
     ({"dropout": 0.3}, r"--dropout applies to --model=wrn10_1, wrn16_8, wrn28_10 only, not "),
     ({"whitening": False}, "--nowhitening applies to --model=airbench only, not resnet8"),
     ({"model": "resnet19"}, "--model must be one of resnet8, resnet20, .*, wrn28_10, got"),
+    ({"lr_drops": "0.75,0.5"}, "--lr_drops must be increasing fractions in"),
   ]:
     _refused_before_writing(debug_config(image_folder, **overrides), model_dir, message)
 
