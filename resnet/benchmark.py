@@ -5,6 +5,10 @@ r"""Throughput benchmark: our train step, input pipeline, end to end, evaluation
   python -m resnet.benchmark --model=resnet20 --batch_size=128 --precisions=float32 \
     --steps=30 --repeats=5 --output=/tmp/benchmark.json
   python -m resnet.benchmark --xla --nofit_baseline  # Also train.py --jit_compile's step.
+  python -m resnet.benchmark --model=preact_resnet18 --precisions=mixed_bfloat16 --nofit_baseline
+
+Peak memory is this process's peak resident set (getrusage), so it covers every variant
+measured: for one model in one precision, give one --precisions value and --nofit_baseline.
 
 Every figure is measured in this one process, on this machine, with the variants
 alternated in each round (so that drift on a shared machine hits them alike), and
@@ -16,6 +20,7 @@ It is a benchmark, not a test: run it on a quiet machine.
 import json
 import os
 import platform
+import resource
 import sys
 import time
 
@@ -36,6 +41,11 @@ def _median_and_spread(values):
     "max": float(np.max(values)),
     "runs": [float(v) for v in values],
   }
+
+
+def peak_memory_bytes():
+  """The peak resident memory of this process so far (Linux reports kilobytes)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _timed(function):
@@ -183,6 +193,7 @@ def run_benchmark(
     return pipeline.make_train_dataset(images, labels, **train_kwargs)
 
   synthetic = one_batch_forever(train_dataset())
+  memory_before_models = peak_memory_bytes()  # TensorFlow, the images, the pipeline.
   flops = {}
   for precision in precisions:
     model, train_steps = build_train_steps(strategy, model_name, num_classes, batch_size, precision)
@@ -223,7 +234,9 @@ def run_benchmark(
     "repeats": repeats,
     "dataset": dataset or "random uint8 images",
   }
-  return _report(results, flops, precisions, settings, matmul_size)
+  report = _report(results, flops, precisions, settings, matmul_size)
+  report["peak_memory_bytes"] = {"before_models": memory_before_models, "end": peak_memory_bytes()}
+  return report
 
 
 def load_images(dataset, batch_size):
@@ -347,6 +360,12 @@ def format_report(report):
     f"({report['machine']['host_cores']} cores)"
   )
   lines.append(f"forward GFLOP per image: {report['forward_flops_per_image'] / 1e9:.4f}")
+  if "peak_memory_bytes" in report:  # The process's peak: every variant measured, at once.
+    memory = {key: value / 2**30 for key, value in report["peak_memory_bytes"].items()}
+    lines.append(
+      f"peak resident memory: {memory['end']:.2f} GiB ({memory['before_models']:.2f} GiB "
+      "before the models were built)"
+    )
   peaks = report["matmul_peak_flops"]
   lines.append(
     f"matmul peak GFLOP/s: float32 {peaks['float32'] / 1e9:.0f}, "
