@@ -154,7 +154,11 @@ BAD_TRAIN_FLAGS = {
     ["--dataset=folder:{tmp}/corrupt", "--model_dir={tmp}/run"],
     "bad.png",
   ),
-  "unknown-model": (["--model=resnet18", "--model_dir={tmp}/run"], "value should be one of"),
+  "unknown-model": (["--model=resnet19", "--model_dir={tmp}/run"], "value should be one of"),
+  "dropout-without-dropout": (
+    ["--dropout=0.3", "--model_dir={tmp}/run"],
+    "--dropout applies to --model=wrn10_1, wrn16_8, wrn28_10 only, not resnet20",
+  ),
   "missing-flagfile": (["--flagfile={tmp}/missing.cfg", "--model_dir={tmp}/run"], "missing.cfg"),
   "zero-learning-rate": (["--learning_rate=0", "--model_dir={tmp}/run"], "--learning_rate must be"),
   "negative-learning-rate": (
