@@ -28,6 +28,7 @@ from resnet import (
   distribute,
   export,
   metrics,
+  models,
   precision,
   run_lock,
   run_record,
@@ -69,6 +70,7 @@ def train_and_evaluate(config, model_dir):
   config, precision_choice = _resolve_precision(config, strategy, model_dir)
   chief = distribute.is_chief(strategy)
   data = _load_data(config)
+  config_lib.check_model_input(config, data.train[0].shape[1:3], len(data.class_names))
   # Padding and input normalisation: the record's on a resume, else --init_from's, else new.
   config, model_facts = run_record.resolve_model_facts(model_dir, config, data.class_names)
   # Only the chief writes (and locks) the model directory; if it cannot, every worker stops.
@@ -78,13 +80,15 @@ def train_and_evaluate(config, model_dir):
     workers.entered_together(strategy, lock),
     distribute.scratch_directory(strategy) as scratch_dir,
   ):
+    run, checkpoints = _create_training(
+      config, strategy, data, model_dir, scratch_dir, chief, model_facts["input_normalization"]
+    )
+    model_facts["num_parameters"] = models.count_parameters(run.model)  # Trainable.
+    logging.info("Model %s: %s parameters.", config.model, f"{model_facts['num_parameters']:,}")
     with workers.failing_together(strategy):  # A worker's own directory may hold another run.
       record = _start_run_record(
         config, model_dir, data, strategy, chief, precision_choice, model_facts
       )
-    run, checkpoints = _create_training(
-      config, strategy, data, model_dir, scratch_dir, chief, model_facts["input_normalization"]
-    )
     with workers.restoring_alike(strategy, checkpoints):  # All read the chief's checkpoints.
       restored = checkpoints.restore()
     if config.init_from and not restored:  # A new run starts from another run's weights.

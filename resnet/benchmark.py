@@ -5,6 +5,10 @@ r"""Throughput benchmark: our train step, input pipeline, end to end, evaluation
   python -m resnet.benchmark --model=resnet20 --batch_size=128 --precisions=float32 \
     --steps=30 --repeats=5 --output=/tmp/benchmark.json
   python -m resnet.benchmark --xla --nofit_baseline  # Also train.py --jit_compile's step.
+  python -m resnet.benchmark --model=preact_resnet18 --precisions=mixed_bfloat16 --nofit_baseline
+
+Peak memory is this process's peak resident set (getrusage), so it covers every variant
+measured: for one model in one precision, give one --precisions value and --nofit_baseline.
 
 Every figure is measured in this one process, on this machine, with the variants
 alternated in each round (so that drift on a shared machine hits them alike), and
@@ -16,6 +20,7 @@ It is a benchmark, not a test: run it on a quiet machine.
 import json
 import os
 import platform
+import resource
 import sys
 import time
 
@@ -26,8 +31,7 @@ from absl import app, flags, logging
 
 from data import augment, pipeline, sources
 from resnet import config as config_lib
-from resnet import metrics, run_record, train_lib
-from resnet import model as model_lib
+from resnet import metrics, models, run_record, train_lib
 
 
 def _median_and_spread(values):
@@ -37,6 +41,11 @@ def _median_and_spread(values):
     "max": float(np.max(values)),
     "runs": [float(v) for v in values],
   }
+
+
+def peak_memory_bytes():
+  """The peak resident memory of this process so far (Linux reports kilobytes)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _timed(function):
@@ -184,10 +193,11 @@ def run_benchmark(
     return pipeline.make_train_dataset(images, labels, **train_kwargs)
 
   synthetic = one_batch_forever(train_dataset())
+  memory_before_models = peak_memory_bytes()  # TensorFlow, the images, the pipeline.
   flops = {}
   for precision in precisions:
     model, train_steps = build_train_steps(strategy, model_name, num_classes, batch_size, precision)
-    flops[precision] = model_lib.forward_flops_per_image(model)
+    flops[precision] = models.forward_flops_per_image(model)
     variants.add(f"train_step[{precision}]", rate_of(train_steps, synthetic, steps, batch_size))
     if xla:
       _, xla_steps = build_train_steps(
@@ -224,7 +234,9 @@ def run_benchmark(
     "repeats": repeats,
     "dataset": dataset or "random uint8 images",
   }
-  return _report(results, flops, precisions, settings, matmul_size)
+  report = _report(results, flops, precisions, settings, matmul_size)
+  report["peak_memory_bytes"] = {"before_models": memory_before_models, "end": peak_memory_bytes()}
+  return report
 
 
 def load_images(dataset, batch_size):
@@ -276,7 +288,7 @@ def _add_fit_variants(variants, model_name, num_classes, train_dataset, steps, b
   ).repeat()
   for name, fused in (("keras_model_fit", True), ("keras_model_fit[keras_batch_norm]", False)):
     keras.utils.set_random_seed(0)
-    fit_model = model_lib.create_model(model_name, num_classes, fused_batch_norm=fused)
+    fit_model = models.create_model(model_name, num_classes, fused_batch_norm=fused)
     fit_model.compile(
       optimizer=keras.optimizers.Adam(1e-3),
       loss=keras.losses.CategoricalCrossentropy(from_logits=True),
@@ -348,6 +360,12 @@ def format_report(report):
     f"({report['machine']['host_cores']} cores)"
   )
   lines.append(f"forward GFLOP per image: {report['forward_flops_per_image'] / 1e9:.4f}")
+  if "peak_memory_bytes" in report:  # The process's peak: every variant measured, at once.
+    memory = {key: value / 2**30 for key, value in report["peak_memory_bytes"].items()}
+    lines.append(
+      f"peak resident memory: {memory['end']:.2f} GiB ({memory['before_models']:.2f} GiB "
+      "before the models were built)"
+    )
   peaks = report["matmul_peak_flops"]
   lines.append(
     f"matmul peak GFLOP/s: float32 {peaks['float32'] / 1e9:.0f}, "
@@ -398,7 +416,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_enum("model", "resnet20", list(model_lib.MODEL_NAMES), "Model (resnet/model.py).")
+  flags.DEFINE_enum("model", "resnet20", models.NAMES, "Model:\n" + models.describe())
   flags.DEFINE_integer("batch_size", 128, "Global batch size.")
   flags.DEFINE_list("precisions", ["float32"], "Train-step precisions to measure.")
   flags.DEFINE_integer("steps", 20, "Steps (batches) per measurement.")

@@ -10,8 +10,8 @@ import dataclasses
 import math
 
 from data import augment
-from resnet import distribute, optimization
-from resnet import model as model_lib
+from resnet import distribute, models, optimization
+from resnet.models import cifar_resnet
 
 ON_NAN = ("stop", "recover")
 MAX_NAN_RECOVERIES = 3  # Then the run stops: the problem is not the learning rate.
@@ -40,14 +40,24 @@ class Config:
   """Resolved training configuration: the flags of train.py, as plain data."""
 
   # --- Model and data ---
-  model: str = _option("resnet20", "Model (resnet/model.py).", choices=model_lib.MODEL_NAMES)
+  model: str = _option(
+    "resnet20", "Model (resnet/models/):\n" + models.describe(), choices=models.NAMES
+  )
   stride2_padding: str = _option(
     "auto",
     "How the ResNet-6n+2 models' stride-2 convolutions pad: symmetric (1 pixel on every "
     "side, as the paper's code; aligned with the shortcut) or same (Keras' 0 before, 1 "
     "after; runs made before this option). auto: symmetric for a new run; a resumed run "
     "keeps what it was built with.",
-    choices=("auto", *model_lib.STRIDE2_PADDINGS),
+    choices=("auto", *cifar_resnet.STRIDE2_PADDINGS),
+  )
+  dropout: float = _option(
+    0.0,
+    "Dropout rate between a block's two convolutions, in [0, 1), for the models with dropout "
+    "(the Wide ResNets; Zagoruyko & Komodakis: 0.3).",
+    low=0,
+    high=1,
+    closed=(True, False),
   )
   init_from: str | None = _option(
     None,
@@ -79,9 +89,21 @@ class Config:
   learning_rate: float = _option(1e-3, "Peak learning rate.", **POSITIVE)
   lr_schedule: str = _option(
     "cosine",
-    "Decay after the warm-up: constant, cosine, piecewise (/10 at 50% and 75%), or linear "
-    "(to zero at the end).",
+    "Decay after the warm-up: constant, cosine, piecewise (x --lr_drop_factor at each of "
+    "--lr_drops), or linear (to zero at the end).",
     choices=optimization.LR_SCHEDULES,
+  )
+  lr_drops: str = _option(
+    "0.5,0.75",
+    "--lr_schedule=piecewise: the fractions of the post-warm-up steps at which the rate drops "
+    "(He et al.: 0.5,0.75; Wide ResNets: 0.3,0.6,0.8).",
+  )
+  lr_drop_factor: float = _option(
+    0.1,
+    "--lr_schedule=piecewise: what each drop multiplies the rate by, in (0, 1].",
+    low=0,
+    high=1,
+    closed=(False, True),
   )
   warmup_epochs: float = _option(2.0, "Linear warm-up, in epochs.", **NON_NEGATIVE)
   weight_decay: float = _option(
@@ -203,6 +225,24 @@ class Config:
     return MAX_NAN_RECOVERIES if self.on_nan == "recover" else 0
 
   @property
+  def lr_drop_fractions(self):
+    """--lr_drops as increasing floats in (0, 1).
+
+    Raises:
+      ConfigError: a value that is not a number in (0, 1), or not increasing.
+    """
+    try:
+      fractions = [float(value) for value in self.lr_drops.split(",")]
+    except ValueError:
+      fractions = []
+    increasing = fractions == sorted(set(fractions))
+    if not (fractions and increasing and 0 < fractions[0] and fractions[-1] < 1):
+      raise ConfigError(
+        f"--lr_drops must be increasing fractions in (0, 1), e.g. 0.5,0.75; got {self.lr_drops!r}."
+      )
+    return tuple(fractions)
+
+  @property
   def peak_learning_rate(self):
     """--learning_rate, scaled linearly with the global batch when
     --lr_reference_batch_size is set (Goyal et al. 2017: k times the batch,
@@ -243,8 +283,26 @@ def validate(config):
         raise ConfigError(message)
   if config.nesterov and not (config.optimizer == "sgd" and config.momentum > 0):
     raise ConfigError("--nesterov needs --optimizer=sgd with a --momentum above 0.")
-  if not config.whitening and config.model != "airbench":
-    raise ConfigError("--nowhitening applies to --model=airbench only.")
+  # Options only some models have: (what models.Entry.takes calls it, in use?, the flag).
+  for option, used, flag in (
+    ("dropout", config.dropout > 0, "--dropout"),
+    ("whitening", not config.whitening, "--nowhitening"),
+  ):
+    if used and option not in models.MODELS[config.model].takes:
+      names = ", ".join(models.takers(option))
+      raise ConfigError(f"{flag} applies to --model={names} only, not {config.model}.")
+  config.lr_drop_fractions  # noqa: B018 - raises ConfigError for a malformed --lr_drops.
+
+
+def check_model_input(config, image_shape, num_classes):
+  """Checks that --model takes the dataset's images (height, width) and number of classes.
+
+  Raises:
+    ConfigError: it does not; the message names the model, what it takes and what it got.
+  """
+  problem = models.input_problem(config.model, tuple(image_shape), num_classes)
+  if problem:
+    raise ConfigError(problem)
   if config.batch_norm_lr_scale != 1 and config.optimizer != "sgd":
     raise ConfigError(
       "--batch_norm_lr_scale needs --optimizer=sgd: Adam's steps do not grow with the gradient."

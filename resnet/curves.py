@@ -23,8 +23,10 @@ from absl import app, flags, logging  # noqa: E402
 from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
 
-from resnet import files  # noqa: E402
-from resnet import model as model_lib  # noqa: E402
+from resnet import (
+  files,  # noqa: E402
+  models,  # noqa: E402
+)
 
 
 def scalars(directory, tag):
@@ -91,9 +93,7 @@ def read_curve(model_dir):
       {
         "epoch": step / steps_per_epoch,
         "minutes": minutes,
-        "training_flops": model_lib.training_flops(
-          record["config"]["model"], step * images_per_step
-        ),
+        "training_flops": models.training_flops(record["config"]["model"], step * images_per_step),
         "train_accuracy": earlier[-1] if earlier else None,
         "validation_accuracy": accuracy,
       }

@@ -9,7 +9,7 @@ Writes (replacing an older export):
                                  `probabilities` float32 [B, C], `classes` string [B] (the top
                                  class) and `class_names` string [C].
   MODEL_DIR/export/model.keras   Keras model, uint8 [B, 32, 32, 3] -> probabilities [B, C]; load
-                                 it with `import resnet.model` then `keras.saving.load_model`.
+                                 it with `import resnet.models` then `keras.saving.load_model`.
 
 Both normalise the images themselves, with the per-channel mean and std the run recorded
 (run_record.input_normalization; data.augment.normalize), and compute in float32, whatever

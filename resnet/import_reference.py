@@ -28,9 +28,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from resnet import checkpointing, export, files, run_record, torch_format
+from resnet import checkpointing, export, files, models, run_record, torch_format
 from resnet import config as config_lib
-from resnet import model as model_lib
 
 REPOSITORY = "https://github.com/akamaster/pytorch_resnet_cifar10"
 REFERENCE_COMMIT = "d5489e8995e81e91ce6b1d69dcc98ad579b0b153"
@@ -155,7 +154,7 @@ def our_variable_name(reference_name):
 
 
 def assign_reference_weights(model, state, source="the checkpoint"):
-  """Sets every variable of `model` (a resnet.model.ResNet) from the reference's tensors.
+  """Sets every variable of `model` (a cifar_resnet.ResNet) from the reference's tensors.
 
   Every reference tensor must map to exactly one of our variables with the same shape
   (conv kernels OIHW -> HWIO, the classifier's transposed), and every variable of ours
@@ -252,7 +251,7 @@ def import_reference(model_name, model_dir, source=None):
   data = read_source(source)
   sha256 = check_published_hash(source, data)
   state, best_prec1 = reference_state(source, data)
-  model = model_lib.create_model(model_name, DATA_FACTS["num_classes"], stride2_padding="symmetric")
+  model = models.create_model(model_name, DATA_FACTS["num_classes"], stride2_padding="symmetric")
   assign_reference_weights(model, state, os.path.basename(source))
   accuracy = round(1 - PUBLISHED[model_name][1] / 100, 4)
   imported_from = {

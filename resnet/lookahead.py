@@ -13,6 +13,7 @@ set to the average again, which is what validation sees and checkpoints keep.
 The BatchNorm moving statistics are averaged with the weights.
 """
 
+import keras
 import tensorflow as tf
 
 
@@ -33,7 +34,8 @@ class Lookahead:
     decay=0.95,
     decay_power=3.0,
   ):
-    self._weights = model.weights  # Trained weights and BatchNorm statistics.
+    # Trained weights and BatchNorm statistics; not the integer state of dropout's seeds.
+    self._weights = [w for w in model.weights if keras.backend.is_float_dtype(w.dtype)]
     self._steps_per_epoch = steps_per_epoch
     self._total_steps = total_steps
     self._start_step = int(start_epochs * steps_per_epoch)

@@ -20,14 +20,24 @@ OPTIMIZERS = ("adam", "sgd")
 class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
   """Linear warm-up to `base_learning_rate`, then constant, cosine, piecewise or linear decay.
 
-  piecewise divides the rate by 10 at 50% and again at 75% of the post-warm-up
-  steps (He et al. 2016 drop at 32k and 48k of 64k iterations); linear decays
+  piecewise multiplies the rate by `drop_factor` at each of the fractions `drops` of the
+  post-warm-up steps (by default /10 at 50% and 75%: He et al. 2016 drop at 32k and 48k of
+  64k iterations; Wide ResNets x0.2 at 0.3, 0.6, 0.8); linear decays
   to zero at the last step (the short recipes of Page 2018 and Jordan 2024). `multiplier`,
   a scalar tf.Variable if given, scales the whole schedule (lowered when a run
   recovers from a non-finite loss; checkpointed with the run).
   """
 
-  def __init__(self, kind, base_learning_rate, total_steps, warmup_steps=0, multiplier=None):
+  def __init__(
+    self,
+    kind,
+    base_learning_rate,
+    total_steps,
+    warmup_steps=0,
+    multiplier=None,
+    drops=(0.5, 0.75),
+    drop_factor=0.1,
+  ):
     if kind not in LR_SCHEDULES:
       raise ValueError(f"Unknown schedule {kind!r}; choose one of {', '.join(LR_SCHEDULES)}.")
     self.kind = kind
@@ -35,6 +45,8 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
     self.total_steps = total_steps
     self.warmup_steps = warmup_steps
     self.multiplier = multiplier
+    self.drops = tuple(drops)
+    self.drop_factor = drop_factor
 
   def __call__(self, step):
     step = tf.cast(step, tf.float32)
@@ -44,9 +56,8 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
     if self.kind == "cosine":
       factor = 0.5 * (1.0 + tf.cos(math.pi * progress))
     elif self.kind == "piecewise":
-      factor = tf.pow(
-        0.1, tf.cast(progress >= 0.5, tf.float32) + tf.cast(progress >= 0.75, tf.float32)
-      )
+      drops_passed = tf.add_n([tf.cast(progress >= drop, tf.float32) for drop in self.drops])
+      factor = tf.pow(tf.cast(self.drop_factor, tf.float32), drops_passed)
     elif self.kind == "linear":
       factor = 1.0 - progress
     else:
@@ -63,6 +74,8 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
       base_learning_rate=self.base_learning_rate,
       total_steps=self.total_steps,
       warmup_steps=self.warmup_steps,
+      drops=self.drops,
+      drop_factor=self.drop_factor,
     )
 
 

@@ -24,9 +24,8 @@ import tensorflow as tf
 from absl import app, logging
 
 from data import augment
-from resnet import checkpointing, curves, files, run_record
+from resnet import checkpointing, curves, files, models, run_record
 from resnet import config as config_lib
-from resnet import model as model_lib
 
 # eval.py's metrics.json keys of test-time augmentation, the most thorough first.
 VALIDATION_TTA_KEYS = tuple(f"{mode}_tta" for mode in augment.TTA_MODES[::-1] if mode != "none")
@@ -147,7 +146,7 @@ def summarize_run(model_dir):
     "seconds": sum(epoch_seconds.values()),  # Epochs' wall time, validation included.
     "images_per_second": float(np.median(list(rates.values()))) if rates else None,
     "device": ", ".join(sorted(gpus or machines)) or "unknown",
-    "training_flops": model_lib.training_flops(config["model"], step * config["batch_size"]),
+    "training_flops": models.training_flops(config["model"], step * config["batch_size"]),
     "validation_accuracy": best.get("accuracy"),
     "validation_accuracy_tta": validation[tta_key]["accuracy"] if tta_key else None,
     "validation_tta": tta_key and tta_key.removesuffix("_tta"),

@@ -18,8 +18,8 @@ import tensorflow as tf
 from absl import logging
 
 from data import augment
-from resnet import checkpointing, files
-from resnet import model as model_lib
+from resnet import checkpointing, files, models
+from resnet.models import cifar_resnet
 
 RUN_RECORD = "run.json"
 # Config keys that define the model, the data or the optimizer's state: resuming with other
@@ -33,7 +33,7 @@ RUN_DEFINING_KEYS = (
   "seed",
   "optimizer",
 )
-RUN_KEY_DEFAULTS = {"optimizer": "adam", "stride2_padding": model_lib.LEGACY_STRIDE2_PADDING}
+RUN_KEY_DEFAULTS = {"optimizer": "adam", "stride2_padding": cifar_resnet.LEGACY_STRIDE2_PADDING}
 
 
 def read_run_record(model_dir):
@@ -293,11 +293,12 @@ def load_trained_model(model_dir, checkpoint_path=None):
   checkpoint_path = checkpoint_path or checkpointing.best_checkpoint_path(model_dir)
   # float32 whatever the run's --precision: checkpoints hold float32 weights.
   config = {**RUN_KEY_DEFAULTS, **record["config"]}
-  model = model_lib.create_model(
+  model = models.create_model(
     config["model"],
     num_classes=len(record["class_names"]),
     precision="float32",
     stride2_padding=config["stride2_padding"],
+    dropout=config.get("dropout", 0.0),  # As trained (inactive in inference).
   )
   checkpointing.restore_model(model, checkpoint_path)
   return model, record, checkpoint_path

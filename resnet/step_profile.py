@@ -25,8 +25,7 @@ from absl import app, flags
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from data import pipeline
-from resnet import benchmark, optimization
-from resnet import model as model_lib
+from resnet import benchmark, models, optimization
 
 # Threads on which TensorFlow's executor runs op kernels (one event per kernel call).
 _OP_THREAD_PREFIX = "tf_Compute"
@@ -99,7 +98,7 @@ def main(argv):
 
 if __name__ == "__main__":
   FLAGS = flags.FLAGS
-  flags.DEFINE_enum("model", "resnet20", list(model_lib.MODEL_NAMES), "Model (resnet/model.py).")
+  flags.DEFINE_enum("model", "resnet20", models.NAMES, "Model:\n" + models.describe())
   flags.DEFINE_integer("batch_size", 128, "Global batch size.")
   flags.DEFINE_enum("precision", "float32", list(optimization.PRECISIONS), "Step precision.")
   flags.DEFINE_integer("steps", 10, "Steps timed, then the same number profiled.")

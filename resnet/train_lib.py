@@ -13,8 +13,7 @@ import keras
 import tensorflow as tf
 
 from data import augment
-from resnet import airbench, optimization, precision
-from resnet import model as model_lib
+from resnet import models, optimization, precision
 from resnet.lookahead import Lookahead
 
 # What train_steps returns: float32 sums over steps and replicas (see make_train_steps).
@@ -158,7 +157,8 @@ def make_average_moving_statistics(strategy, model):
   copies are equal already.) Training itself uses batch statistics only, so
   averaging does not change it.
   """
-  variables = model.non_trainable_variables
+  # Not the integer state of dropout's seed generators: each replica draws its own masks.
+  variables = [v for v in model.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]
   sizes = [variable.shape.num_elements() for variable in variables]
 
   def local_values():
@@ -239,11 +239,11 @@ def create_training(
     lr_multiplier: a scalar tf.Variable scaling the schedule (lowered when a run
       recovers from a non-finite loss, and checkpointed), or None.
     fused_batch_norm: False builds stock Keras BatchNorm (the benchmark's baseline).
-    train_images: uint8 [N, 32, 32, 3] training images; the airbench model's
-      whitening layer is computed from the first airbench.WHITENING_IMAGES
-      (without them it stays random: for speed measurements).
+    train_images: uint8 [N, H, W, 3] training images for the model's `prepare`
+      (airbench's whitening; skipped with config.whitening False, or without them: for
+      speed measurements).
     input_normalization: the run's {"mean", "std"} (run_record.input_normalization)
-      for the steps and the whitening; None: CIFAR-10's.
+      for the steps and `prepare`; None: CIFAR-10's.
 
   Returns:
     A Training. The optimizer's slots exist, so a restore can fill them.
@@ -251,7 +251,7 @@ def create_training(
   if config.precision == "auto":  # Outside train.py (benchmark, selfcheck, tests): a new run's.
     config = dataclasses.replace(config, precision=precision.choose_for_this_machine(strategy)[0])
   with strategy.scope():
-    model = model_lib.create_model(
+    model = models.create_model(
       config.model,
       num_classes,
       precision=config.precision,
@@ -259,11 +259,11 @@ def create_training(
       fused_batch_norm=fused_batch_norm,
       # "auto" outside train.py (benchmark, selfcheck, tests): what a new run gets.
       stride2_padding=("symmetric" if config.stride2_padding == "auto" else config.stride2_padding),
+      dropout=config.dropout,
     )
-    if isinstance(model, airbench.Airbench) and config.whitening and train_images is not None:
+    if config.whitening and train_images is not None:  # --nowhitening skips airbench's.
       normalization = input_normalization or augment.CIFAR10_NORMALIZATION
-      images = augment.normalize(train_images[: airbench.WHITENING_IMAGES], **normalization)
-      model.set_whitening(airbench.whitening_kernel(images))
+      model.prepare(train_images, lambda images: augment.normalize(images, **normalization))
     total_steps = config.epochs * steps_per_epoch
     lookahead = None
     if config.lookahead:
@@ -276,6 +276,8 @@ def create_training(
       total_steps,
       warmup_steps=int(config.warmup_epochs * steps_per_epoch),
       multiplier=lr_multiplier,
+      drops=config.lr_drop_fractions,
+      drop_factor=config.lr_drop_factor,
     )
     optimizer = optimization.create_optimizer(
       schedule,

@@ -30,8 +30,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from data import augment  # noqa: E402
-from resnet import distribute, optimization, train_lib  # noqa: E402
-from resnet import model as model_lib  # noqa: E402
+from resnet import (  # noqa: E402
+  distribute,
+  models,  # noqa: E402
+  optimization,
+  train_lib,
+)
 
 GLOBAL_BATCH = 16
 NUM_CLASSES = 3
@@ -65,7 +69,7 @@ def main(kind):
   augment.normalize = lambda images, **_: tf.cast(images, tf.float32)
   keras.utils.set_random_seed(1)
   with strategy.scope():
-    model = model_lib.create_model("resnet8", NUM_CLASSES, precision="mixed_float16")
+    model = models.create_model("resnet8", NUM_CLASSES, precision="mixed_float16")
     optimizer = optimization.create_optimizer(1e-3, "mixed_float16")
     optimizer.build(model.trainable_variables)
   train_steps = train_lib.make_train_steps(

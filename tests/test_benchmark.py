@@ -32,6 +32,8 @@ def test_a_tiny_benchmark_reports_every_figure(tmp_path):
   assert "end to end / model.fit" in text and "matmul peak" in text
   assert report["machine"]["host_cores"] >= 1 and report["input_pipeline_per_core"] > 0
   assert "images/s per host core" in text
+  memory = report["peak_memory_bytes"]
+  assert 2**20 < memory["before_models"] <= memory["end"] and "peak resident memory" in text
   alone = benchmark.run_pipeline_benchmark(batch_size=16, batches=2, repeats=1)
   assert alone["per_core"] == alone["images_per_second"]["median"] / alone["host_cores"] > 0
 

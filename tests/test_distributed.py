@@ -26,12 +26,12 @@ from resnet import (
   batch_norm,
   checkpointing,
   distribute,
+  models,
   optimization,
   run_lock,
   run_record,
   train_lib,
 )
-from resnet import model as model_lib
 from resnet.lookahead import Lookahead
 from tests.conftest import write_image_folder
 from tests.test_train import REPO, checkpoint_weights, debug_config, final_weights
@@ -44,7 +44,7 @@ def make_training(
 ):
   keras.utils.set_random_seed(1)
   with strategy.scope():
-    model = model_lib.create_model(
+    model = models.create_model(
       "resnet8", NUM_CLASSES, precision=precision, sync_batch_norm=sync_batch_norm
     )
     if sgd:  # Plain SGD: unlike Adam, it does not hide a wrongly scaled gradient.

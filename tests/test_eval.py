@@ -16,10 +16,9 @@ from sklearn import metrics as sk_metrics
 
 import train
 from data import augment, sources
-from resnet import checkpointing, files, run_record
+from resnet import checkpointing, files, models, run_record
 from resnet import config as config_lib
 from resnet import metrics as metrics_lib
-from resnet import model as model_lib
 from tests.conftest import CLASS_NAMES, TEST_PER_CLASS, write_image_folder
 from tests.test_train import debug_config
 
@@ -155,7 +154,11 @@ BAD_TRAIN_FLAGS = {
     ["--dataset=folder:{tmp}/corrupt", "--model_dir={tmp}/run"],
     "bad.png",
   ),
-  "unknown-model": (["--model=resnet18", "--model_dir={tmp}/run"], "value should be one of"),
+  "unknown-model": (["--model=resnet19", "--model_dir={tmp}/run"], "value should be one of"),
+  "dropout-without-dropout": (
+    ["--dropout=0.3", "--model_dir={tmp}/run"],
+    "--dropout applies to --model=wrn10_1, wrn16_8, wrn28_10 only, not resnet20",
+  ),
   "missing-flagfile": (["--flagfile={tmp}/missing.cfg", "--model_dir={tmp}/run"], "missing.cfg"),
   "zero-learning-rate": (["--learning_rate=0", "--model_dir={tmp}/run"], "--learning_rate must be"),
   "negative-learning-rate": (
@@ -239,7 +242,7 @@ def test_eval_without_a_best_checkpoint_fails_cleanly(tmp_path):
 
 
 def test_eval_of_a_checkpoint_of_another_depth_is_refused(model_dir, tmp_path):
-  other = model_lib.create_model("resnet20", num_classes=3)
+  other = models.create_model("resnet20", num_classes=3)
   path = tf.train.Checkpoint(model=other).write(str(tmp_path / "resnet20"))
   with pytest.raises(checkpointing.CheckpointError, match="Cannot restore resnet8"):
     eval_main.evaluate_model_dir(model_dir, "test", checkpoint_path=path)
@@ -260,7 +263,7 @@ def test_report_files_top_k_and_flip_test_time_augmentation(model_dir):
     json.load(open(os.path.join(model_dir, "run.json")))["config"]["dataset"], "test"
   )
   record = run_record.read_run_record(model_dir)
-  model = model_lib.create_model(record["config"]["model"], num_classes=3)
+  model = models.create_model(record["config"]["model"], num_classes=3)
   checkpointing.restore_model(model, checkpointing.best_checkpoint_path(model_dir))
   flipped = tf.nn.softmax(model(augment.normalize(images[:, :, ::-1]), training=False)).numpy()
   averaged = (probabilities + flipped) / 2

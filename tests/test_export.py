@@ -13,8 +13,7 @@ import tensorflow as tf
 
 import train
 from data import augment, sources
-from resnet import checkpointing, export, predict, run_record
-from resnet import model as model_lib
+from resnet import checkpointing, export, models, predict, run_record
 from tests.conftest import CLASS_NAMES
 from tests.test_train import debug_config
 
@@ -26,10 +25,10 @@ LOAD_KERAS_FILE = """
 import sys
 import keras
 import numpy as np
-from resnet import model as model_lib  # Registers ResNet for deserialisation.
+from resnet.models import cifar_resnet  # Registers the networks for deserialisation.
 
 classifier = keras.saving.load_model(sys.argv[1])
-resnet = next(layer for layer in classifier.layers if isinstance(layer, model_lib.ResNet))
+resnet = next(layer for layer in classifier.layers if isinstance(layer, cifar_resnet.ResNet))
 np.savez(
   sys.argv[3],
   probabilities=classifier.predict(np.load(sys.argv[2]), verbose=0),
@@ -54,7 +53,7 @@ def exported(model_dir):
 def restored(model_dir):
   """The best checkpoint restored into a fresh in-process model."""
   record = run_record.read_run_record(model_dir)
-  model = model_lib.create_model(record["config"]["model"], num_classes=len(CLASS_NAMES))
+  model = models.create_model(record["config"]["model"], num_classes=len(CLASS_NAMES))
   checkpointing.restore_model(model, checkpointing.best_checkpoint_path(model_dir))
   return model
 

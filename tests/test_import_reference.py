@@ -18,8 +18,7 @@ import tensorflow as tf
 
 import train
 from data import augment, sources
-from resnet import checkpointing, export, import_reference, predict, run_record
-from resnet import model as model_lib
+from resnet import checkpointing, export, import_reference, models, predict, run_record
 from resnet.import_reference import ImportReferenceError
 from tests.conftest import write_image_folder
 from tests.test_torch_format import write_legacy_file
@@ -127,7 +126,7 @@ def test_each_published_depth_maps_onto_ours_with_its_parameter_count(model_name
   state, _ = import_reference.reference_state(model_name, data)
   parameters = sum(value.size for name, value in state.items() if "running_" not in name)
   assert parameters == PARAMETERS[model_name]
-  model = model_lib.create_model(model_name, stride2_padding="symmetric")
+  model = models.create_model(model_name, stride2_padding="symmetric")
   import_reference.assign_reference_weights(model, state)  # Every tensor used exactly once.
   np.testing.assert_array_equal(
     model.stem_conv.kernel.numpy(), state["conv1.weight"].transpose(2, 3, 1, 0)

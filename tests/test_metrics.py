@@ -12,15 +12,14 @@ import tensorflow as tf
 from sklearn import metrics as sk_metrics
 
 from data import augment, pipeline
-from resnet import distribute, metrics, train_lib
-from resnet import model as model_lib
+from resnet import distribute, metrics, models, train_lib
 
 
 def model_and_examples(strategy, count, seed):
   """A ResNet-8 of 3 classes built under `strategy`, and `count` random uint8 examples."""
   with strategy.scope():
     keras.utils.set_random_seed(seed)
-    model = model_lib.create_model("resnet8", num_classes=3)
+    model = models.create_model("resnet8", num_classes=3)
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
   return model, images, rng.integers(0, 3, count).astype(np.int32)
@@ -41,7 +40,7 @@ def test_evaluate_counts_every_example_and_agrees_with_predict(strategy_name):
   expected_loss = -np.log(probabilities[np.arange(23), labels]).mean()
   assert result["loss"] == pytest.approx(expected_loss, rel=1e-4)
   # The same model on the same data gives the same numbers on one or two replicas.
-  reference = model_lib.create_model("resnet8", num_classes=3)
+  reference = models.create_model("resnet8", num_classes=3)
   reference.set_weights(model.get_weights())
   logits = reference(augment.normalize(images), training=False)
   np.testing.assert_allclose(probabilities, tf.nn.softmax(logits).numpy(), atol=1e-5)

@@ -1,15 +1,21 @@
-"""The network: the paper's parameter counts, outputs, and complete checkpoints."""
+"""Every registered network: parameter counts against their sources, complete checkpoints
+and .keras files, outputs, FLOPs, and what each family adds."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from resnet import airbench, batch_norm
-from resnet import model as model_lib
+from resnet import models
+from resnet.models import airbench, cifar_resnet
 
-# Trainable parameters with option-A (parameter-free) shortcuts. The paper's
-# Table 6 rounds them to 0.27M, 0.46M, 0.66M, 0.85M and 1.7M.
+# Trainable parameters at 10 classes, each against its source:
+# - He et al. 2016, Table 6 (0.27M ... 1.7M), option-A shortcuts; resnet8 is ours (n = 1).
+# - Page's ResNet-9 (6.57M at widths 64-512); resnet9_half a quarter of its convolutions.
+# - airbench94: its PyTorch code's trained parameters (the whitening kernel is frozen).
+# - kuangliu/pytorch-cifar's ResNet18/34/50 and PreActResNet18, as PyTorch counts them.
+# - Wide ResNets: the authors' Torch code and xternalz's port (36.5M for WRN-28-10); WRN-10-1
+#   is ours, for tests.
 EXPECTED_PARAMETERS = {
   "resnet8": 75_290,
   "resnet20": 269_722,
@@ -17,20 +23,65 @@ EXPECTED_PARAMETERS = {
   "resnet44": 658_586,
   "resnet56": 853_018,
   "resnet110": 1_727_962,
+  "resnet9": 6_573_130,
+  "resnet9_half": 1_646_122,
+  "airbench": 1_971_352,
+  "resnet18": 11_173_962,
+  "resnet34": 21_282_122,
+  "resnet50": 23_520_842,
+  "preact_resnet18": 11_171_146,
+  "wrn10_1": 77_850,
+  "wrn16_8": 10_961_370,
+  "wrn28_10": 36_479_194,
 }
 
 
-def count_parameters(variables):
-  return sum(int(np.prod(v.shape)) for v in variables)
+def test_every_registered_model_has_a_pinned_count_and_a_one_line_description():
+  assert set(EXPECTED_PARAMETERS) == set(models.MODELS)
+  lines = models.describe().splitlines()
+  assert [line.split()[0] for line in lines] == list(models.MODELS)
+  # absl's --helpfull indents help by 4 and wraps at 80 columns: one line each.
+  assert all(len(line) <= 76 and line.split(None, 1)[1] for line in lines)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMETERS))
-def test_parameter_counts_match_the_paper(name):
-  model = model_lib.create_model(name)
-  assert count_parameters(model.trainable_variables) == EXPECTED_PARAMETERS[name]
-  depth = model_lib.DEPTHS[name]
-  convolutions = [v for v in model.trainable_variables if v.name == "kernel"]
-  assert len(convolutions) == depth - 1 + 1  # depth - 1 convolutions plus the dense layer.
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_each_model_counts_as_its_source_and_round_trips_checkpoints_and_keras_files(
+  name, tmp_path
+):
+  model = models.create_model(name)
+  assert model.name == name
+  assert models.count_parameters(model) == EXPECTED_PARAMETERS[name]
+  # Every variable is in the checkpoint's object graph (Keras 3 layers in a plain list
+  # would be silently left out).
+  checkpoint = tf.train.Checkpoint(model=model)
+  checkpointed = {id(node) for node in tf.train.TrackableView(checkpoint).descendants()}
+  assert all(id(variable) in checkpointed for variable in model.variables)
+  images = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  for variable in model.variables:  # Not the initial values, so a missed one shows.
+    variable.assign(variable + tf.random.normal(variable.shape, stddev=0.01) + 0.01)
+  expected = model(images, training=False).numpy()
+  model.save(tmp_path / "model.keras")  # resnet/export.py writes .keras files.
+  loaded = keras.saving.load_model(tmp_path / "model.keras")
+  assert type(loaded) is type(model) and loaded.get_config() == model.get_config()
+  np.testing.assert_allclose(loaded(images, training=False).numpy(), expected, atol=1e-5)
+
+
+def test_a_checkpoint_restores_every_variable(tmp_path):
+  model = models.create_model("resnet9_half", num_classes=3, precision="mixed_bfloat16")
+  images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[1, 2])
+  model(images, training=True)  # Moves the BN statistics away from their initial values.
+  path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+  saved = [name for name, _ in tf.train.list_variables(path) if name.startswith("model/")]
+  assert len(saved) == len(model.variables) == 8 * 5 + 2  # Kernel + 4 BN variables per block.
+  restored = models.create_model("resnet9_half", num_classes=3, precision="mixed_bfloat16")
+  tf.train.Checkpoint(model=restored).read(path).assert_existing_objects_matched()
+  np.testing.assert_array_equal(restored(images), model(images))
+
+
+def test_resnet20_has_19_convolutions_and_resnet9_8():
+  for name, convolutions in (("resnet20", 19), ("resnet9_half", 8)):
+    kernels = [v for v in models.create_model(name).trainable_variables if v.name == "kernel"]
+    assert len(kernels) == convolutions + 1  # Plus the classifier.
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -40,7 +91,7 @@ def test_option_a_shortcut_subsamples_and_zero_pads_exactly(dtype, size):
   inputs = tf.cast(images, dtype)
   with tf.GradientTape() as tape:
     tape.watch(inputs)
-    shortcut = model_lib.option_a_shortcut(inputs, filters=32, strides=2)
+    shortcut = cifar_resnet.option_a_shortcut(inputs, filters=32, strides=2)
     loss = tf.reduce_sum(tf.cast(shortcut, tf.float32) * np.arange(32, dtype=np.float32))
   subsampled = tf.cast(inputs, tf.float32).numpy()[:, ::2, ::2, :]
   expected = np.pad(subsampled, [(0, 0), (0, 0), (0, 0), (8, 8)])
@@ -52,22 +103,9 @@ def test_option_a_shortcut_subsamples_and_zero_pads_exactly(dtype, size):
   np.testing.assert_array_equal(tf.cast(tape.gradient(loss, inputs), tf.float32), expected_gradient)
 
 
-# Page's ResNet-9: 6.57M parameters at his widths (64, 128, 256, 512); the
-# half-width CPU variant has a quarter of the convolution weights.
-RESNET9_PARAMETERS = {"resnet9": 6_573_130, "resnet9_half": 1_646_122}
-
-
-@pytest.mark.parametrize("name", sorted(RESNET9_PARAMETERS))
-def test_resnet9_parameter_counts(name):
-  model = model_lib.create_model(name)
-  assert count_parameters(model.trainable_variables) == RESNET9_PARAMETERS[name]
-  convolutions = [v for v in model.trainable_variables if v.name == "kernel"]
-  assert len(convolutions) == 8 + 1  # Eight convolutions plus the classifier.
-
-
 def test_forward_flops_match_the_known_count():
   # ResNet-20: 40.55M multiply-adds per 32x32 image (conv layers + classifier).
-  assert model_lib.forward_flops_per_image(model_lib.create_model("resnet20")) == 81_102_080
+  assert models.forward_flops_per_image(models.create_model("resnet20")) == 81_102_080
 
 
 def test_forward_flops_of_resnet9_count_each_convolution_at_its_resolution():
@@ -77,7 +115,7 @@ def test_forward_flops_of_resnet9_count_each_convolution_at_its_resolution():
   # each); classifier 512->10.
   big_convolution = 2 * 32 * 32 * 9 * 64 * 128
   expected = 2 * 32 * 32 * 9 * 3 * 64 + 5 * big_convolution + 2 * 512 * 10
-  assert model_lib.forward_flops_per_image(model_lib.create_model("resnet9")) == expected
+  assert models.forward_flops_per_image(models.create_model("resnet9")) == expected
 
 
 def test_forward_flops_of_airbench_count_the_whitening_and_each_group_at_its_resolution():
@@ -94,14 +132,15 @@ def test_forward_flops_of_airbench_count_the_whitening_and_each_group_at_its_res
   ]
   expected = sum(2 * size * size * weights for size, weights in by_resolution) + 2 * 256 * 10
   assert expected == 236_294_720
-  assert model_lib.forward_flops_per_image(model_lib.create_model("airbench")) == expected
+  assert models.forward_flops_per_image(models.create_model("airbench")) == expected
 
 
 def test_airbench_parameter_count_and_identity_initialised_convolutions():
-  model = model_lib.create_model("airbench")
-  assert count_parameters(model.trainable_variables) == 1_971_352  # Whitening kernel frozen.
+  model = models.create_model("airbench")
+  assert models.count_parameters(model) == 1_971_352  # The whitening kernel is frozen.
   moving_statistics = 2 * (2 * 64 + 4 * 256)  # Mean and variance per BatchNorm channel.
-  assert count_parameters(model.non_trainable_variables) == 2 * 2 * 3 * 24 + moving_statistics
+  frozen = sum(int(np.prod(v.shape)) for v in model.non_trainable_variables)
+  assert frozen == 2 * 2 * 3 * 24 + moving_statistics
   assert {v.name for v in model.trainable_variables} == {"kernel", "beta", "bias"}  # No gamma.
   # Each convolution's first C_in filters pass their input channel through (Dirac).
   kernel = model.group2.conv1.kernel.numpy()  # [3, 3, 64, 256]
@@ -136,130 +175,39 @@ def test_the_whitening_kernel_decorrelates_2x2_patches():
   assert np.all(flat[np.argmax(np.abs(flat), axis=0), np.arange(12)] > 0)
 
 
-def test_resnet9_checkpoint_holds_every_variable_and_restores_the_logits(tmp_path):
-  model = model_lib.create_model("resnet9_half", num_classes=3)
-  images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[1, 2])
-  model(images, training=True)  # Moves the BN statistics away from their initial values.
-  path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
-  saved = [name for name, _ in tf.train.list_variables(path) if name.startswith("model/")]
-  assert len(saved) == len(model.variables) == 8 * 5 + 2  # Kernel + 4 BN variables per block.
-
-  restored = model_lib.create_model("resnet9_half", num_classes=3)
-  tf.train.Checkpoint(model=restored).read(path).assert_existing_objects_matched()
-  np.testing.assert_array_equal(restored(images), model(images))
-
-
 def test_logits_shape_and_dtype():
-  model = model_lib.create_model("resnet8", num_classes=7)
+  model = models.create_model("resnet8", num_classes=7)
   logits = model(tf.zeros([3, 32, 32, 3]), training=False)
   assert logits.shape == (3, 7)
   assert logits.dtype == tf.float32
 
 
-def test_bad_names_and_depths_are_refused():
-  with pytest.raises(ValueError, match="Unknown model 'resnet18'"):
-    model_lib.create_model("resnet18")
+def test_bad_names_depths_and_dropout_are_refused():
+  with pytest.raises(
+    ValueError, match="Unknown model 'resnet19'; choose one of resnet8, .*wrn28_10"
+  ):
+    models.create_model("resnet19")
   with pytest.raises(ValueError, match="6n \\+ 2"):
-    model_lib.create_model(21)
-
-
-def test_checkpoint_holds_every_variable(tmp_path):
-  # Keras 3 layers kept in a Python list are invisible to tf.train.Checkpoint;
-  # this fails if any block's weights are left out of the checkpoint.
-  model = model_lib.create_model("resnet20")
-  path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
-  saved = [name for name, _ in tf.train.list_variables(path) if name.startswith("model/")]
-  assert len(saved) == len(model.variables) == 97
-
-  restored = model_lib.create_model("resnet20")
-  tf.train.Checkpoint(model=restored).read(path).assert_existing_objects_matched()
-  for original, copy in zip(model.variables, restored.variables, strict=True):
-    np.testing.assert_array_equal(original.numpy(), copy.numpy())
-
-
-@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
-def test_fused_batch_norm_equals_keras_batch_norm(policy):
-  # Same outputs, same moving statistics (biased variance) after two training
-  # calls, same inference outputs: checkpoints of either layer are interchangeable.
-  import keras
-
-  images = np.random.default_rng(0).normal(2.0, 3.0, size=(8, 4, 4, 5)).astype(np.float32)
-  reference = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
-  fused = batch_norm.FusedBatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
-  for layer in (reference, fused):
-    layer.build(images.shape)
-    layer.gamma.assign(np.linspace(0.5, 1.5, 5))
-    layer.beta.assign(np.linspace(-1.0, 1.0, 5))
-  tolerance = 1e-5 if policy == "float32" else 2e-2
-  for _ in range(2):
-    expected, actual = reference(images, training=True), fused(images, training=True)
-    assert actual.dtype == expected.dtype
-    np.testing.assert_allclose(np.float32(actual), np.float32(expected), atol=tolerance)
-  for name in ("moving_mean", "moving_variance"):
-    np.testing.assert_allclose(
-      getattr(fused, name).numpy(), getattr(reference, name).numpy(), rtol=1e-5
-    )
-  np.testing.assert_allclose(
-    np.float32(fused(images, training=False)),
-    np.float32(reference(images, training=False)),
-    atol=tolerance,
-  )
-  # Gradients through the fused kernel (inputs, gamma, beta) equal Keras'.
-  if policy == "float32":
-    images = tf.constant(images)
-    gradients = []
-    for layer in (reference, fused):
-      with tf.GradientTape() as tape:
-        tape.watch(images)
-        loss = tf.reduce_sum(tf.square(layer(images, training=True)) * tf.range(5.0))
-      gradients.append(tape.gradient(loss, [images, layer.gamma, layer.beta]))
-    for expected, actual in zip(*gradients, strict=True):
-      np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
-
-
-def test_fused_and_stock_batch_norm_models_share_checkpoints_and_outputs(tmp_path):
-  fused = model_lib.create_model("resnet8")
-  stock = model_lib.create_model("resnet8", fused_batch_norm=False)
-  assert isinstance(fused.stem_bn, batch_norm.FusedBatchNormalization)
-  assert not isinstance(stock.stem_bn, batch_norm.FusedBatchNormalization)
-  path = tf.train.Checkpoint(model=fused).write(str(tmp_path / "ckpt"))
-  tf.train.Checkpoint(model=stock).read(path).assert_existing_objects_matched()
-  images = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype(np.float32)
-  for training in (True, False):
-    np.testing.assert_allclose(
-      stock(images, training=training).numpy(),
-      fused(images, training=training).numpy(),
-      atol=1e-4,
-    )
+    cifar_resnet.ResNet(21)
+  with pytest.raises(ValueError, match="resnet20 has no dropout; these do: wrn10_1, wrn16_8"):
+    models.create_model("resnet20", dropout=0.3)
+  assert models.create_model("wrn10_1", dropout=0.3).stage1_block1.dropout.rate == 0.3
 
 
 @pytest.mark.parametrize(
-  "kwargs", [{"axis": 1}, {"axis": 1, "scale": False}, {"scale": False}, {"center": False}]
+  "name, shape, classes, problem",
+  [
+    ("airbench", (24, 24), 10, "takes images of 25 to 48 pixels a side; the dataset's are 24x24"),
+    ("airbench", (49, 49), 10, "25 to 48 pixels"),
+    ("resnet9", (32, 7), 10, "at least 8 pixels a side; the dataset's are 32x7"),
+    ("resnet20", (32, 32), 1, "classifies into 2 or more classes; the dataset has 1"),
+    ("wrn16_8", (4, 4), 100, None),
+  ],
 )
-def test_fused_batch_norm_equals_keras_without_scale_or_channels_last(kwargs):
-  # A scale-less layer (airbench's) runs the fused kernel with a scale of ones;
-  # channels-first and offset-less layers go through Keras' own implementation.
-  images = np.random.default_rng(2).normal(1.0, 2.0, size=(4, 3, 5, 5)).astype(np.float32)
-  reference = keras.layers.BatchNormalization(**kwargs)
-  fused = batch_norm.FusedBatchNormalization(**kwargs)
-  for training in (True, False):
-    np.testing.assert_allclose(
-      fused(images, training=training).numpy(),
-      reference(images, training=training).numpy(),
-      atol=1e-5,
-    )
-
-
-@pytest.mark.parametrize(
-  "name, widths", [("resnet9_half", (32, 64, 128, 256)), ("airbench", airbench.WIDTHS)]
-)
-def test_resnet9_and_airbench_save_and_load_as_keras_files(tmp_path, name, widths):
-  # resnet/export.py writes .keras files; the models must rebuild from their configs.
-  model = model_lib.create_model(name, num_classes=4, precision="mixed_bfloat16")
-  path = str(tmp_path / "model.keras")
-  model.save(path)
-  loaded = keras.saving.load_model(path)
-  assert loaded.widths == widths
-  assert loaded.dtype_policy.name == "mixed_bfloat16"
-  images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[3, 4])
-  np.testing.assert_array_equal(loaded(images), model(images))
+def test_models_say_which_images_and_classes_they_take(name, shape, classes, problem):
+  found = models.input_problem(name, shape, classes)
+  assert found == problem if problem is None else problem in found
+  if name == "airbench":  # The bounds are where its final 3x3 pooling leaves one pixel.
+    for size in (25, 48):
+      model = models.create_model(name, image_size=size)
+      assert model(np.zeros((1, size, size, 3), np.float32)).shape == (1, 10)

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from resnet import model as model_lib
-from resnet import optimization
+from resnet import models, optimization
 
 
 def test_learning_rate_schedules():
@@ -19,6 +18,13 @@ def test_learning_rate_schedules():
   assert [float(piecewise(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
     [1, 1, 0.1, 0.1, 0.01, 0.01]
   )
+  # Wide ResNets: x0.2 at epochs 60, 120 and 160 of 200 (steps here).
+  wide = optimization.LearningRateSchedule(
+    "piecewise", 1.0, total_steps=200, drops=(0.3, 0.6, 0.8), drop_factor=0.2
+  )
+  assert [float(wide(s)) for s in (0, 59, 60, 119, 120, 159, 160, 199)] == pytest.approx(
+    [1, 1, 0.2, 0.2, 0.04, 0.04, 0.008, 0.008]
+  )
   assert float(optimization.LearningRateSchedule("constant", 0.3, 100)(99)) == pytest.approx(0.3)
   linear = optimization.LearningRateSchedule("linear", 2.0, total_steps=110, warmup_steps=10)
   assert [float(linear(s)) for s in (4, 9, 10, 60, 109, 110)] == pytest.approx(
@@ -30,7 +36,7 @@ def test_learning_rate_schedules():
 def test_decoupled_weight_decay_shrinks_kernels_only(precision):
   # Zero gradients: Adam's own update is 0, so what remains is the decay,
   # kernel *= 1 - 0.1 * 0.5; BatchNorm scales/offsets and biases are untouched.
-  model = model_lib.create_model("resnet8")
+  model = models.create_model("resnet8")
   optimizer = optimization.create_optimizer(0.1, precision, decoupled_weight_decay=0.5)
   variables = model.trainable_variables
   before = [v.numpy() for v in variables]

@@ -14,8 +14,8 @@ import tensorflow as tf
 
 import train
 from data import augment
-from resnet import checkpointing, export, files, run_record
-from resnet import model as model_lib
+from resnet import checkpointing, export, files, models, run_record
+from resnet.models import cifar_resnet
 from tests.test_train import debug_config
 
 OLD_RUN = os.path.join(os.path.dirname(__file__), "data", "same_padding_run")
@@ -34,27 +34,27 @@ def test_a_symmetric_stride_2_convolution_samples_the_pixels_the_shortcut_keeps(
   # centred on: with the paper's padding they are the shortcut's (2i), so the two
   # branches of a downsampling block add up pixels of the same place.
   images = np.random.default_rng(0).normal(size=(2, size, size, 16)).astype(np.float32)
-  block = model_lib.BasicBlock(16, strides=2, stride2_padding="symmetric")
+  block = cifar_resnet.BasicBlock(16, strides=2, stride2_padding="symmetric")
   block(images)  # Builds the weights.
   block.conv1.kernel.assign(_centre_identity_kernel(16))
-  convolved = block.conv1(model_lib.symmetric_pad(images)).numpy()
-  shortcut = model_lib.option_a_shortcut(images, filters=16, strides=2).numpy()
+  convolved = block.conv1(cifar_resnet.symmetric_pad(images)).numpy()
+  shortcut = cifar_resnet.option_a_shortcut(images, filters=16, strides=2).numpy()
   np.testing.assert_array_equal(convolved, shortcut)
   # Keras' "same" is centred one pixel down and right of the shortcut (2i + 1).
-  legacy = model_lib.BasicBlock(16, strides=2, stride2_padding="same")
+  legacy = cifar_resnet.BasicBlock(16, strides=2, stride2_padding="same")
   legacy(images)
   legacy.conv1.kernel.assign(_centre_identity_kernel(16))
   np.testing.assert_array_equal(legacy.conv1(images).numpy(), images[:, 1::2, 1::2, :])
   assert not np.allclose(legacy.conv1(images).numpy(), shortcut)
 
 
-@pytest.mark.parametrize("name", model_lib.MODEL_NAMES)
+@pytest.mark.parametrize("name", models.NAMES)
 def test_no_model_pads_a_convolution_asymmetrically(name):
   # The rule behind the fix, for every model: a convolution pads the same on both sides.
   # Keras' "same" does so only at stride 1 with an odd kernel; a stride-2 convolution is
   # "valid" after an explicit symmetric pad (ResNet-9 and airbench downsample by max
   # pooling, whose 2x2 windows over an even or odd size need no padding).
-  model = model_lib.create_model(name)
+  model = models.create_model(name)
   convolutions = [
     layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Conv2D)
   ]
@@ -66,14 +66,14 @@ def test_no_model_pads_a_convolution_asymmetrically(name):
 
 
 def test_new_models_pad_symmetrically_and_legacy_keras_configs_mean_same():
-  model = model_lib.create_model("resnet8")
+  model = models.create_model("resnet8")
   assert model.stride2_padding == "symmetric"
   config = model.get_config()
   assert config["stride2_padding"] == "symmetric"
   legacy_config = {key: value for key, value in config.items() if key != "stride2_padding"}
-  assert model_lib.ResNet.from_config(legacy_config).stride2_padding == "same"
+  assert cifar_resnet.ResNet.from_config(legacy_config).stride2_padding == "same"
   with pytest.raises(ValueError, match="stride2_padding must be one of"):
-    model_lib.ResNet(8, stride2_padding="valid")
+    cifar_resnet.ResNet(8, stride2_padding="valid")
 
 
 def _old_run_images(root):
@@ -111,7 +111,7 @@ def test_a_run_made_before_the_option_predicts_exactly_as_it_did(old_run):
   logits, logits_then = _probe_logits(model)
   np.testing.assert_allclose(logits, logits_then, rtol=1e-5, atol=1e-5)
   # The same weights in today's padding give other logits: the record is what keeps them.
-  symmetric = model_lib.create_model("resnet8", num_classes=3)
+  symmetric = models.create_model("resnet8", num_classes=3)
   symmetric.set_weights(model.get_weights())
   assert not np.allclose(_probe_logits(symmetric)[0], logits_then, atol=1e-3)
 

@@ -12,8 +12,7 @@ import pytest
 from absl import flags
 
 import train
-from resnet import files, results, run_record
-from resnet import model as model_lib
+from resnet import files, models, results, run_record
 from tests.test_train import REPO, debug_config
 
 eval_main = importlib.import_module("eval")
@@ -107,7 +106,7 @@ def test_seeds_of_one_recipe_collapse_and_unfinished_runs_say_so(two_seeds):
   mean = f"{100 * np.mean(with_tta):.2f} ± {100 * np.std(with_tta, ddof=1):.2f}"
   assert f"| {mean} (flip, flip_translate) |" in row
   # 3 x forward FLOPs x images trained: 6 and 3 steps of 16 images.
-  flops = 3 * model_lib.forward_flops_per_image(model_lib.create_model("resnet8")) * 16
+  flops = 3 * models.forward_flops_per_image(models.create_model("resnet8")) * 16
   assert [run["training_flops"] for run in runs] == [6 * flops, 3 * flops]
   assert f"| {4.5 * flops:.2e} |" in row
   assert runs[0]["images_per_second"] > 0 and runs[0]["device"] == run_record.cpu_label()

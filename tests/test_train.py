@@ -20,7 +20,6 @@ from tensorboard.backend.event_processing import event_accumulator
 import train
 from data import augment, pipeline, sources
 from resnet import (
-  airbench,
   checkpointing,
   curves,
   export,
@@ -31,6 +30,7 @@ from resnet import (
   run_record,
 )
 from resnet import config as config_lib
+from resnet.models import airbench
 from tests.conftest import CLASS_NAMES
 from tests.test_run_lock import dead_pid, write_lock
 

@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 
 from data import augment
-from resnet import airbench, distribute, optimization, precision, train_lib
 from resnet import config as config_lib
-from resnet import model as model_lib
+from resnet import distribute, models, optimization, precision, train_lib
 from resnet.lookahead import Lookahead
+from resnet.models import airbench
 
 
 def make_training(strategy, batch_size, weight_decay=0.0, optimizer_name="adam", **options):
@@ -19,7 +19,7 @@ def make_training(strategy, batch_size, weight_decay=0.0, optimizer_name="adam",
   lookahead=True a Lookahead that averages after every step."""
   keras.utils.set_random_seed(1)
   with strategy.scope():
-    model = model_lib.create_model("resnet8", num_classes=3)
+    model = models.create_model("resnet8", num_classes=3)
     optimizer = optimization.create_optimizer(1e-3, name=optimizer_name)
     optimizer.build(model.trainable_variables)
     if options.pop("lookahead", False):

@@ -8,7 +8,7 @@ changes the shape, its shortcut is a 1x1 convolution of that stride and BatchNor
 the paper's option B); stride-2 3x3 convolutions pad 1 pixel on every side. This is
 kuangliu/pytorch-cifar's models/resnet.py (MIT), the source of the published CIFAR-10 figures
 cited in configs/resnet18.cfg; its ResNet-18 and ResNet-50 have 11,173,962 and 23,520,842
-parameters (10 classes), pinned in tests/test_models.py.
+parameters (10 classes), pinned in tests/test_model.py.
 """
 
 import keras
@@ -22,6 +22,7 @@ DEPTHS = {
   "resnet34": (False, (3, 4, 6, 3)),
   "resnet50": (True, (3, 4, 6, 3)),
 }
+MIN_IMAGE_SIZE = 8  # Three stride-2 stages: smaller, the last stage would see only padding.
 
 
 class Block(keras.layers.Layer):

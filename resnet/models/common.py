@@ -63,9 +63,15 @@ class Network(keras.Model):
   def __init__(self, options, **kwargs):
     super().__init__(**kwargs)
     self.options = dict(options)
+    self.num_classes = options["num_classes"]
 
   def get_config(self):
     return {**super().get_config(), **self.options}
 
-  def prepare(self, normalized_train_images):  # noqa: B027 - a no-op unless overridden.
-    """Set-up from the run's normalised training images [N, H, W, 3] float32; none here."""
+  def prepare(self, train_images, normalize):  # noqa: B027 - a no-op unless overridden.
+    """Sets up the network from the run's training split before training; none here.
+
+    Args:
+      train_images: uint8 [N, H, W, 3], the run's training split.
+      normalize: uint8 images -> the float32 images the model sees.
+    """

@@ -8,16 +8,22 @@ BatchNorm) taken from the pre-activated input where the shape changes, global av
 of the last block's sum (kuangliu has no final BN-ReLU, unlike the paper's Figure 1), a dense
 classifier: 11,171,146 parameters.
 
-WRN-d-k (xternalz/WideResNet-pytorch, the PyTorch port of the authors' code): a 3x3 stem of 16
-filters, three stages of (d - 4) / 6 blocks of 16k, 32k and 64k filters at 32, 16 and 8
-pixels, dropout between a block's two convolutions (`dropout`, the paper's 0.3 optional), a
-final BN-ReLU, global average pooling, a dense classifier: WRN-16-8 10,961,706 and WRN-28-10
-36,479,194 parameters. Stride-2 convolutions pad 1 pixel on every side, as both sources.
+WRN-d-k (the authors' Torch code, szagoruyko/wide-residual-networks models/wide-resnet.lua,
+and its PyTorch port xternalz/WideResNet-pytorch): a 3x3 stem of 16 filters, three stages of
+(d - 4) / 6 blocks of 16k, 32k and 64k filters at 32, 16 and 8 pixels, a final BN-ReLU, global
+average pooling, a dense classifier: WRN-16-8 10,961,370 and WRN-28-10 36,479,194 parameters.
+`dropout` (the paper's 0.3, optional) acts after a block's second BN-ReLU, before its second
+convolution, as in the authors' code (xternalz drops the first convolution's output before that
+BN instead). Stride-2 convolutions pad 1 pixel on every side, as all three sources. Initial
+weights are Keras' He-normal (fan in), not the sources' own schemes.
 """
 
 import keras
 
 from resnet.models import common
+
+# Stride-2 stages: smaller images would leave the last stage nothing but padding.
+PREACT_MIN_IMAGE_SIZE, WIDE_MIN_IMAGE_SIZE = 8, 4
 
 
 class PreActBlock(keras.layers.Layer):

@@ -1,7 +1,7 @@
 """Keller Jordan's airbench94 network (2024), the fast recipe's model (configs/airbench94.cfg).
 
 "94% on CIFAR-10 in 3.29 seconds on a single GPU" (arXiv:2404.00498) trains
-this network for ~10 epochs. It descends from Page's ResNet-9 (model.py):
+this network for ~10 epochs. It descends from Page's ResNet-9 (resnet9.py):
 
   whitening: a frozen 2x2 convolution (24 filters, no padding: 32x32 -> 31x31)
       initialised from the training images (`whitening_kernel`), a trained
@@ -22,6 +22,7 @@ import numpy as np
 from keras import layers
 
 from resnet import batch_norm
+from resnet.models import common
 
 WIDTHS = (64, 256, 256)
 WHITENING_PATCH = 2  # Pixels: the whitening convolution sees 2x2 patches.
@@ -29,6 +30,10 @@ WHITENING_EPSILON = 5e-4  # Added to each eigenvalue: bounds the gain of the fai
 WHITENING_IMAGES = 5000  # Training images whose patches estimate the covariance (airbench's).
 BATCH_NORM_MOMENTUM = 0.6  # PyTorch's 0.4: statistics of the last few batches.
 LOGIT_SCALE = 1 / 9
+# Image sizes whose last group leaves 3 to 5 pixels, which the final 3x3 max pooling turns into
+# one: the 2x2 whitening takes one pixel (H - 1), then three 2x2 poolings (floor((H - 1) / 8)).
+# Other sizes would leave no pixel, or more than one and a classifier of another shape.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 25, 48
 
 
 def whitening_kernel(images, epsilon=WHITENING_EPSILON):
@@ -137,26 +142,29 @@ class ConvGroup(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="resnet")
-class Airbench(keras.Model):
-  """airbench94's network mapping [B, 32, 32, 3] images to [B, classes] float32 logits.
+class Airbench(common.Network):
+  """airbench94's network mapping [B, H, W, 3] images to [B, classes] float32 logits.
 
   `widths` are the three groups' widths; `dtype`, `sync_batch_norm` and
-  `fused_batch_norm` are as in model.ResNet. Until `set_whitening` is called
-  the whitening kernel holds random values, as any untrained convolution.
+  `fused_batch_norm` are as in cifar_resnet.ResNet. Until `prepare` (or `set_whitening`)
+  is called the whitening kernel holds random values, as any untrained convolution.
   """
 
   def __init__(
     self, widths=WIDTHS, num_classes=10, sync_batch_norm=False, fused_batch_norm=True, **kwargs
   ):
-    super().__init__(**kwargs)
+    options = dict(
+      widths=tuple(widths),
+      num_classes=num_classes,
+      sync_batch_norm=sync_batch_norm,
+      fused_batch_norm=fused_batch_norm,
+    )
+    super().__init__(options, **kwargs)
     self.widths = tuple(widths)
-    self.num_classes = num_classes
-    self.sync_batch_norm = sync_batch_norm
-    self.fused_batch_norm = fused_batch_norm
     policy = self.dtype_policy
     self.whitening = Whitening(2 * 3 * WHITENING_PATCH**2, dtype=policy, name="whitening")
     for index, width in enumerate(self.widths):
-      name = f"group{index + 1}"  # Attributes, not a list: see model.ResNet.
+      name = f"group{index + 1}"  # Attributes, not a list: see cifar_resnet.ResNet.
       group = ConvGroup(width, sync_batch_norm, fused_batch_norm, dtype=policy, name=name)
       setattr(self, name, group)
     self.pool = layers.MaxPooling2D(3, dtype=policy, name="pool")  # 3x3 -> 1x1.
@@ -173,14 +181,14 @@ class Airbench(keras.Model):
     """Sets the frozen whitening kernel (see whitening_kernel)."""
     self.whitening.kernel.assign(kernel)
 
-  def get_config(self):
-    return {
-      **super().get_config(),
-      "widths": self.widths,
-      "num_classes": self.num_classes,
-      "sync_batch_norm": self.sync_batch_norm,
-      "fused_batch_norm": self.fused_batch_norm,
-    }
+  def prepare(self, train_images, normalize):
+    """Whitens 2x2 patches of the first WHITENING_IMAGES of `train_images` (airbench's 5,000).
+
+    Args:
+      train_images: uint8 [N, H, W, 3], the run's training split.
+      normalize: uint8 images -> the float32 images the model sees.
+    """
+    self.set_whitening(whitening_kernel(normalize(train_images[:WHITENING_IMAGES])))
 
   def call(self, images, training=False):
     x = self.whitening(images)
