@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from data import augment, pipeline, sources
-from resnet import checkpointing, distribute, files, plots, run_record, summaries, train_lib
+from resnet import checkpointing, distribute, errors, files, plots, run_record, summaries, train_lib
 from resnet import metrics as metrics_lib
 from resnet.config import ConfigError
 
@@ -285,7 +285,7 @@ def main(argv):
         tta_mode(FLAGS.tta, FLAGS.tta_flip),
       )
       rows.append((model_dir, metrics))
-  except (ConfigError, sources.DataError, checkpointing.CheckpointError) as error:
+  except errors.UserError as error:
     sys.exit(f"eval.py: error: {error}")
   if FLAGS.compare:
     print(f"{FLAGS.split} split of each run's dataset" if not FLAGS.dataset else FLAGS.dataset)

@@ -21,31 +21,21 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data import pipeline, sources
+from data import pipeline
 from resnet import (
   checkpointing,
   console,
   distribute,
+  errors,
   export,
   metrics,
   precision,
-  run_lock,
   run_record,
   summaries,
   train_lib,
   workers,
 )
 from resnet import config as config_lib
-
-# Errors whose message is the whole story for the user: printed as one line, exit code 1.
-USER_ERRORS = (
-  config_lib.ConfigError,
-  distribute.StrategyError,
-  sources.DataError,
-  checkpointing.CheckpointError,
-  checkpointing.DivergedError,
-  run_lock.RunLockedError,
-)
 
 
 def train_and_evaluate(config, model_dir):
@@ -59,7 +49,7 @@ def train_and_evaluate(config, model_dir):
      "epoch", "best_accuracy", "validation": the last validation metrics}.
 
   Raises:
-    One of USER_ERRORS: bad input, an unusable model directory, or a divergence.
+    errors.UserError: bad input, an unusable model directory, or a divergence.
   """
   # --- Set-up: strategy first (multi-worker must start before anything else runs TF) --
   config_lib.validate(config)
@@ -323,7 +313,7 @@ def main(argv, flag_values=flags.FLAGS):
   tf.get_logger().setLevel("WARNING")  # TF's own info lines (one per checkpoint save) are noise.
   try:
     result = train_and_evaluate(config_from_flags(flag_values), flag_values.model_dir)
-  except USER_ERRORS as error:
+  except errors.UserError as error:  # The message is the whole story: one line, status 1.
     sys.exit(f"train.py: error: {error}")
   except KeyboardInterrupt:  # Ctrl-C outside the loop's handler: loading the data, exporting.
     _exit_stopped("SIGINT", "outside the training loop; what was saved before is intact")

@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from resnet import errors
+
 # --- Constants -----------------------------------------------------------------
 
 IMAGE_SIZE = 32  # pixels, height == width
@@ -29,7 +31,7 @@ with --dataset=folder:PATH, where PATH/<split>/<class>/<image>.png|jpg (for \
 example PATH/train/cat/0001.png)."""
 
 
-class DataError(ValueError):
+class DataError(errors.UserError, ValueError):
   """Input data that cannot be used, with a message meant for the user."""
 
 

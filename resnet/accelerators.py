@@ -13,12 +13,14 @@ import os
 
 import tensorflow as tf
 
+from resnet import errors
+
 # Where TensorFlow's Cloud TPU client looks for a TPU's name when given none
 # (tensorflow/python/tpu/client/client.py): GKE's endpoints, TPU_NAME, a TPU node's config.
 TPU_NAME_VARIABLES = ("KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS", "TPU_NAME", "TPU_CONFIG")
 
 
-class AcceleratorError(ValueError):
+class AcceleratorError(errors.UserError, ValueError):
   """An accelerator that cannot be used as asked, with a message for the user."""
 
 

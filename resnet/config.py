@@ -10,14 +10,14 @@ import dataclasses
 import math
 
 from data import augment
-from resnet import distribute, optimization
+from resnet import distribute, errors, optimization
 from resnet import model as model_lib
 
 ON_NAN = ("stop", "recover")
 MAX_NAN_RECOVERIES = 3  # Then the run stops: the problem is not the learning rate.
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """An option value that cannot be used, with a message for the user."""
 
 

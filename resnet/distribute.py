@@ -15,12 +15,12 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
-from resnet import accelerators
+from resnet import accelerators, errors
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
-class StrategyError(ValueError):
+class StrategyError(errors.UserError, ValueError):
   """A strategy that cannot be created or used as asked, with a message for the user."""
 
 

@@ -25,7 +25,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from data import augment, sources
-from resnet import checkpointing, files, run_record
+from resnet import checkpointing, errors, files, run_record
 
 EXPORT_DIR = "export"
 
@@ -136,7 +136,7 @@ def main(argv):
   try:
     paths = export_best_model(flags.FLAGS.model_dir, flags.FLAGS.checkpoint)
   except (checkpointing.CheckpointError, OSError, tf.errors.OpError) as error:
-    sys.exit(f"resnet.export: error: {checkpointing.one_line_message(error)}")
+    sys.exit(f"resnet.export: error: {errors.one_line_message(error)}")
   print(f"Wrote {paths['saved_model']}")
   print(f"Wrote {paths['keras']}")
 

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from resnet import checkpointing, export, files, run_record, torch_format
+from resnet import checkpointing, errors, export, files, run_record, torch_format
 from resnet import config as config_lib
 from resnet import model as model_lib
 
@@ -83,7 +83,7 @@ BATCH_NORM_NAMES = {
 }
 
 
-class ImportReferenceError(ValueError):
+class ImportReferenceError(errors.UserError, ValueError):
   """A source that cannot be imported, with a message for the user."""
 
 
@@ -96,7 +96,7 @@ def read_source(source):
     with tf.io.gfile.GFile(source, "rb") as file:
       return file.read()
   except (OSError, urllib.error.URLError, tf.errors.OpError) as error:
-    reason = getattr(error, "reason", None) or checkpointing.one_line_message(error)
+    reason = getattr(error, "reason", None) or errors.one_line_message(error)
     raise ImportReferenceError(
       f"Cannot read {source}: {reason}. Offline, pass a local copy with --checkpoint=PATH."
     ) from None
@@ -285,7 +285,7 @@ def main(argv):
   try:
     record = import_reference(FLAGS.model, FLAGS.model_dir, FLAGS.checkpoint)
   except (ImportReferenceError, checkpointing.CheckpointError, OSError, tf.errors.OpError) as error:
-    sys.exit(f"resnet.import_reference: error: {checkpointing.one_line_message(error)}")
+    sys.exit(f"resnet.import_reference: error: {errors.one_line_message(error)}")
   source = record["imported_from"]
   print(
     f"Imported {FLAGS.model} from {source['source']} (sha256 {source['sha256'][:16]}...) into "

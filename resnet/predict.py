@@ -20,12 +20,12 @@ import tensorflow as tf
 from absl import app, flags
 
 from data import sources
-from resnet import export
+from resnet import errors, export
 
 BATCH_SIZE = 256  # images per call of the model: bounds the memory a long file list needs
 
 
-class PredictError(ValueError):
+class PredictError(errors.UserError, ValueError):
   """A missing export or an unreadable image, with a message for the user."""
 
 
