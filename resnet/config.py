@@ -1,13 +1,16 @@
 """The training options: each option's default, range and help, in one place.
 
-train.py declares a command-line flag for every field of `Config` (the help
-text and the choices come from here) and `validate` checks a Config against
-the ranges declared beside each field. Defaults are those of
+`define_flags` declares a command-line flag for every field of `Config` (the help
+text and the choices come from here), `config_from_flags` reads them back, and
+`validate` checks a Config against the ranges declared beside each field. Flagfiles
+(configs/*.cfg) are parsed by absl alone, here as in train.py. Defaults are those of
 configs/resnet20.cfg.
 """
 
 import dataclasses
 import math
+
+from absl import flags
 
 from data import augment
 from resnet import distribute, errors, optimization
@@ -249,3 +252,44 @@ def validate(config):
     raise ConfigError(
       "--batch_norm_lr_scale needs --optimizer=sgd: Adam's steps do not grow with the gradient."
     )
+
+
+# --- Flags: one per Config field, with its help and choices --------------------------
+
+
+def define_flags(flag_values):
+  """Defines --model_dir (default None) and a flag for every Config field in `flag_values`."""
+  define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+  for field in dataclasses.fields(Config):
+    name, default, meta = field.name, field.default, field.metadata
+    if meta["choices"] is not None:
+      flags.DEFINE_enum(name, default, list(meta["choices"]), meta["help"], flag_values=flag_values)
+    else:
+      define.get(field.type, flags.DEFINE_string)(
+        name, default, meta["help"], flag_values=flag_values
+      )
+  flags.DEFINE_string(
+    "model_dir",
+    None,
+    "Directory for checkpoints, summaries, records. Default: runs/<name of the first "
+    "--flagfile>, e.g. runs/resnet20 for --flagfile=configs/resnet20.cfg; runs/<--model> "
+    "without a flagfile. The same command again resumes the run there.",
+    flag_values=flag_values,
+  )
+
+
+def config_from_flags(flag_values):
+  """The Config whose fields are the parsed flags of the same names."""
+  fields = dataclasses.fields(Config)
+  return Config(**{field.name: flag_values[field.name].value for field in fields})
+
+
+def read_flagfile(path):
+  """{flag: value} of the Config flags that the flagfile `path` sets, parsed by absl as
+  train.py parses it: nested --flagfile lines included (their paths, as train.py reads
+  them, relative to the working directory: the checkout)."""
+  flag_values = flags.FlagValues()
+  define_flags(flag_values)
+  flag_values(["", f"--flagfile={path}"])
+  names = [field.name for field in dataclasses.fields(Config)]
+  return {name: flag_values[name].value for name in names if flag_values[name].present}

@@ -48,34 +48,6 @@ NOT_RECIPE = {
 }
 
 
-def read_config_file(path):
-  """{flag: value} of a flagfile, values typed as the Config fields are.
-
-  Reads what absl reads: `--name=value`, bare booleans (`--name`, `--noname`),
-  and nested `--flagfile=configs/other.cfg` (relative to the repository, where
-  the commands run), whose values the later lines override.
-  """
-  types = {field.name: field.type for field in dataclasses.fields(config_lib.Config)}
-  values = {}
-  with open(path) as file:
-    for line in file:
-      line = line.strip()
-      if not line.startswith("--"):
-        continue
-      name, has_value, value = line[2:].partition("=")
-      if name == "flagfile":
-        values.update(read_config_file(os.path.join(os.path.dirname(CONFIGS_DIR), value)))
-      elif not has_value:  # A bare boolean.
-        negated = name.startswith("no") and name[2:] in types
-        values[name[2:] if negated else name] = not negated
-      elif types.get(name) is bool:
-        values[name] = value.lower() in ("true", "1")
-      else:
-        kind = types.get(name, str)
-        values[name] = kind(value) if kind in (int, float) else value
-  return values
-
-
 def with_defaults(config, recorded=True):
   """`config` with every Config field it lacks at its default. A `recorded` config (a run's)
   gets the value runs recorded before the field existed had (run_record.RUN_KEY_DEFAULTS);
@@ -96,7 +68,7 @@ def match_config(config, configs_dir=CONFIGS_DIR):
   config = with_defaults(config)
   best = ("-", {key: value for key, value in config.items() if key not in NOT_RECIPE})
   for path in sorted(glob.glob(os.path.join(configs_dir, "*.cfg"))):
-    values = with_defaults(read_config_file(path), recorded=False)
+    values = with_defaults(config_lib.read_flagfile(path), recorded=False)
     if values.get("model") != config.get("model"):
       continue
     differ = {

@@ -12,6 +12,7 @@ import pytest
 from absl import flags
 
 import train
+from resnet import config as config_lib
 from resnet import files, results, run_record
 from resnet import model as model_lib
 from tests.test_train import REPO, debug_config
@@ -21,7 +22,7 @@ eval_main = importlib.import_module("eval")
 
 def recorded(flagfile):
   """The config a new run of `flagfile` records: --stride2_padding=auto resolved."""
-  return dict(results.read_config_file(flagfile), stride2_padding="symmetric")
+  return dict(config_lib.read_flagfile(flagfile), stride2_padding="symmetric")
 
 
 def test_a_run_is_matched_to_its_config_and_a_shortened_schedule_is_named(tmp_path):
@@ -62,10 +63,10 @@ def test_a_run_is_matched_to_its_config_and_a_shortened_schedule_is_named(tmp_pa
 def test_config_files_read_as_absl_reads_them_and_match_themselves(path):
   # Bare booleans (--nesterov) and nested --flagfile lines (fast.cfg) included.
   flag_values = flags.FlagValues()
-  train.define_flags(flag_values)
+  config_lib.define_flags(flag_values)
   flag_values(["train.py", f"--flagfile={path}", "--model_dir=/tmp/unused"])
-  config = dataclasses.asdict(train.config_from_flags(flag_values))
-  values = results.read_config_file(path)
+  config = dataclasses.asdict(config_lib.config_from_flags(flag_values))
+  values = config_lib.read_flagfile(path)
   assert values and {key: config[key] for key in values} == values
   assert results.match_config(config) == (os.path.basename(path), {})
 
