@@ -1,11 +1,12 @@
 r"""Trains a CIFAR ResNet with a custom tf.distribute loop; keeps the best checkpoint.
 
-  python train.py --flagfile=configs/resnet20.cfg --model_dir=runs/resnet20
+  python train.py --flagfile=configs/resnet20.cfg      # model directory: runs/resnet20
   tensorboard --logdir runs/resnet20
   python eval.py --model_dir=runs/resnet20 --split=validation
 
-Re-running the same command with the same --model_dir resumes from the latest
-checkpoint, at the exact position in the data order, and stops at the same step.
+Re-running the same command resumes the run in its model directory (--model_dir, by
+default runs/<the flagfile's name>) from the latest checkpoint, at the exact position
+in the data order, and stops at the same step.
 """
 
 import resnet  # noqa: F401 - first: sets TensorFlow's environment (resnet/__init__.py).
@@ -13,6 +14,7 @@ import resnet  # noqa: F401 - first: sets TensorFlow's environment (resnet/__ini
 # isort: split
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 
@@ -273,30 +275,34 @@ def _end_epoch(config, epoch, run, checkpoints, data, validation_views, writers,
   return validation, summary_line
 
 
-# --- Flags: one per Config field, with its help and choices (resnet/config.py) ----------
+# --- Command line ------------------------------------------------------------------------
 
 
-def define_flags(flag_values=flags.FLAGS):
-  """Defines --model_dir and a flag for every Config field in `flag_values`."""
-  for field in dataclasses.fields(config_lib.Config):
-    name, default, meta = field.name, field.default, field.metadata
-    if meta["choices"] is not None:
-      flags.DEFINE_enum(name, default, list(meta["choices"]), meta["help"], flag_values=flag_values)
-    else:
-      define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
-      define.get(field.type, flags.DEFINE_string)(
-        name, default, meta["help"], flag_values=flag_values
-      )
-  flags.DEFINE_string(
-    "model_dir", None, "Directory for checkpoints, summaries, records.", flag_values=flag_values
-  )
-  flags.mark_flag_as_required("model_dir", flag_values=flag_values)
+def default_model_dir(argv, model):
+  """--model_dir when none is given: runs/<name of the first --flagfile in `argv`> (the
+  command line as typed; runs/resnet20 for configs/resnet20.cfg), else runs/<model>.
+
+  Relative to the working directory: the same command, run again from the same place,
+  resumes the same run (and a second one at the same time is refused by its lock).
+  """
+  for index, arg in enumerate(argv):
+    if arg in ("--flagfile", "-flagfile") and index + 1 < len(argv):
+      arg = f"--flagfile={argv[index + 1]}"
+    if arg.startswith(("--flagfile=", "-flagfile=")):
+      return os.path.join("runs", os.path.splitext(os.path.basename(arg.split("=", 1)[1]))[0])
+  return os.path.join("runs", model)
 
 
-def config_from_flags(flag_values):
-  """The Config whose fields are the parsed flags of the same names."""
-  fields = dataclasses.fields(config_lib.Config)
-  return config_lib.Config(**{field.name: flag_values[field.name].value for field in fields})
+def parse_command_line(argv, flag_values=flags.FLAGS):
+  """Parses `argv` into `flag_values` as absl does (the usage and exit 1 on a bad flag),
+  then gives --model_dir its default (default_model_dir). app.run's flags_parser."""
+  if flag_values is flags.FLAGS:
+    remaining = app.parse_flags_with_usage(argv)
+  else:
+    remaining = flag_values(argv)
+  if not flag_values.model_dir:
+    flag_values.model_dir = default_model_dir(argv, flag_values.model)
+  return remaining
 
 
 def _exit_stopped(signal_name, what_happened):
@@ -311,8 +317,11 @@ def main(argv, flag_values=flags.FLAGS):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   tf.get_logger().setLevel("WARNING")  # TF's own info lines (one per checkpoint save) are noise.
+  model_dir = flag_values.model_dir or default_model_dir([], flag_values.model)
+  given = "" if flag_values["model_dir"].present else " (the default for this command)"
+  logging.info("Model directory: %s%s.", model_dir, given)
   try:
-    result = train_and_evaluate(config_from_flags(flag_values), flag_values.model_dir)
+    result = train_and_evaluate(config_lib.config_from_flags(flag_values), model_dir)
   except errors.UserError as error:  # The message is the whole story: one line, status 1.
     sys.exit(f"train.py: error: {error}")
   except KeyboardInterrupt:  # Ctrl-C outside the loop's handler: loading the data, exporting.
@@ -325,5 +334,5 @@ def main(argv, flag_values=flags.FLAGS):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  config_lib.define_flags(flags.FLAGS)
+  app.run(main, flags_parser=parse_command_line)

@@ -318,9 +318,9 @@ def test_the_default_precision_is_auto_and_a_given_one_is_kept(image_folder, tmp
   # A CPU with bfloat16 (auto: mixed_bfloat16), whatever this machine has.
   monkeypatch.setattr(run_record, "cpu_flags", lambda: {"avx512_bf16": True, "amx_bf16": False})
   flag_values = flags.FlagValues()
-  train.define_flags(flag_values)
+  config_lib.define_flags(flag_values)
   flag_values(["train.py", "--model_dir=unused"])
-  assert train.config_from_flags(flag_values).precision == "auto"
+  assert config_lib.config_from_flags(flag_values).precision == "auto"
   default = debug_config(image_folder, epochs=1, steps_per_epoch=1)
   default = dataclasses.replace(default, precision=config_lib.Config().precision)
 
@@ -379,20 +379,46 @@ def test_crop_padding_out_of_range_is_refused_before_anything_is_written(
 @pytest.mark.parametrize("path", sorted(glob.glob("configs/*.cfg")), ids=os.path.basename)
 def test_every_config_parses(path):
   flag_values = flags.FlagValues()
-  train.define_flags(flag_values)
+  config_lib.define_flags(flag_values)
   flag_values(["train.py", f"--flagfile={path}", "--model_dir=/tmp/unused"])
-  config = train.config_from_flags(flag_values)
+  config = config_lib.config_from_flags(flag_values)
   with open(path) as file:
     header = file.read()
   assert header.startswith("#") and "python train.py" in header and "untime" in header
   assert config.epochs > 0 and config.batch_size > 0
 
 
+def test_without_model_dir_the_flagfile_names_the_run_and_the_same_command_resumes(
+  image_folder, tmp_path, monkeypatch, caplog
+):
+  monkeypatch.chdir(tmp_path)  # runs/ is relative to where the command runs.
+  config = debug_config(image_folder, epochs=1)
+  flagfile = tmp_path / "tiny.cfg"
+  values = {key: value for key, value in dataclasses.asdict(config).items() if value is not None}
+  flagfile.write_text("".join(f"--{key}={value}\n" for key, value in values.items()))
+
+  def run_the_command():
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    argv = train.parse_command_line(["train.py", "--flagfile", str(flagfile)], flag_values)
+    train.main(argv, flag_values)
+
+  with caplog.at_level(logging.INFO):
+    run_the_command()
+    assert "Model directory: runs/tiny (the default for this command)." in caplog.text
+    run_the_command()
+    assert "Resumed from runs/tiny/checkpoints/ckpt-3 at step 3" in caplog.text
+  assert len(run_record.read_run_record("runs/tiny")["starts"]) == 2
+  assert os.listdir("runs") == ["tiny"]
+  assert train.default_model_dir(["train.py", "--flagfile=configs/fast.cfg"], "x") == "runs/fast"
+  assert train.default_model_dir(["train.py", "--model=resnet8"], "resnet8") == "runs/resnet8"
+
+
 def test_ctrl_c_while_the_data_loads_is_one_line_and_exit_130(
   image_folder, tmp_path, monkeypatch, capsys
 ):
   flag_values = flags.FlagValues()
-  train.define_flags(flag_values)
+  config_lib.define_flags(flag_values)
   flag_values(["train.py", f"--dataset=folder:{image_folder}", f"--model_dir={tmp_path}/run"])
 
   def interrupted(*args, **kwargs):
