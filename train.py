@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data import pipeline
+from data import datasets, pipeline
 from resnet import (
   checkpointing,
   console,
@@ -62,7 +62,9 @@ def train_and_evaluate(config, model_dir):
   chief = distribute.is_chief(strategy)
   data = _load_data(config)
   # Padding and input normalisation: the record's on a resume, else --init_from's, else new.
-  config, model_facts = run_record.resolve_model_facts(model_dir, config, data.class_names)
+  config, model_facts = run_record.resolve_model_facts(
+    model_dir, config, data.class_names, datasets.input_normalization(config.dataset, data.train[0])
+  )
   # Only the chief writes (and locks) the model directory; if it cannot, every worker stops.
   lock = checkpointing.claim_model_dir(model_dir) if chief else contextlib.nullcontext()
   # Non-chief workers save their checkpoints (as TensorFlow requires) to a scratch directory.

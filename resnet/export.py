@@ -24,12 +24,12 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data import augment, sources
+from data import augment, datasets
 from resnet import checkpointing, errors, files, run_record
 
 EXPORT_DIR = "export"
 
-IMAGE_SHAPE = (sources.IMAGE_SIZE, sources.IMAGE_SIZE, 3)  # What the export takes, uint8.
+IMAGE_SHAPE = (datasets.IMAGE_SIZE, datasets.IMAGE_SIZE, 3)  # What the export takes, uint8.
 
 
 def export_paths(model_dir):
@@ -71,7 +71,7 @@ def keras_classifier(model, input_normalization=None):
   if None, up to float rounding), so the .keras file needs no code of ours beyond
   the ResNet class.
   """
-  normalization = input_normalization or augment.CIFAR10_NORMALIZATION
+  normalization = input_normalization or datasets.CIFAR10.normalization
   images = keras.Input(IMAGE_SHAPE, dtype="uint8", name="images")
   # Explicit float32 layers: a global mixed-precision policy must not leak into the export.
   x = keras.layers.Rescaling(1.0 / 255.0, dtype="float32")(images)

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
+from data import datasets
 from resnet import checkpointing, errors, export, files, run_record, torch_format
 from resnet import config as config_lib
 from resnet import model as model_lib
@@ -49,15 +50,13 @@ REFERENCE_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 
 # order (TFDS' and torchvision's alike), all 50,000 training images (the reference keeps the
 # last partial batch: 391 steps per epoch), its best epoch chosen on the 10,000 test images.
 DATA_FACTS = {
-  "class_names": [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
-  ],
-  "num_classes": 10,
+  "class_names": list(datasets.CIFAR10.class_names),
+  "num_classes": len(datasets.CIFAR10.class_names),
   "num_train_examples": 50_000,
   "validation_source": "test split",
   "num_validation_examples": 10_000,
   "steps_per_epoch": 391,
-}  # fmt: skip
+}
 # The reference's recipe (its trainer.py) in our flags, for run.json's config. It trained on
 # all 50,000 training images and chose its best epoch on the test set: validation_size=0.
 REFERENCE_RECIPE = dict(

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from data import augment
+from data import datasets
 from resnet import checkpointing, files
 from resnet import model as model_lib
 
@@ -74,7 +74,7 @@ def resolve_stride2_padding(model_dir, requested):
 def input_normalization(record):
   """{"mean": [3], "std": [3]}, [0, 1] pixel units: how the run normalised its images (for
   augment.normalize); CIFAR-10's statistics for runs recorded before the key existed."""
-  normalization = record.get("input_normalization") or augment.CIFAR10_NORMALIZATION
+  normalization = record.get("input_normalization") or datasets.CIFAR10.normalization
   return {"mean": list(normalization["mean"]), "std": list(normalization["std"])}
 
 
@@ -89,13 +89,14 @@ def _model_definition(record):
   }
 
 
-def resolve_model_facts(model_dir, config, class_names):
+def resolve_model_facts(model_dir, config, class_names, new_run_normalization):
   """A run's model-defining facts beyond its flags, before it starts.
 
   A resumed run keeps those of its record. A new run with `config.init_from` takes
   --stride2_padding (when "auto") and the input normalisation from that run, whose
   --model and number of classes must be this run's; any other new run pads
-  symmetrically and normalises with CIFAR-10's statistics.
+  symmetrically and normalises with `new_run_normalization` (its dataset's statistics,
+  data.datasets.input_normalization).
 
   Returns:
     (`config` with stride2_padding resolved, {"input_normalization": ...} to record).
@@ -112,7 +113,8 @@ def resolve_model_facts(model_dir, config, class_names):
     )
   if record is not None or not config.init_from:
     padding = resolve_stride2_padding(model_dir, config.stride2_padding)
-    facts = {"input_normalization": input_normalization(record or {})}
+    normalization = input_normalization(record) if record else new_run_normalization
+    facts = {"input_normalization": normalization}
     return dataclasses.replace(config, stride2_padding=padding), facts
   source = _model_definition(trained_run_record(config.init_from))
   padding = config.stride2_padding

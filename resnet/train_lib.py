@@ -12,7 +12,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from data import augment
+from data import augment, datasets
 from resnet import airbench, optimization, precision
 from resnet import model as model_lib
 from resnet.lookahead import Lookahead
@@ -80,7 +80,7 @@ def make_train_steps(
     of the gradient norm, see replica_step).
   """
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-  normalization = input_normalization or augment.CIFAR10_NORMALIZATION
+  normalization = input_normalization or datasets.CIFAR10.normalization
 
   def loss_and_gradients(images, labels):
     # One replica's forward and backward pass: (per-example loss float32 [b],
@@ -184,7 +184,7 @@ def make_predict_step(strategy, model, input_normalization=None):
   Returns numpy-convertible tensors "probabilities" float32 [B, C], "label",
   "mask" and "index" [B], where B is the global batch (padding included).
   """
-  normalization = input_normalization or augment.CIFAR10_NORMALIZATION
+  normalization = input_normalization or datasets.CIFAR10.normalization
 
   def replica_step(batch):
     logits = model(augment.normalize(batch["image"], **normalization), training=False)
@@ -261,7 +261,7 @@ def create_training(
       stride2_padding=("symmetric" if config.stride2_padding == "auto" else config.stride2_padding),
     )
     if isinstance(model, airbench.Airbench) and config.whitening and train_images is not None:
-      normalization = input_normalization or augment.CIFAR10_NORMALIZATION
+      normalization = input_normalization or datasets.CIFAR10.normalization
       images = augment.normalize(train_images[: airbench.WHITENING_IMAGES], **normalization)
       model.set_whitening(airbench.whitening_kernel(images))
     total_steps = config.epochs * steps_per_epoch

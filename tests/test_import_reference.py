@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import train
-from data import augment, sources
+from data import augment, datasets, sources
 from resnet import checkpointing, export, import_reference, predict, run_record
 from resnet import model as model_lib
 from resnet.import_reference import ImportReferenceError
@@ -73,9 +73,9 @@ def test_normalize_takes_the_runs_statistics_and_old_records_mean_cifar10():
   reference = import_reference.REFERENCE_NORMALIZATION
   expected = (images / 255.0 - np.array(reference["mean"])) / np.array(reference["std"])
   np.testing.assert_allclose(augment.normalize(images, **reference), expected, atol=1e-5)
-  assert run_record.input_normalization({}) == augment.CIFAR10_NORMALIZATION
+  assert run_record.input_normalization({}) == datasets.CIFAR10.normalization
   np.testing.assert_array_equal(
-    augment.normalize(images, **augment.CIFAR10_NORMALIZATION), augment.normalize(images)
+    augment.normalize(images, **datasets.CIFAR10.normalization), augment.normalize(images)
   )
 
 
@@ -98,7 +98,7 @@ def test_init_from_starts_a_new_run_from_the_best_weights_and_a_resume_ignores_i
   record = run_record.read_run_record(model_dir)
   assert record["config"]["init_from"] == source_dir
   assert record["config"]["stride2_padding"] == "same"
-  assert record["input_normalization"] == augment.CIFAR10_NORMALIZATION
+  assert record["input_normalization"] == datasets.CIFAR10.normalization
   source, _, _ = run_record.load_trained_model(source_dir)
   tuned, _, _ = run_record.load_trained_model(model_dir)
   for ours, theirs in zip(tuned.trainable_variables, source.trainable_variables, strict=True):

@@ -18,7 +18,7 @@ from absl import flags
 from tensorboard.backend.event_processing import event_accumulator
 
 import train
-from data import augment, pipeline, sources
+from data import augment, datasets, pipeline, sources
 from resnet import (
   airbench,
   checkpointing,
@@ -99,7 +99,7 @@ def test_run_writes_checkpoints_best_records_and_summaries(trained_run):
   record = json.load(open(os.path.join(model_dir, "run.json")))
   assert record["config"]["model"] == "resnet8" and record["class_names"] == CLASS_NAMES
   assert record["num_train_examples"] == 120 - 24 and len(record["starts"]) == 1
-  assert record["input_normalization"] == augment.CIFAR10_NORMALIZATION  # A new run's.
+  assert record["input_normalization"] == datasets.CIFAR10.normalization  # A new run's.
   assert os.path.getsize(os.path.join(model_dir, "class_samples.png")) > 1000
   assert os.path.exists(os.path.join(model_dir, "export", "saved_model", "saved_model.pb"))
   assert os.path.getsize(os.path.join(model_dir, "export", "model.keras")) > 10_000
