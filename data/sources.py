@@ -51,7 +51,7 @@ def decode_image(image_bytes):
   """JPEG/PNG bytes -> uint8 [32, 32, 3]: grey becomes RGB, other sizes are resized.
 
   The one decoding of image files: image folders are loaded through it, and
-  resnet.predict reads photos through it, so that a model sees a photo as it
+  resnet.tools.predict reads photos through it, so that a model sees a photo as it
   saw its training images. Runs eagerly and inside tf.data.
 
   Raises:

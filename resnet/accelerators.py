@@ -110,5 +110,5 @@ def missing_gpu_warning():
     "TensorFlow sees none: everything runs on the CPU. Install TensorFlow with CUDA's "
     "libraries (pip install -e '.[gpu]', i.e. tensorflow[and-cuda]); if it has them, "
     "TensorFlow's start-up log says why (driver too old, GPU older than compute capability "
-    "6.0). Check with python -m resnet.selfcheck."
+    "6.0). Check with python -m resnet.tools.selfcheck."
   )

@@ -55,7 +55,7 @@ class Config:
   init_from: str | None = _option(
     None,
     "A new run starts from the model weights (not the optimizer) of the best checkpoint of "
-    "this model directory (train.py's or resnet.import_reference's), and takes its "
+    "this model directory (train.py's or resnet.tools.import_reference's), and takes its "
     "--stride2_padding and input normalisation; --model and the classes must be the same. "
     "Ignored when the run resumes from its own checkpoint.",
   )

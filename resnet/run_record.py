@@ -103,7 +103,7 @@ def resolve_model_facts(model_dir, config, class_names, new_run_normalization):
 
   Raises:
     CheckpointError: --init_from is no training run or its model differs; or `model_dir`
-      holds an imported model (resnet.import_reference), not a run to resume.
+      holds an imported model (resnet.tools.import_reference), not a run to resume.
   """
   record = read_run_record(model_dir)
   if record is not None and "imported_from" in record:

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from resnet import benchmark, run_record, step_profile
+from resnet import run_record
+from resnet.tools import benchmark, step_profile
 
 
 def test_a_tiny_benchmark_reports_every_figure(tmp_path):

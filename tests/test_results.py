@@ -13,8 +13,9 @@ from absl import flags
 
 import train
 from resnet import config as config_lib
-from resnet import files, results, run_record
+from resnet import files, run_record
 from resnet import model as model_lib
+from resnet.tools import results
 from tests.test_train import REPO, debug_config
 
 eval_main = importlib.import_module("eval")
@@ -126,7 +127,7 @@ def test_wall_time_of_a_paused_run_is_marked(two_seeds):
 
 def test_a_directory_that_is_not_a_run_is_one_line_and_a_non_zero_exit(tmp_path):
   result = subprocess.run(
-    [sys.executable, "-m", "resnet.results", str(tmp_path)],
+    [sys.executable, "-m", "resnet.tools.results", str(tmp_path)],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -134,5 +135,5 @@ def test_a_directory_that_is_not_a_run_is_one_line_and_a_non_zero_exit(tmp_path)
   )
   assert result.returncode != 0 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
-    f"resnet.results: error: {tmp_path} is not a training run: it has no run.json."
+    f"resnet.tools.results: error: {tmp_path} is not a training run: it has no run.json."
   )

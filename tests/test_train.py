@@ -22,15 +22,13 @@ from data import augment, datasets, pipeline, sources
 from resnet import (
   airbench,
   checkpointing,
-  curves,
   export,
   files,
-  predict,
-  results,
   run_lock,
   run_record,
 )
 from resnet import config as config_lib
+from resnet.tools import curves, predict, results
 from tests.conftest import CLASS_NAMES
 from tests.test_run_lock import dead_pid, write_lock
 
@@ -450,7 +448,7 @@ def test_non_finite_loss_stops_without_saving_and_keeps_the_best(trained_run, im
 def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(image_folder, tmp_path):
   # The model directory is a file:// URL, as gs:// would be: train.py and the resumed run
   # with its export must reach it through gfile, never through a relative "file:" directory.
-  # (tests/test_eval.py and test_export.py run eval.py and resnet.predict on file:// too.)
+  # (tests/test_eval.py and test_export.py run eval.py and resnet.tools.predict on file:// too.)
   model_dir, work_dir = f"file://{tmp_path}/run", tmp_path / "cwd"
   work_dir.mkdir()
   env = dict(os.environ, PYTHONPATH=REPO)  # The working directory is not the repository.

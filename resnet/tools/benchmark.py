@@ -1,10 +1,10 @@
 r"""Throughput benchmark: our train step, input pipeline, end to end, evaluation, model.fit.
 
-  python -m resnet.benchmark --dataset=folder:../shared/data/cifar10-jpeg75
-  taskset -c 0 python -m resnet.benchmark --pipeline_only  # Per host core.
-  python -m resnet.benchmark --model=resnet20 --batch_size=128 --precisions=float32 \
+  python -m resnet.tools.benchmark --dataset=folder:../shared/data/cifar10-jpeg75
+  taskset -c 0 python -m resnet.tools.benchmark --pipeline_only  # Per host core.
+  python -m resnet.tools.benchmark --model=resnet20 --batch_size=128 --precisions=float32 \
     --steps=30 --repeats=5 --output=/tmp/benchmark.json
-  python -m resnet.benchmark --xla --nofit_baseline  # Also train.py --jit_compile's step.
+  python -m resnet.tools.benchmark --xla --nofit_baseline  # Also train.py --jit_compile's step.
 
 Every figure is measured in this one process, on this machine, with the variants
 alternated in each round (so that drift on a shared machine hits them alike), and

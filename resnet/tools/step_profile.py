@@ -1,9 +1,9 @@
 r"""Where a train step's time goes: TensorFlow's profiler over a few steps, time by op.
 
-  python -m resnet.step_profile --model=resnet20 --precision=mixed_bfloat16
-  python -m resnet.step_profile --model=airbench --batch_size=1024 --steps=3 --by=name
+  python -m resnet.tools.step_profile --model=resnet20 --precision=mixed_bfloat16
+  python -m resnet.tools.step_profile --model=airbench --batch_size=1024 --steps=3 --by=name
 
-Builds the train step as resnet.benchmark does (one batch held in memory, so only the
+Builds the train step as resnet.tools.benchmark does (one batch held in memory, so only the
 step is measured), warms it up, times `--steps` steps without the profiler, then traces
 the same number with it and prints the milliseconds per step spent in each op type's
 kernels (or each op's, with --by=name). Op times are summed over TensorFlow's inter-op
@@ -25,8 +25,9 @@ from absl import app, flags
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from data import pipeline
-from resnet import benchmark, optimization
 from resnet import model as model_lib
+from resnet import optimization
+from resnet.tools import benchmark
 
 # Threads on which TensorFlow's executor runs op kernels (one event per kernel call).
 _OP_THREAD_PREFIX = "tf_Compute"

@@ -1,6 +1,7 @@
 r"""A results table read from run directories, never typed by hand.
 
-  python -m resnet.results ~/runs/resnet20_paper_s0 ~/runs/resnet20_paper_s1 ~/runs/resnet20_adam_s0
+  python -m resnet.tools.results ~/runs/resnet20_paper_s0 ~/runs/resnet20_paper_s1 \
+    ~/runs/resnet20_adam_s0
 
 prints a Markdown table with one row per recipe: the config it matches (and
 the flags that differ from it, e.g. a shortened schedule), model, optimizer,
@@ -24,13 +25,16 @@ import tensorflow as tf
 from absl import app, logging
 
 from data import augment
-from resnet import checkpointing, curves, files, run_record
+from resnet import checkpointing, errors, files, run_record
 from resnet import config as config_lib
 from resnet import model as model_lib
+from resnet.tools import curves
 
 # eval.py's metrics.json keys of test-time augmentation, the most thorough first.
 VALIDATION_TTA_KEYS = tuple(f"{mode}_tta" for mode in augment.TTA_MODES[::-1] if mode != "none")
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# The checkout's configs/, two levels above this file (resnet/tools/).
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS_DIR = os.path.join(CHECKOUT, "configs")
 # Flags that do not change what a run computes: runs differing only in these are one recipe.
 NOT_RECIPE = {
   "seed",
@@ -208,12 +212,12 @@ def _validation_tta(group):
 
 def main(argv):
   if len(argv) < 2:
-    sys.exit("Usage: python -m resnet.results RUN_DIR [RUN_DIR ...]")
+    sys.exit("Usage: python -m resnet.tools.results RUN_DIR [RUN_DIR ...]")
   logging.set_verbosity(logging.WARNING)  # TensorBoard's loader logs every file it reads.
   try:
     runs = [summarize_run(model_dir) for model_dir in argv[1:]]
-  except checkpointing.CheckpointError as error:
-    sys.exit(f"resnet.results: error: {error}")
+  except errors.UserError as error:
+    sys.exit(f"resnet.tools.results: error: {error}")
   print(results_table(runs))
 
 

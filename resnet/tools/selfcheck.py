@@ -1,7 +1,7 @@
 r"""A two-minute check of this machine's devices: run it first on new hardware.
 
-  python -m resnet.selfcheck                    # every device TensorFlow sees
-  python -m resnet.selfcheck --cpu_devices=2    # no GPU: two logical CPU devices
+  python -m resnet.tools.selfcheck                    # every device TensorFlow sees
+  python -m resnet.tools.selfcheck --cpu_devices=2    # no GPU: two logical CPU devices
 
 Prints one verdict per line and exits with 1 if any check FAILs:
   devices         what TensorFlow sees (INFO); FAIL when the NVIDIA driver shows
@@ -34,7 +34,6 @@ from absl import app, flags, logging
 from data import pipeline
 from resnet import (
   accelerators,
-  benchmark,
   distribute,
   optimization,
   precision,
@@ -42,6 +41,7 @@ from resnet import (
   train_lib,
 )
 from resnet.config import Config
+from resnet.tools import benchmark
 
 WEIGHT_TOLERANCE = 1e-4  # Largest |difference| of any weight: float32 noise is ~1e-5.
 NUM_CLASSES = 10
