@@ -1,10 +1,9 @@
 """The training options: each option's default, range and help, in one place.
 
 `define_flags` declares a command-line flag for every field of `Config` (the help
-text and the choices come from here), `config_from_flags` reads them back, and
-`validate` checks a Config against the ranges declared beside each field. Flagfiles
-(configs/*.cfg) are parsed by absl alone, here as in train.py. Defaults are those of
-configs/resnet20.cfg.
+text and the choices come from here) and `config_from_flags` reads them back, parsed
+by absl (flagfiles too); `validate` checks a Config against the ranges declared beside
+each field. Defaults are configs/resnet20.cfg's.
 """
 
 import dataclasses
@@ -271,9 +270,9 @@ def define_flags(flag_values):
   flags.DEFINE_string(
     "model_dir",
     None,
-    "Directory for checkpoints, summaries, records. Default: runs/<name of the first "
-    "--flagfile>, e.g. runs/resnet20 for --flagfile=configs/resnet20.cfg; runs/<--model> "
-    "without a flagfile. The same command again resumes the run there.",
+    "Directory for checkpoints, summaries, records. train.py's default: runs/<name of the "
+    "first --flagfile> (runs/resnet20 for --flagfile=configs/resnet20.cfg), else "
+    "runs/<--model>; the same command run again resumes the run there.",
     flag_values=flag_values,
   )
 
@@ -282,14 +281,3 @@ def config_from_flags(flag_values):
   """The Config whose fields are the parsed flags of the same names."""
   fields = dataclasses.fields(Config)
   return Config(**{field.name: flag_values[field.name].value for field in fields})
-
-
-def read_flagfile(path):
-  """{flag: value} of the Config flags that the flagfile `path` sets, parsed by absl as
-  train.py parses it: nested --flagfile lines included (their paths, as train.py reads
-  them, relative to the working directory: the checkout)."""
-  flag_values = flags.FlagValues()
-  define_flags(flag_values)
-  flag_values(["", f"--flagfile={path}"])
-  names = [field.name for field in dataclasses.fields(Config)]
-  return {name: flag_values[name].value for name in names if flag_values[name].present}

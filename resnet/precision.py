@@ -11,7 +11,10 @@ on a P100 (6.0) TensorFlow's guide expects no arithmetic gain, only memory
 traffic saved, against loss scaling's cost and skipped steps.
 """
 
+import dataclasses
+
 import tensorflow as tf
+from absl import logging
 
 from resnet import run_record
 
@@ -86,3 +89,13 @@ def resolve_auto(model_dir, strategy):
     return kept, f"kept: {kept} (begun with it given, not auto)"
   chosen, reason = choose_for_this_machine(strategy)
   return chosen, f"auto: {chosen} ({reason})"
+
+
+def resolve(config, strategy, model_dir):
+  """(`config` with --precision=auto resolved by resolve_auto, logged; the choice and its
+  reason for run.json's precision_choice, or None when --precision was given)."""
+  if config.precision != "auto":
+    return config, None
+  chosen, choice = resolve_auto(model_dir, strategy)
+  logging.info("--precision=auto: %s.", choice)
+  return dataclasses.replace(config, precision=chosen), choice

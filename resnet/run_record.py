@@ -281,6 +281,26 @@ def start_run_record(model_dir, config, write=True, **facts):
   return record
 
 
+def start_training_record(model_dir, config, write, data_facts, model_facts, strategy, choice):
+  """start_run_record for train.py: a resnet.config.Config, the data's and the model's
+  facts (TrainingData.facts, resolve_model_facts), the strategy and the precision choice.
+
+  Returns:
+    The run record; raises as start_run_record.
+  """
+  return start_run_record(
+    model_dir,
+    dataclasses.asdict(config),
+    write=write,
+    **data_facts,
+    **model_facts,
+    peak_learning_rate=config.peak_learning_rate,
+    num_replicas=strategy.num_replicas_in_sync,
+    precision_choice=choice,
+    devices=[device.name for device in tf.config.list_logical_devices()],
+  )
+
+
 def load_trained_model(model_dir, checkpoint_path=None):
   """The float32 model of a train.py run with its weights from `checkpoint_path` (default:
   the best checkpoint). Call it inside a strategy's scope to place the model there.

@@ -27,6 +27,7 @@ from resnet import (
   checkpointing,
   distribute,
   optimization,
+  preemption,
   run_lock,
   run_record,
   train_lib,
@@ -509,11 +510,11 @@ def test_a_signal_saves_whatever_platform_the_preemption_handler_detects(
     failure_handling_util, "detect_platform", lambda: failure_handling_util.PlatformDevice[platform]
   )
   saves = []
-  stop = distribute.StopSignals(coordinated=True)
+  stop = preemption.StopSignals(coordinated=True)
   one_worker = types.SimpleNamespace(
     cluster_resolver=tf.distribute.cluster_resolver.SimpleClusterResolver(tf.train.ClusterSpec({}))
   )
-  handler = distribute.preemption_handler(
+  handler = preemption.create_handler(
     one_worker, tf.train.Checkpoint(), str(tmp_path), lambda: saves.append(1), stop
   )
   with stop:

@@ -18,7 +18,7 @@ from absl import flags
 from tensorboard.backend.event_processing import event_accumulator
 
 import train
-from data import augment, datasets, pipeline, sources
+from data import augment, datasets, sources, training_data
 from resnet import (
   airbench,
   checkpointing,
@@ -238,7 +238,7 @@ def test_airbench_whitens_with_the_run_s_own_training_images(image_folder, tmp_p
   )
   model_dir = str(tmp_path / "run")
   assert train.train_and_evaluate(config, model_dir)["step"] == 2
-  data = pipeline.TrainingData.load(
+  data = training_data.TrainingData.load(
     config.dataset, config.validation_size, epochs=1, global_batch_size=16, seed=0
   )
   expected = airbench.whitening_kernel(augment.normalize(data.train[0]))
@@ -401,7 +401,7 @@ def test_without_model_dir_the_flagfile_names_the_run_and_the_same_command_resum
     argv = train.parse_command_line(["train.py", "--flagfile", str(flagfile)], flag_values)
     train.main(argv, flag_values)
 
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):  # Whatever verbosity a test left.
     run_the_command()
     assert "Model directory: runs/tiny (the default for this command)." in caplog.text
     run_the_command()
@@ -422,7 +422,7 @@ def test_ctrl_c_while_the_data_loads_is_one_line_and_exit_130(
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(pipeline.TrainingData, "load", interrupted)
+  monkeypatch.setattr(training_data.TrainingData, "load", interrupted)
   with pytest.raises(SystemExit) as exit_info:
     train.main(["train.py"], flag_values)
   assert exit_info.value.code == 130  # As a Ctrl-C during training: 128 + SIGINT.

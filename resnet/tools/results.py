@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-from absl import app, logging
+from absl import app, flags, logging
 
 from data import augment
 from resnet import checkpointing, errors, files, run_record
@@ -52,6 +52,17 @@ NOT_RECIPE = {
 }
 
 
+def read_flagfile(path):
+  """{flag: value} of the Config flags that the flagfile `path` sets, parsed by absl as
+  train.py parses it: nested --flagfile lines included (their paths, as train.py reads
+  them, relative to the working directory: the checkout)."""
+  flag_values = flags.FlagValues()
+  config_lib.define_flags(flag_values)
+  flag_values(["", f"--flagfile={path}"])
+  names = [field.name for field in dataclasses.fields(config_lib.Config)]
+  return {name: flag_values[name].value for name in names if flag_values[name].present}
+
+
 def with_defaults(config, recorded=True):
   """`config` with every Config field it lacks at its default. A `recorded` config (a run's)
   gets the value runs recorded before the field existed had (run_record.RUN_KEY_DEFAULTS);
@@ -72,7 +83,7 @@ def match_config(config, configs_dir=CONFIGS_DIR):
   config = with_defaults(config)
   best = ("-", {key: value for key, value in config.items() if key not in NOT_RECIPE})
   for path in sorted(glob.glob(os.path.join(configs_dir, "*.cfg"))):
-    values = with_defaults(config_lib.read_flagfile(path), recorded=False)
+    values = with_defaults(read_flagfile(path), recorded=False)
     if values.get("model") != config.get("model"):
       continue
     differ = {
