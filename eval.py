@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from data import augment, pipeline, sources
-from resnet import checkpointing, distribute, errors, files, plots, run_record, summaries, train_lib
+from resnet import checkpointing, distribute, errors, files, plots, run_record, steps, summaries
 from resnet import metrics as metrics_lib
 from resnet.config import ConfigError
 
@@ -156,9 +156,7 @@ def evaluate_model_dir(
   eval_dataset = pipeline.distribute_eval_dataset(
     strategy, images, labels, global_batch_size=batch_size
   )
-  predict_step = train_lib.make_predict_step(
-    strategy, model, run_record.input_normalization(record)
-  )
+  predict_step = steps.make_predict_step(strategy, model, run_record.input_normalization(record))
   probabilities, seen_labels = metrics_lib.predict(predict_step, eval_dataset, len(labels))
   metrics = metrics_lib.compute_metrics(probabilities, seen_labels, class_names)
   if tta != "none":  # Views of the training augmentation (flips, translations), averaged.

@@ -100,7 +100,7 @@ class Meter:
     self.reset()
 
   def reset(self):
-    self.sums = collections.defaultdict(float)  # Keyed as train_lib.SUM_KEYS.
+    self.sums = collections.defaultdict(float)  # Keyed as steps.SUM_KEYS.
     self.steps = 0
     self.start = time.perf_counter()
 

@@ -142,7 +142,7 @@ def check_jit_compile(strategy, sync_batch_norm):
   """Raises StrategyError for what XLA cannot compile: synchronised BatchNorm, mirrored.
 
   --jit_compile compiles each replica's forward and backward pass
-  (train_lib.make_train_steps); the optimizer and the all-reduce of the
+  (steps.make_train_steps); the optimizer and the all-reduce of the
   gradients run outside it, because Keras 3's optimizer counts its steps
   through a merge_call, which TensorFlow refuses inside a compiled replica
   function (keras#21366). Synchronised BatchNorm all-reduces inside the

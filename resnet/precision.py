@@ -16,7 +16,7 @@ import dataclasses
 import tensorflow as tf
 from absl import logging
 
-from resnet import run_record
+from resnet import machine, run_record
 
 VOLTA = (7, 0)  # First NVIDIA compute capability with (float16) tensor cores.
 AMPERE = (8, 0)  # First NVIDIA compute capability with bfloat16 tensor cores.
@@ -26,7 +26,7 @@ def choose(cpu_flags, gpu_compute_capabilities, tpu=False):
   """The precision for these devices, and why.
 
   Args:
-    cpu_flags: {flag: present} as run_record.cpu_flags() returns it.
+    cpu_flags: {flag: present} as machine.cpu_flags() returns it.
     gpu_compute_capabilities: [(major, minor), or None where TensorFlow does not say]
       of the GPUs the run uses ([] for none).
     tpu: whether the run is on a TPU.
@@ -46,7 +46,7 @@ def choose(cpu_flags, gpu_compute_capabilities, tpu=False):
     if oldest >= VOLTA:
       return "mixed_float16", f"{name}: float16 tensor cores, with loss scaling"
     return "float32", f"{name}: before 7.0, no tensor cores"
-  for flag, name in run_record.NATIVE_BFLOAT16_CPU_FLAGS:
+  for flag, name in machine.NATIVE_BFLOAT16_CPU_FLAGS:
     if cpu_flags.get(flag):
       return "mixed_bfloat16", f"CPU with {name}"
   return "float32", "CPU without AMX or AVX-512 BF16: bfloat16 would be emulated"
@@ -64,7 +64,7 @@ def gpu_compute_capabilities():
 def choose_for_this_machine(strategy):
   """choose() for the devices `strategy` runs on."""
   tpu = isinstance(strategy, tf.distribute.TPUStrategy)
-  return choose(run_record.cpu_flags(), gpu_compute_capabilities(), tpu=tpu)
+  return choose(machine.cpu_flags(), gpu_compute_capabilities(), tpu=tpu)
 
 
 def resolve_auto(model_dir, strategy):

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from data import augment  # noqa: E402
-from resnet import distribute, optimization, train_lib  # noqa: E402
+from resnet import distribute, optimization, steps  # noqa: E402
 from resnet import model as model_lib  # noqa: E402
 
 GLOBAL_BATCH = 16
@@ -68,7 +68,7 @@ def main(kind):
     model = model_lib.create_model("resnet8", NUM_CLASSES, precision="mixed_float16")
     optimizer = optimization.create_optimizer(1e-3, "mixed_float16")
     optimizer.build(model.trainable_variables)
-  train_steps = train_lib.make_train_steps(
+  train_steps = steps.make_train_steps(
     strategy,
     model,
     optimizer,

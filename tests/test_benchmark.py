@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from resnet import run_record
+from resnet import machine
 from resnet.tools import benchmark, step_profile
 
 
@@ -40,7 +40,7 @@ def test_a_tiny_benchmark_reports_every_figure(tmp_path):
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
   cpuinfo = tmp_path / "cpuinfo"
   cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nflags\t: fpu\n")
-  flags = run_record.cpu_flags(str(cpuinfo))
+  flags = machine.cpu_flags(str(cpuinfo))
   assert flags == {
     "avx512f": True,
     "avx512_bf16": True,
@@ -48,9 +48,9 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     "amx_bf16": False,
     "amx_fp16": False,
   }
-  assert run_record.cpu_flags(str(tmp_path / "missing")) == {}
+  assert machine.cpu_flags(str(tmp_path / "missing")) == {}
   cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n")
-  assert run_record.cpu_label(str(cpuinfo)) == "AMD EPYC (AVX2)"
+  assert machine.cpu_label(str(cpuinfo)) == "AMD EPYC (AVX2)"
 
 
 def test_the_step_profile_counts_every_convolution_of_the_step(tmp_path):

@@ -13,7 +13,7 @@ from absl import flags
 
 import train
 from resnet import config as config_lib
-from resnet import files, run_record
+from resnet import files, machine, run_record
 from resnet import model as model_lib
 from resnet.tools import results
 from tests.test_train import REPO, debug_config
@@ -112,7 +112,7 @@ def test_seeds_of_one_recipe_collapse_and_unfinished_runs_say_so(two_seeds):
   flops = 3 * model_lib.forward_flops_per_image(model_lib.create_model("resnet8")) * 16
   assert [run["training_flops"] for run in runs] == [6 * flops, 3 * flops]
   assert f"| {4.5 * flops:.2e} |" in row
-  assert runs[0]["images_per_second"] > 0 and runs[0]["device"] == run_record.cpu_label()
+  assert runs[0]["images_per_second"] > 0 and runs[0]["device"] == machine.cpu_label()
   assert runs[0]["seconds"] > 0
 
 

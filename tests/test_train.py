@@ -24,6 +24,7 @@ from resnet import (
   checkpointing,
   export,
   files,
+  machine,
   run_lock,
   run_record,
 )
@@ -276,7 +277,7 @@ def test_resume_with_other_optimizer_is_refused_and_old_records_mean_adam(
   with open(record_path) as file:
     record = json.load(file)
   assert record["config"]["optimizer"] == "adam"
-  assert record["machines"][-1]["cpu"] == run_record.cpu_label()
+  assert record["machines"][-1]["cpu"] == machine.cpu_label()
 
 
 def test_a_second_run_on_a_live_directory_is_refused_and_changes_nothing(trained_run, image_folder):
@@ -304,7 +305,7 @@ def test_finished_run_does_nothing_more(trained_run, image_folder):
 
 
 def test_auto_precision_is_chosen_from_the_cpu_and_recorded(image_folder, tmp_path, monkeypatch):
-  monkeypatch.setattr(run_record, "cpu_flags", lambda: {"avx512_bf16": False, "amx_bf16": True})
+  monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx512_bf16": False, "amx_bf16": True})
   config = debug_config(image_folder, precision="auto", epochs=1, steps_per_epoch=1)
   train.train_and_evaluate(config, str(tmp_path))
   record = run_record.read_run_record(str(tmp_path))
@@ -314,7 +315,7 @@ def test_auto_precision_is_chosen_from_the_cpu_and_recorded(image_folder, tmp_pa
 
 def test_the_default_precision_is_auto_and_a_given_one_is_kept(image_folder, tmp_path, monkeypatch):
   # A CPU with bfloat16 (auto: mixed_bfloat16), whatever this machine has.
-  monkeypatch.setattr(run_record, "cpu_flags", lambda: {"avx512_bf16": True, "amx_bf16": False})
+  monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx512_bf16": True, "amx_bf16": False})
   flag_values = flags.FlagValues()
   config_lib.define_flags(flag_values)
   flag_values(["train.py", "--model_dir=unused"])
@@ -335,7 +336,7 @@ def test_the_default_precision_is_auto_and_a_given_one_is_kept(image_folder, tmp
   assert trained_in(given, dataclasses.replace(default, precision="float32")) == ("float32", None)
   # Resumed with the default: a run begun with a precision given (or before auto was the
   # default) keeps it; a run begun with auto follows the machine it resumes on.
-  monkeypatch.setattr(run_record, "cpu_flags", lambda: {})
+  monkeypatch.setattr(machine, "cpu_flags", lambda: {})
   more = dataclasses.replace(default, epochs=2)
   assert trained_in(given, more) == ("float32", "kept: float32 (begun with it given, not auto)")
   assert trained_in(given, dataclasses.replace(more, epochs=3))[0] == "float32"

@@ -26,7 +26,7 @@ from absl import app, flags, logging
 
 from data import augment, pipeline, sources
 from resnet import config as config_lib
-from resnet import metrics, run_record, train_lib
+from resnet import machine, metrics, steps, train_lib
 from resnet import model as model_lib
 
 
@@ -85,7 +85,7 @@ def build_train_steps(
 
 def _evaluation_rate_function(strategy, model, images, labels, batch_size):
   """A function timing one evaluation pass (metrics.predict) -> images/s (warmed up first)."""
-  predict_step = train_lib.make_predict_step(strategy, model)
+  predict_step = steps.make_predict_step(strategy, model)
   dataset = pipeline.distribute_eval_dataset(strategy, images, labels, global_batch_size=batch_size)
   metrics.predict(predict_step, dataset, len(labels))
   return lambda: len(labels) / _timed(lambda: metrics.predict(predict_step, dataset, len(labels)))
@@ -297,7 +297,7 @@ def _report(results, flops, precisions, settings, matmul_size):
       "processor": platform.processor() or platform.machine(),
       "cpu_count": os.cpu_count(),
       "host_cores": pipeline.host_cores(),  # The ones this process may use.
-      "cpu_flags": run_record.cpu_flags(),
+      "cpu_flags": machine.cpu_flags(),
       "devices": [d.name for d in tf.config.list_logical_devices()],
       "tensorflow": tf.__version__,
       "keras": keras.__version__,

@@ -35,9 +35,9 @@ from data import pipeline
 from resnet import (
   accelerators,
   distribute,
+  machine,
   optimization,
   precision,
-  run_record,
   train_lib,
 )
 from resnet.config import Config
@@ -187,11 +187,11 @@ def check_speed(strategy, model="resnet20", steps=10, per_replica_batch=128):
 
 def run_checks(model="resnet20", steps=10, per_replica_batch=128):
   """Every check on this machine's devices; yields Verdicts as they finish."""
-  gpus = run_record.machine_description()["gpus"]
+  gpus = machine.machine_description()["gpus"]
   cpus = len(tf.config.list_logical_devices("CPU"))
   devices = (
     f"{len(gpus)} GPU(s) {', '.join(gpus)}; {cpus} logical CPU device(s); CPU "
-    f"{run_record.cpu_label()}; TensorFlow {tf.__version__}"
+    f"{machine.cpu_label()}; TensorFlow {tf.__version__}"
   )
   missing_gpus = accelerators.missing_gpu_warning()  # NVIDIA GPUs that TensorFlow cannot use.
   yield Verdict("devices", "FAIL" if missing_gpus else "INFO", missing_gpus or devices)
