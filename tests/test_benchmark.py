@@ -5,7 +5,7 @@ import json
 import pytest
 
 from resnet import machine
-from resnet.tools import benchmark, step_profile
+from resnet.tools import benchmark, benchmark_report, step_profile
 
 
 def test_a_tiny_benchmark_reports_every_figure(tmp_path):
@@ -29,7 +29,7 @@ def test_a_tiny_benchmark_reports_every_figure(tmp_path):
   assert report["end_to_end_over_keras_fit"] > 0
   assert report["end_to_end_over_keras_fit_keras_batch_norm"] > 0
   (tmp_path / "report.json").write_text(json.dumps(report))  # JSON-ready.
-  text = benchmark.format_report(report)
+  text = benchmark_report.format_report(report)
   assert "end to end / model.fit" in text and "matmul peak" in text
   assert report["machine"]["host_cores"] >= 1 and report["input_pipeline_per_core"] > 0
   assert "images/s per host core" in text

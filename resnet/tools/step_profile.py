@@ -27,7 +27,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 from data import pipeline
 from resnet import model as model_lib
 from resnet import optimization
-from resnet.tools import benchmark
+from resnet.tools import benchmark, timing
 
 # Threads on which TensorFlow's executor runs op kernels (one event per kernel call).
 _OP_THREAD_PREFIX = "tf_Compute"
@@ -38,11 +38,11 @@ def profile_train_steps(model_name, batch_size, precision, steps, logdir):
   strategy = tf.distribute.get_strategy()
   (images, labels), _, class_names = benchmark.load_images(None, batch_size)
   kwargs = benchmark.train_dataset_kwargs(len(labels), batch_size)
-  iterator = benchmark.one_batch_forever(pipeline.make_train_dataset(images, labels, **kwargs))
+  iterator = timing.one_batch_forever(pipeline.make_train_dataset(images, labels, **kwargs))
   _, train_steps = benchmark.build_train_steps(
     strategy, model_name, len(class_names), batch_size, precision
   )
-  seconds_per_step = batch_size / benchmark.rate_of(train_steps, iterator, steps, batch_size)()
+  seconds_per_step = batch_size / timing.rate_of(train_steps, iterator, steps, batch_size)()
   tf.profiler.experimental.start(logdir)
   try:
     train_steps(iterator, tf.constant(steps))
