@@ -38,8 +38,8 @@ def crop_and_flip(images, offsets, flips, crop_padding=CROP_PADDING):
   """Pads by `crop_padding` pixels, crops 32x32 at per-example offsets, flips left-right.
 
   One gather of whole pixels: each RGB pixel is packed into one int32, because
-  gathering 3-byte slices element by element is what made this the slowest part
-  of the input pipeline (2-3x slower than this version on CPU).
+  gathering 3-byte slices element by element made this the slowest part of the
+  input pipeline (docs/speed.md).
 
   Args:
     images: uint8 [B, 32, 32, 3].

@@ -46,9 +46,9 @@ def create_strategy(name, tpu_address="", single_process=False):
   several, and otherwise the default strategy, which runs on the one device
   TensorFlow picks (GPU:0 if there is one). "one_device" pins that device
   explicitly; on the 2-core CPU machines here its distributed input iterator
-  halved the step rate (resnet20: ~100 vs ~180 images/s), hence not the
-  automatic choice. "mirrored" without GPUs mirrors over the logical CPU
-  devices (how tests get two replicas on one CPU). "multi_worker" is
+  slowed the step down (docs/speed.md), hence not the automatic choice.
+  "mirrored" without GPUs mirrors over the logical CPU devices (how tests get
+  two replicas on one CPU). "multi_worker" is
   MultiWorkerMirroredStrategy configured by TF_CONFIG: all local GPUs (or the
   CPU) of every worker, all-reduce by multi_worker_implementation(). It must
   be created before anything else starts TensorFlow's runtime. "tpu" connects

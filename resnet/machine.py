@@ -48,8 +48,8 @@ def cpu_flags(cpuinfo_path="/proc/cpuinfo"):
   return {flag: flag in present for flag in REDUCED_PRECISION_CPU_FLAGS}
 
 
-# The CPU features that compute bfloat16 natively (else oneDNN emulates it, ~13x slower
-# here), best first, with the names cpu_label and --precision=auto give them.
+# The CPU features that compute bfloat16 natively (else oneDNN emulates it, far slower:
+# docs/speed.md), best first, with the names cpu_label and --precision=auto give them.
 NATIVE_BFLOAT16_CPU_FLAGS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"))
 
 

@@ -3,7 +3,7 @@
 bfloat16 keeps float32's exponent range (no loss scaling) but is only fast where
 the hardware computes in it: TPUs, NVIDIA GPUs from compute capability 8.0
 (Ampere), and CPUs with AMX or AVX-512 BF16. Elsewhere on CPUs it is emulated,
-~13x slower than float32 (measured on an AVX2-only EPYC, docs/speed.md). Older
+far slower than float32 (docs/speed.md). Older
 NVIDIA GPUs with tensor cores (Volta, Turing: 7.x) get float16 with loss
 scaling. Those without (Pascal and before) get float32: compute capability 6.1
 (P4, P40, GTX 10x0) runs float16 at a small fraction of its float32 rate, and

@@ -74,7 +74,7 @@ def run_benchmark(
   """Measures everything listed in the module docstring; returns a JSON-ready dict.
 
   `matmul_size` is the side of the square matmuls that measure the peak (smaller is
-  quicker and less exact: bfloat16 is emulated, ~10x slower, on CPUs without AVX-512 BF16).
+  quicker and less exact: bfloat16 is emulated, far slower, on CPUs without AVX-512 BF16).
   `xla` also times each precision's train step with --jit_compile ("train_step[P,xla]").
   """
   (images, labels), (val_images, val_labels), class_names = load_images(dataset, batch_size)
