@@ -23,7 +23,7 @@ eval_main = importlib.import_module("eval")
 
 def recorded(flagfile):
   """The config a new run of `flagfile` records: --stride2_padding=auto resolved."""
-  return dict(config_lib.read_flagfile(flagfile), stride2_padding="symmetric")
+  return dict(results.read_flagfile(flagfile), stride2_padding="symmetric")
 
 
 def test_a_run_is_matched_to_its_config_and_a_shortened_schedule_is_named(tmp_path):
@@ -67,7 +67,7 @@ def test_config_files_read_as_absl_reads_them_and_match_themselves(path):
   config_lib.define_flags(flag_values)
   flag_values(["train.py", f"--flagfile={path}", "--model_dir=/tmp/unused"])
   config = dataclasses.asdict(config_lib.config_from_flags(flag_values))
-  values = config_lib.read_flagfile(path)
+  values = results.read_flagfile(path)
   assert values and {key: config[key] for key in values} == values
   assert results.match_config(config) == (os.path.basename(path), {})
 
