@@ -1,11 +1,12 @@
 r"""Trains a CIFAR ResNet with a custom tf.distribute loop; keeps the best checkpoint.
 
-  python train.py --flagfile=configs/resnet20.cfg --model_dir=runs/resnet20
+  python train.py --flagfile=configs/resnet20.cfg      # model directory: runs/resnet20
   tensorboard --logdir runs/resnet20
   python eval.py --model_dir=runs/resnet20 --split=validation
 
-Re-running the same command with the same --model_dir resumes from the latest
-checkpoint, at the exact position in the data order, and stops at the same step.
+Re-running the same command resumes the run in its model directory (--model_dir, by
+default runs/<the flagfile's name>) from the latest checkpoint, at the exact position
+in the data order, and stops at the same step.
 """
 
 import resnet  # noqa: F401 - first: sets TensorFlow's environment (resnet/__init__.py).
@@ -13,6 +14,7 @@ import resnet  # noqa: F401 - first: sets TensorFlow's environment (resnet/__ini
 # isort: split
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 
@@ -21,32 +23,24 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data import pipeline, sources
+from data import datasets, pipeline, training_data
 from resnet import (
   checkpointing,
+  config_checks,
   console,
   distribute,
+  errors,
   export,
   metrics,
   models,
   precision,
-  run_lock,
+  preemption,
   run_record,
   summaries,
   train_lib,
   workers,
 )
 from resnet import config as config_lib
-
-# Errors whose message is the whole story for the user: printed as one line, exit code 1.
-USER_ERRORS = (
-  config_lib.ConfigError,
-  distribute.StrategyError,
-  sources.DataError,
-  checkpointing.CheckpointError,
-  checkpointing.DivergedError,
-  run_lock.RunLockedError,
-)
 
 
 def train_and_evaluate(config, model_dir):
@@ -60,19 +54,22 @@ def train_and_evaluate(config, model_dir):
      "epoch", "best_accuracy", "validation": the last validation metrics}.
 
   Raises:
-    One of USER_ERRORS: bad input, an unusable model directory, or a divergence.
+    errors.UserError: bad input, an unusable model directory, or a divergence.
   """
   # --- Set-up: strategy first (multi-worker must start before anything else runs TF) --
-  config_lib.validate(config)
+  config_checks.validate(config)
   if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
     raise config_lib.ConfigError(f"--model_dir={model_dir} is a file, not a directory.")
   strategy = _create_strategy(config)
-  config, precision_choice = _resolve_precision(config, strategy, model_dir)
+  config, precision_choice = precision.resolve(config, strategy, model_dir)
   chief = distribute.is_chief(strategy)
-  data = _load_data(config)
-  config_lib.check_model_input(config, data.train[0].shape[1:3], len(data.class_names))
+  data = training_data.TrainingData.load_for(config)
+  config_checks.check_model_input(config, data.train[0].shape[1:3], len(data.class_names))
   # Padding and input normalisation: the record's on a resume, else --init_from's, else new.
-  config, model_facts = run_record.resolve_model_facts(model_dir, config, data.class_names)
+  new_run_normalization = datasets.input_normalization(config.dataset, data.train[0])
+  config, model_facts = run_record.resolve_model_facts(
+    model_dir, config, data.class_names, new_run_normalization
+  )
   # Only the chief writes (and locks) the model directory; if it cannot, every worker stops.
   lock = checkpointing.claim_model_dir(model_dir) if chief else contextlib.nullcontext()
   # Non-chief workers save their checkpoints (as TensorFlow requires) to a scratch directory.
@@ -86,62 +83,28 @@ def train_and_evaluate(config, model_dir):
     model_facts["num_parameters"] = models.count_parameters(run.model)  # Trainable.
     logging.info("Model %s: %s parameters.", config.model, f"{model_facts['num_parameters']:,}")
     with workers.failing_together(strategy):  # A worker's own directory may hold another run.
-      record = _start_run_record(
-        config, model_dir, data, strategy, chief, precision_choice, model_facts
+      record = run_record.start_training_record(
+        model_dir, config, chief, data.facts(), model_facts, strategy, precision_choice
       )
     with workers.restoring_alike(strategy, checkpoints):  # All read the chief's checkpoints.
       restored = checkpoints.restore()
     if config.init_from and not restored:  # A new run starts from another run's weights.
       run_record.init_model_from_run(run.model, config.init_from, record)
-    writers = _create_writers(config, model_dir, data, record, checkpoints.step, chief)
-    stop = distribute.StopSignals(coordinated=scratch_dir is not None)
-    preemption = distribute.preemption_handler(
+    writers = summaries.create_run_writers(
+      model_dir, chief, checkpoints.step, dataclasses.asdict(config), record, data, config.seed
+    )
+    stop = preemption.StopSignals(coordinated=scratch_dir is not None)
+    handler = preemption.create_handler(
       strategy, checkpoints.checkpoint, scratch_dir, checkpoints.save_latest, stop
     )
     if config.on_nan == "recover" and not restored:
       checkpoints.save_latest()  # A step-0 checkpoint to recover to if epoch 1 diverges.
 
-    # --- Training loop -----------------------------------------------------------------
-    step, validation = checkpoints.step, None
-    batches = iter(data.distribute_train(strategy, start_step=step))
-    validation_views = data.distribute_validation(strategy, config.validation_tta)
-    progress = console.Progress(data.total_steps, data.steps_per_epoch, step)
-    window, epoch_meter = console.Meter(), console.Meter()  # Since the last log; epoch.
-    with stop:  # Preemption or Ctrl-C: save, then leave the loop.
-      while step < data.total_steps and not stop.received:
-        # Run to the next log line, checkpoint, epoch end or (several workers) preemption check.
-        boundaries = [config.log_every_steps, data.steps_per_epoch, config.checkpoint_every_steps]
-        boundaries += [config.preemption_check_steps] if preemption else []
-        num_steps = min([b - step % b for b in boundaries if b] + [data.total_steps - step])
-        sums = run.train_steps(batches, tf.constant(num_steps))
-        if not np.isfinite(loss := float(sums["loss_sum"])):  # Never saved: back to the latest.
-          with workers.restoring_alike(strategy, checkpoints):
-            step = checkpoints.recover_from_non_finite_loss(
-              loss, step, num_steps, config.max_nan_recoveries, config.nan_lr_factor
-            )
-          batches = iter(data.distribute_train(strategy, start_step=step))
-          window.reset()
-          continue
-        step += num_steps
-        checkpoints.counters["step"].assign(step)
-        window.add(sums, num_steps)
-        epoch_meter.add(sums, num_steps)
-        epoch, step_in_epoch = divmod(step, data.steps_per_epoch)
-        if step % config.log_every_steps == 0 or step_in_epoch == 0:
-          scalars = dict(window.result(), learning_rate=float(run.schedule(step - 1)))
-          summaries.write_train_scalars(writers, step, scalars, run.model)
-          progress.update(step, scalars)
-          window.reset()
-        if step_in_epoch == 0:
-          validation, line = _end_epoch(
-            config, epoch, run, checkpoints, data, validation_views, writers, epoch_meter
-          )
-          progress.end_epoch(line)
-          window.reset()  # Validation time is not training throughput.
-        elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-          checkpoints.save_latest()
-        if preemption:
-          preemption.save_checkpoint_if_preempted()  # Same call count on every worker.
+    # --- Training: preemption or Ctrl-C saves, then leaves the loop ------------------------
+    with stop:
+      step, validation = _train_loop(
+        config, strategy, data, run, checkpoints, writers, stop, handler
+      )
     if stop.received:
       checkpoints.save_latest()  # A no-op if this step is saved already.
 
@@ -160,50 +123,68 @@ def train_and_evaluate(config, model_dir):
   }
 
 
+def _train_loop(config, strategy, data, run, checkpoints, writers, stop, handler):
+  """Trains from the restored step to the end, or until `stop` (preemption.StopSignals)
+  has received a signal; validates and saves at every epoch's end. `handler`: several
+  workers' preemption.create_handler, else None.
+
+  Returns:
+    (the step reached, the last validation metrics or None).
+  """
+  step, validation = checkpoints.step, None
+  batches = iter(data.distribute_train(strategy, start_step=step))
+  validation_views = data.distribute_validation(strategy, config.validation_tta)
+  progress = console.Progress(data.total_steps, data.steps_per_epoch, step)
+  window, epoch_meter = console.Meter(), console.Meter()  # Since the last log; epoch.
+  while step < data.total_steps and not stop.received:
+    # Run to the next log line, checkpoint, epoch end or (several workers) preemption check.
+    boundaries = [config.log_every_steps, data.steps_per_epoch, config.checkpoint_every_steps]
+    boundaries += [config.preemption_check_steps] if handler else []
+    num_steps = min([b - step % b for b in boundaries if b] + [data.total_steps - step])
+    sums = run.train_steps(batches, tf.constant(num_steps))
+    if not np.isfinite(loss := float(sums["loss_sum"])):  # Never saved: back to the latest.
+      with workers.restoring_alike(strategy, checkpoints):
+        step = checkpoints.recover_from_non_finite_loss(
+          loss, step, num_steps, config.max_nan_recoveries, config.nan_lr_factor
+        )
+      batches = iter(data.distribute_train(strategy, start_step=step))
+      window.reset()
+      continue
+    step += num_steps
+    checkpoints.counters["step"].assign(step)
+    window.add(sums, num_steps)
+    epoch_meter.add(sums, num_steps)
+    epoch, step_in_epoch = divmod(step, data.steps_per_epoch)
+    if step % config.log_every_steps == 0 or step_in_epoch == 0:
+      scalars = dict(window.result(), learning_rate=float(run.schedule(step - 1)))
+      summaries.write_train_scalars(writers, step, scalars, run.model)
+      progress.update(step, scalars)
+      window.reset()
+    if step_in_epoch == 0:
+      validation, line = _end_epoch(
+        config, epoch, run, checkpoints, data, validation_views, writers, epoch_meter
+      )
+      progress.end_epoch(line)
+      window.reset()  # Validation time is not training throughput.
+    elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+      checkpoints.save_latest()
+    if handler:
+      handler.save_checkpoint_if_preempted()  # Same call count on every worker.
+  return step, validation
+
+
 # --- Set-up, and the end of an epoch ----------------------------------------------------
 
 
 def _create_strategy(config):
   """The strategy `config` asks for, checked against the batch size and XLA; seeds set."""
-  strategy = distribute.create_strategy(config.strategy, config.tpu)
+  strategy = distribute.create_for_training(config)
   pipeline.check_global_batch_size(strategy, config.batch_size)
-  if config.jit_compile:
-    distribute.check_jit_compile(strategy, config.sync_batch_norm)
-  logging.info(distribute.describe(strategy, config.strategy))
-  if warning := distribute.small_batch_norm_warning(
-    strategy, config.batch_size, config.sync_batch_norm
-  ):
-    logging.warning(warning)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()  # For the whole process.
   keras.utils.set_random_seed(config.seed)  # Initial weights; the data order and
   # augmentation are stateless functions of the same seed (data/augment.py).
   return strategy
-
-
-def _resolve_precision(config, strategy, model_dir):
-  """(`config` with --precision=auto resolved (precision.resolve_auto), the choice and
-  its reason for the run record, or None when the precision was given)."""
-  if config.precision != "auto":
-    return config, None
-  chosen, choice = precision.resolve_auto(model_dir, strategy)
-  logging.info("--precision=auto: %s.", choice)
-  return dataclasses.replace(config, precision=chosen), choice
-
-
-def _load_data(config):
-  """The run's examples in memory and its epochs (pipeline.TrainingData)."""
-  return pipeline.TrainingData.load(
-    config.dataset,
-    config.validation_size,
-    config.tfds_data_dir,
-    epochs=config.epochs,
-    steps_per_epoch=config.steps_per_epoch,
-    global_batch_size=config.batch_size,
-    seed=config.seed,
-    crop_padding=config.crop_padding,
-    flips=config.flips,
-  )
 
 
 def _create_training(config, strategy, data, model_dir, scratch_dir, chief, input_normalization):
@@ -231,30 +212,6 @@ def _create_training(config, strategy, data, model_dir, scratch_dir, chief, inpu
   return run, checkpoints
 
 
-def _start_run_record(config, model_dir, data, strategy, chief, precision_choice, model_facts):
-  """Creates (the chief) or checks (every worker) MODEL_DIR/run.json; see run_record."""
-  return run_record.start_run_record(
-    model_dir,
-    dataclasses.asdict(config),
-    write=chief,
-    **data.facts(),
-    **model_facts,
-    peak_learning_rate=config.peak_learning_rate,
-    num_replicas=strategy.num_replicas_in_sync,
-    precision_choice=precision_choice,
-    devices=[device.name for device in tf.config.list_logical_devices()],
-  )
-
-
-def _create_writers(config, model_dir, data, record, step, chief):
-  """TensorBoard writers (no-ops but on the chief), with the run's flags and pictures."""
-  writers = summaries.create_writers(model_dir, chief)
-  if chief:
-    summaries.write_run_start(writers, step, dataclasses.asdict(config), record, model_dir)
-    summaries.write_data_pictures(writers, step, model_dir, data, config.seed)
-  return writers
-
-
 def _end_epoch(config, epoch, run, checkpoints, data, validation_views, writers, epoch_meter):
   """Validates; saves the best and the latest checkpoints; writes the summaries.
 
@@ -276,47 +233,44 @@ def _end_epoch(config, epoch, run, checkpoints, data, validation_views, writers,
   if checkpoints.is_chief:
     best = float(counters["best_accuracy"].numpy())
     summaries.write_validation(writers, step, epoch, validation, data, run.model, best, seconds)
-  summary_line = (
-    f"epoch {epoch:3d}/{config.epochs}  train loss {train_metrics['loss']:.4f} "
-    f"acc {train_metrics['accuracy']:.4f}  val loss {validation['loss']:.4f} "
-    f"acc {validation['accuracy']:.4f}{' (best)' if improved else ''}  "
-    f"lr {float(run.schedule(step - 1)):.2e}  {seconds:.0f}s  "
-    f"{train_metrics['images_per_second']:.0f} img/s"
+  learning_rate = float(run.schedule(step - 1))
+  line = console.epoch_line(
+    epoch, config.epochs, train_metrics, validation, improved, learning_rate, seconds
   )
   epoch_meter.reset()
-  return validation, summary_line
+  return validation, line
 
 
-# --- Flags: one per Config field, with its help and choices (resnet/config.py) ----------
+# --- Command line ------------------------------------------------------------------------
 
 
-def define_flags(flag_values=flags.FLAGS):
-  """Defines --model_dir and a flag for every Config field in `flag_values`."""
-  for field in dataclasses.fields(config_lib.Config):
-    name, default, meta = field.name, field.default, field.metadata
-    if meta["choices"] is not None:
-      flags.DEFINE_enum(name, default, list(meta["choices"]), meta["help"], flag_values=flag_values)
-    else:
-      define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
-      define.get(field.type, flags.DEFINE_string)(
-        name, default, meta["help"], flag_values=flag_values
-      )
-  flags.DEFINE_string(
-    "model_dir", None, "Directory for checkpoints, summaries, records.", flag_values=flag_values
-  )
-  flags.mark_flag_as_required("model_dir", flag_values=flag_values)
+def default_model_dir(argv, model):
+  """--model_dir when none is given: runs/<name of the first --flagfile in `argv`> (the
+  command line as typed; runs/resnet20 for configs/resnet20.cfg), else runs/<model>.
+  Relative to the working directory: the same command, run again from the same place,
+  resumes the same run (and one run at a time: its lock)."""
+  for index, arg in enumerate(argv):
+    if arg in ("--flagfile", "-flagfile") and index + 1 < len(argv):
+      arg = f"--flagfile={argv[index + 1]}"
+    if arg.startswith(("--flagfile=", "-flagfile=")):
+      return os.path.join("runs", os.path.splitext(os.path.basename(arg.split("=", 1)[1]))[0])
+  return os.path.join("runs", model)
 
 
-def config_from_flags(flag_values):
-  """The Config whose fields are the parsed flags of the same names."""
-  fields = dataclasses.fields(config_lib.Config)
-  return config_lib.Config(**{field.name: flag_values[field.name].value for field in fields})
+def parse_command_line(argv, flag_values=flags.FLAGS):
+  """app.run's flags_parser: absl's parsing (its message and exit status 1 on a bad flag),
+  then --model_dir's default (default_model_dir)."""
+  try:
+    remaining = flag_values(argv)
+  except flags.Error as error:
+    sys.exit(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull for help.")
+  flag_values.model_dir = flag_values.model_dir or default_model_dir(argv, flag_values.model)
+  return remaining
 
 
 def _exit_stopped(signal_name, what_happened):
-  print(
-    f"Stopped by {signal_name} {what_happened}; run the same command again to resume.",
-    file=sys.stderr,
+  sys.stderr.write(
+    f"Stopped by {signal_name} {what_happened}; run the same command again to resume.\n"
   )
   sys.exit(128 + signal.Signals[signal_name].value)  # The shell's code for the signal.
 
@@ -325,9 +279,12 @@ def main(argv, flag_values=flags.FLAGS):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   tf.get_logger().setLevel("WARNING")  # TF's own info lines (one per checkpoint save) are noise.
+  model_dir = flag_values.model_dir or default_model_dir([], flag_values.model)
+  given = "" if flag_values["model_dir"].present else " (the default for this command)"
+  logging.info("Model directory: %s%s.", model_dir, given)
   try:
-    result = train_and_evaluate(config_from_flags(flag_values), flag_values.model_dir)
-  except USER_ERRORS as error:
+    result = train_and_evaluate(config_lib.config_from_flags(flag_values), model_dir)
+  except errors.UserError as error:  # The message is the whole story: one line, status 1.
     sys.exit(f"train.py: error: {error}")
   except KeyboardInterrupt:  # Ctrl-C outside the loop's handler: loading the data, exporting.
     _exit_stopped("SIGINT", "outside the training loop; what was saved before is intact")
@@ -339,5 +296,5 @@ def main(argv, flag_values=flags.FLAGS):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  config_lib.define_flags(flags.FLAGS)
+  app.run(main, flags_parser=parse_command_line)

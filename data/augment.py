@@ -9,7 +9,7 @@ plan into datasets.
 import numpy as np
 import tensorflow as tf
 
-from data import sources
+from data import datasets
 
 CROP_PADDING = 4  # default pixels of zero padding on each side before the random crop
 # random: each image flipped with probability 1/2 each epoch. alternating: a random half
@@ -17,20 +17,14 @@ CROP_PADDING = 4  # default pixels of zero padding on each side before the rando
 # epochs show every image once each way (Jordan 2024's derandomised flips).
 FLIP_MODES = ("random", "alternating")
 TTA_MODES = ("none", "flip", "flip_translate")  # Test-time augmentation: see tta_views.
-# Per-channel statistics of the CIFAR-10 training images, in [0, 1] units.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-# A run's input normalisation as run.json records it ("input_normalization"); runs
-# recorded without one used these (resnet/run_record.input_normalization).
-CIFAR10_NORMALIZATION = {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}
 
 
-def normalize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+def normalize(images, mean=datasets.CIFAR10.mean, std=datasets.CIFAR10.std):
   """uint8 [..., 32, 32, 3] in [0, 255] -> float32 (images / 255 - mean) / std.
 
   `mean` and `std` are 3 per-channel values in [0, 1] pixel units: a run's input
-  normalisation (`normalize(images, **run_record.input_normalization(record))`);
-  CIFAR-10's statistics, which give zero mean and unit std, by default.
+  normalisation (`normalize(images, **run_record.input_normalization(record))`, see
+  data/datasets.py); CIFAR-10's statistics by default.
 
   Applied by the model's steps (resnet/train_lib.py) on the device, not by the
   input pipeline: the host then sends uint8, a quarter of the bytes, and does
@@ -44,8 +38,8 @@ def crop_and_flip(images, offsets, flips, crop_padding=CROP_PADDING):
   """Pads by `crop_padding` pixels, crops 32x32 at per-example offsets, flips left-right.
 
   One gather of whole pixels: each RGB pixel is packed into one int32, because
-  gathering 3-byte slices element by element is what made this the slowest part
-  of the input pipeline (2-3x slower than this version on CPU).
+  gathering 3-byte slices element by element made this the slowest part of the
+  input pipeline (docs/speed.md).
 
   Args:
     images: uint8 [B, 32, 32, 3].
@@ -56,7 +50,7 @@ def crop_and_flip(images, offsets, flips, crop_padding=CROP_PADDING):
   Returns:
     uint8 [B, 32, 32, 3].
   """
-  size, padded_size = sources.IMAGE_SIZE, sources.IMAGE_SIZE + 2 * crop_padding
+  size, padded_size = datasets.IMAGE_SIZE, datasets.IMAGE_SIZE + 2 * crop_padding
   pixels = tf.bitcast(tf.pad(images, [[0, 0], [0, 0], [0, 0], [0, 1]]), tf.int32)  # [B, 32, 32]
   pad = crop_padding
   padded = tf.reshape(tf.pad(pixels, [[0, 0], [pad, pad], [pad, pad]]), [-1])  # [B * S * S]
@@ -119,7 +113,7 @@ def tta_views(images, mode):
   views = [(0.5, images), (0.5, images[:, :, ::-1])]
   if mode == "flip_translate":
     padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    size = sources.IMAGE_SIZE
+    size = datasets.IMAGE_SIZE
     shifted = [padded[:, :size, :size], padded[:, 2:, 2:]]  # Up-left, down-right.
     views = [(weight / 2, view) for weight, view in views]
     views += [(1 / 8, view) for image in shifted for view in (image, image[:, :, ::-1])]

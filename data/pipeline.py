@@ -1,4 +1,4 @@
-"""CIFAR-10 input pipeline: index-based tf.data over splits held in memory.
+"""The input pipeline: index-based tf.data over splits held in memory.
 
 data/sources.py decodes every split once into a uint8 array held in memory.
 Training batches are then described by *positions*: for epoch `e` the order
@@ -8,13 +8,12 @@ of the examples, the crop offsets and the flips are a pure function of
     pipeline takes its shard of one global order),
   * exact mid-epoch resume: start the plan at any step,
   * cheap per-batch, vectorised augmentation (one gather per batch).
+A training run's examples and epochs, and their datasets: data/training_data.py.
 """
 
-import dataclasses
 import os
 
 import tensorflow as tf
-from absl import logging
 
 from data import augment, sources
 
@@ -225,116 +224,3 @@ def distribute_eval_dataset(strategy, images, labels, *, global_batch_size):
       images, labels, global_batch_size=batch_size, input_context=context
     )
   )
-
-
-# --- A training run's data ---------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class TrainingData:
-  """A run's examples in memory, the length of its epochs, and the datasets made of them."""
-
-  train: tuple  # (images uint8 [N, 32, 32, 3], labels int32 [N])
-  validation: tuple  # The same, for model selection.
-  class_names: list
-  validation_source: str  # Where the validation examples come from (for the run record).
-  global_batch_size: int
-  steps_per_epoch: int
-  total_steps: int
-  seed: int
-  crop_padding: int
-  flips: str = "random"  # One of augment.FLIP_MODES.
-
-  @classmethod
-  def load(
-    cls,
-    dataset,
-    validation_size,
-    tfds_data_dir=None,
-    *,
-    epochs,
-    steps_per_epoch=0,
-    global_batch_size,
-    seed,
-    crop_padding=augment.CROP_PADDING,
-    flips="random",
-  ):
-    """Loads the training and validation examples (see sources) and sizes the epochs.
-
-    `steps_per_epoch` 0 is a full pass over the training examples.
-
-    Raises:
-      sources.DataError: unreadable data, or an epoch that does not fit the examples.
-    """
-    train, validation, class_names, validation_source = sources.load_train_and_validation(
-      dataset, validation_size, tfds_data_dir
-    )
-    num_train = len(train[1])
-    steps_per_epoch = steps_per_epoch or num_train // global_batch_size
-    if not 0 < steps_per_epoch * global_batch_size <= num_train:
-      raise sources.DataError(
-        f"An epoch of {steps_per_epoch} steps x --batch_size={global_batch_size} does not fit "
-        f"the {num_train} training examples: lower --batch_size or --steps_per_epoch."
-      )
-    if validation_size == 0:
-      logging.warning(
-        "--validation_size=0: validating and selecting the best checkpoint on the "
-        "TEST split, so test accuracy of the best checkpoint is optimistic."
-      )
-    logging.info(
-      "%d training examples, %d validation examples (%s), %d steps per epoch.",
-      num_train,
-      len(validation[1]),
-      validation_source,
-      steps_per_epoch,
-    )
-    return cls(
-      train,
-      validation,
-      list(class_names),
-      validation_source,
-      global_batch_size,
-      steps_per_epoch,
-      epochs * steps_per_epoch,
-      seed,
-      crop_padding,
-      flips,
-    )
-
-  def _train_dataset_args(self):
-    return dict(
-      global_batch_size=self.global_batch_size,
-      steps_per_epoch=self.steps_per_epoch,
-      total_steps=self.total_steps,
-      seed=self.seed,
-      crop_padding=self.crop_padding,
-      flips=self.flips,
-    )
-
-  def distribute_train(self, strategy, start_step):
-    """The training batches from `start_step` on: the exact data order from any step."""
-    return distribute_train_dataset(
-      strategy, *self.train, start_step=start_step, **self._train_dataset_args()
-    )
-
-  def augmented_batch(self, step):
-    """Global batch `step`, (images, labels), as the model sees it: for pictures."""
-    args = dict(self._train_dataset_args(), total_steps=step + 1)
-    return next(iter(make_train_dataset(*self.train, start_step=step, **args)))
-
-  def distribute_validation(self, strategy, tta="none"):
-    """distribute_eval_views of the validation examples, at the training's global batch."""
-    return distribute_eval_views(
-      strategy, *self.validation, global_batch_size=self.global_batch_size, tta=tta
-    )
-
-  def facts(self):
-    """What the run record says about the data."""
-    return dict(
-      class_names=self.class_names,
-      num_classes=len(self.class_names),
-      num_train_examples=len(self.train[1]),
-      validation_source=self.validation_source,
-      num_validation_examples=len(self.validation[1]),
-      steps_per_epoch=self.steps_per_epoch,
-    )

@@ -12,13 +12,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from data import datasets
+from resnet import errors
+
 # --- Constants -----------------------------------------------------------------
-
-IMAGE_SIZE = 32  # pixels, height == width
-
-# Where TFDS downloads CIFAR-10 from: checked first, so that an offline machine
-# gets the explanation at once instead of after minutes of download retries.
-DOWNLOAD_HOSTS = {"cifar10": "www.cs.toronto.edu"}
 
 OFFLINE_HELP = """\
 The TFDS dataset {name!r} is not prepared in {data_dir} and could not be \
@@ -29,7 +26,7 @@ with --dataset=folder:PATH, where PATH/<split>/<class>/<image>.png|jpg (for \
 example PATH/train/cat/0001.png)."""
 
 
-class DataError(ValueError):
+class DataError(errors.UserError, ValueError):
   """Input data that cannot be used, with a message meant for the user."""
 
 
@@ -54,7 +51,7 @@ def decode_image(image_bytes):
   """JPEG/PNG bytes -> uint8 [32, 32, 3]: grey becomes RGB, other sizes are resized.
 
   The one decoding of image files: image folders are loaded through it, and
-  resnet.predict reads photos through it, so that a model sees a photo as it
+  resnet.tools.predict reads photos through it, so that a model sees a photo as it
   saw its training images. Runs eagerly and inside tf.data.
 
   Raises:
@@ -64,10 +61,10 @@ def decode_image(image_bytes):
   image = tf.ensure_shape(image, [None, None, 3])
 
   def resized():  # In the branch, so that CIFAR-sized images (most) skip the work.
-    pixels = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+    pixels = tf.image.resize(image, [datasets.IMAGE_SIZE, datasets.IMAGE_SIZE], antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
 
-  is_cifar_sized = tf.reduce_all(tf.shape(image)[:2] == IMAGE_SIZE)
+  is_cifar_sized = tf.reduce_all(tf.shape(image)[:2] == datasets.IMAGE_SIZE)
   return tf.cond(is_cifar_sized, lambda: image, resized)
 
 
@@ -137,7 +134,7 @@ def _load_tfds_split(name, split, data_dir):
   """Loads a TFDS dataset split, downloading it on first use."""
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
-    host = DOWNLOAD_HOSTS.get(name)
+    host = datasets.DATASETS[name].download_host if name in datasets.DATASETS else None
     if host and not download_host_reachable(host):
       raise DataError(
         OFFLINE_HELP.format(name=name, data_dir=builder.data_dir, error=f"cannot reach {host}")

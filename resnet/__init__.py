@@ -8,5 +8,5 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's warnings, drop its info lines.
 # TF turns oneDNN on by itself only on CPUs with AVX-512 VNNI/BF16 or AMX. On the AVX2
-# CPUs we measured, it made resnet20 training 1.6x faster (~190 -> ~310 images/s).
+# CPUs we measured, it made training about twice as fast (docs/speed.md).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -13,12 +13,14 @@ import os
 
 import tensorflow as tf
 
+from resnet import errors
+
 # Where TensorFlow's Cloud TPU client looks for a TPU's name when given none
 # (tensorflow/python/tpu/client/client.py): GKE's endpoints, TPU_NAME, a TPU node's config.
 TPU_NAME_VARIABLES = ("KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS", "TPU_NAME", "TPU_CONFIG")
 
 
-class AcceleratorError(ValueError):
+class AcceleratorError(errors.UserError, ValueError):
   """An accelerator that cannot be used as asked, with a message for the user."""
 
 
@@ -108,5 +110,5 @@ def missing_gpu_warning():
     "TensorFlow sees none: everything runs on the CPU. Install TensorFlow with CUDA's "
     "libraries (pip install -e '.[gpu]', i.e. tensorflow[and-cuda]); if it has them, "
     "TensorFlow's start-up log says why (driver too old, GPU older than compute capability "
-    "6.0). Check with python -m resnet.selfcheck."
+    "6.0). Check with python -m resnet.tools.selfcheck."
   )

@@ -14,24 +14,19 @@ import tensorflow as tf
 from absl import logging
 
 from resnet import files, run_lock
+from resnet.errors import UserError, one_line_message
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 KEEP_LATEST = 3  # Checkpoints kept in LATEST_DIR: a damaged newest one falls back.
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """A checkpoint or model directory that cannot be used, with a message for the user."""
 
 
-class DivergedError(RuntimeError):
+class DivergedError(UserError, RuntimeError):
   """The training loss became non-finite and the run cannot (or may not) recover."""
-
-
-def one_line_message(error):
-  """An exception's message for a one-line error: its first line (TF's run to pages), or
-  its type's name."""
-  return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def create_counters():

@@ -1,23 +1,24 @@
 """The training options: each option's default, range and help, in one place.
 
-train.py declares a command-line flag for every field of `Config` (the help
-text and the choices come from here) and `validate` checks a Config against
-the ranges declared beside each field. Defaults are those of
-configs/resnet20.cfg.
+`define_flags` declares a command-line flag for every field of `Config` (the help
+text and the choices come from here) and `config_from_flags` reads them back, parsed
+by absl (flagfiles too); `validate` checks a Config against the ranges declared beside
+each field. Defaults are configs/resnet20.cfg's.
 """
 
 import dataclasses
-import math
+
+from absl import flags
 
 from data import augment
-from resnet import distribute, models, optimization
+from resnet import distribute, errors, models, optimization
 from resnet.models import cifar_resnet
 
 ON_NAN = ("stop", "recover")
 MAX_NAN_RECOVERIES = 3  # Then the run stops: the problem is not the learning rate.
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """An option value that cannot be used, with a message for the user."""
 
 
@@ -62,7 +63,7 @@ class Config:
   init_from: str | None = _option(
     None,
     "A new run starts from the model weights (not the optimizer) of the best checkpoint of "
-    "this model directory (train.py's or resnet.import_reference's), and takes its "
+    "this model directory (train.py's or resnet.tools.import_reference's), and takes its "
     "--stride2_padding and input normalisation; --model and the classes must be the same. "
     "Ignored when the run resumes from its own checkpoint.",
   )
@@ -252,58 +253,31 @@ class Config:
     return self.learning_rate * self.batch_size / self.lr_reference_batch_size
 
 
-def _range_error(name, value, meta):
-  """The message for a number outside its declared range, or None."""
-  low, high, (low_closed, high_closed) = meta["low"], meta["high"], meta["closed"]
-  too_low = low is not None and (value < low if low_closed else value <= low)
-  too_high = high is not None and (value > high if high_closed else value >= high)
-  if not (too_low or too_high or (isinstance(value, float) and math.isnan(value))):
-    return None
-  if high is None:
-    return f"--{name} must {'not be negative' if low_closed else 'be positive'}, got {value}."
-  interval = f"{'[' if low_closed else '('}{low}, {high}{']' if high_closed else ')'}"
-  return f"--{name} must be in {interval}{meta['unit']}, got {value}."
+# --- Flags: one per Config field, with its help and choices --------------------------
 
 
-def validate(config):
-  """Checks every option against its declared choices and range, and the combinations.
-
-  Raises:
-    ConfigError: the first problem found, naming the flag.
-  """
-  for field in dataclasses.fields(config):
-    value, meta = getattr(config, field.name), field.metadata
-    if meta["choices"] is not None and value not in meta["choices"]:
-      raise ConfigError(
-        f"--{field.name} must be one of {', '.join(meta['choices'])}, got {value!r}."
+def define_flags(flag_values):
+  """Defines --model_dir (default None) and a flag for every Config field in `flag_values`."""
+  define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+  for field in dataclasses.fields(Config):
+    name, default, meta = field.name, field.default, field.metadata
+    if meta["choices"] is not None:
+      flags.DEFINE_enum(name, default, list(meta["choices"]), meta["help"], flag_values=flag_values)
+    else:
+      define.get(field.type, flags.DEFINE_string)(
+        name, default, meta["help"], flag_values=flag_values
       )
-    if meta["low"] is not None or meta["high"] is not None:
-      message = _range_error(field.name, value, meta)
-      if message:
-        raise ConfigError(message)
-  if config.nesterov and not (config.optimizer == "sgd" and config.momentum > 0):
-    raise ConfigError("--nesterov needs --optimizer=sgd with a --momentum above 0.")
-  # Options only some models have: (what models.Entry.takes calls it, in use?, the flag).
-  for option, used, flag in (
-    ("dropout", config.dropout > 0, "--dropout"),
-    ("whitening", not config.whitening, "--nowhitening"),
-  ):
-    if used and option not in models.MODELS[config.model].takes:
-      names = ", ".join(models.takers(option))
-      raise ConfigError(f"{flag} applies to --model={names} only, not {config.model}.")
-  config.lr_drop_fractions  # noqa: B018 - raises ConfigError for a malformed --lr_drops.
+  flags.DEFINE_string(
+    "model_dir",
+    None,
+    "Directory for checkpoints, summaries, records. train.py's default: runs/<name of the "
+    "first --flagfile> (runs/resnet20 for --flagfile=configs/resnet20.cfg), else "
+    "runs/<--model>; the same command run again resumes the run there.",
+    flag_values=flag_values,
+  )
 
 
-def check_model_input(config, image_shape, num_classes):
-  """Checks that --model takes the dataset's images (height, width) and number of classes.
-
-  Raises:
-    ConfigError: it does not; the message names the model, what it takes and what it got.
-  """
-  problem = models.input_problem(config.model, tuple(image_shape), num_classes)
-  if problem:
-    raise ConfigError(problem)
-  if config.batch_norm_lr_scale != 1 and config.optimizer != "sgd":
-    raise ConfigError(
-      "--batch_norm_lr_scale needs --optimizer=sgd: Adam's steps do not grow with the gradient."
-    )
+def config_from_flags(flag_values):
+  """The Config whose fields are the parsed flags of the same names."""
+  fields = dataclasses.fields(Config)
+  return Config(**{field.name: flag_values[field.name].value for field in fields})

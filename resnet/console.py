@@ -81,6 +81,18 @@ class Progress:
     print(summary, flush=True)
 
 
+def epoch_line(epoch, epochs, train_metrics, validation, improved, learning_rate, seconds):
+  """An epoch's summary line: Meter.result() of its training steps, the validation
+  metrics, whether they are the best so far, the rate of its last step, its seconds."""
+  return (
+    f"epoch {epoch:3d}/{epochs}  train loss {train_metrics['loss']:.4f} "
+    f"acc {train_metrics['accuracy']:.4f}  val loss {validation['loss']:.4f} "
+    f"acc {validation['accuracy']:.4f}{' (best)' if improved else ''}  "
+    f"lr {learning_rate:.2e}  {seconds:.0f}s  "
+    f"{train_metrics['images_per_second']:.0f} img/s"
+  )
+
+
 class Meter:
   """Host-side sums of the train steps' outputs, steps and wall time since the last reset()."""
 
@@ -88,7 +100,7 @@ class Meter:
     self.reset()
 
   def reset(self):
-    self.sums = collections.defaultdict(float)  # Keyed as train_lib.SUM_KEYS.
+    self.sums = collections.defaultdict(float)  # Keyed as steps.SUM_KEYS.
     self.steps = 0
     self.start = time.perf_counter()
 

@@ -1,26 +1,24 @@
-"""Distribution: which strategy, which process writes, and stopping on a signal.
+"""Distribution: which strategy, and which process writes.
 
-Used by train.py and eval.py. Everything a multi-worker run needs beyond the
-strategy itself lives here: the chief (the one process that writes the model
-directory), the scratch directory of the other workers, and the preemption
-handler that makes every worker save at the same step.
+Used by train.py and eval.py. Beyond the strategy itself, a multi-worker run needs
+the chief (the one process that writes the model directory) and the scratch
+directory of the other workers; stopping on a signal is resnet/preemption.py's.
 """
 
 import contextlib
 import json
 import os
-import signal
 import tempfile
 
 import tensorflow as tf
 from absl import logging
 
-from resnet import accelerators
+from resnet import accelerators, errors
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
-class StrategyError(ValueError):
+class StrategyError(errors.UserError, ValueError):
   """A strategy that cannot be created or used as asked, with a message for the user."""
 
 
@@ -48,9 +46,9 @@ def create_strategy(name, tpu_address="", single_process=False):
   several, and otherwise the default strategy, which runs on the one device
   TensorFlow picks (GPU:0 if there is one). "one_device" pins that device
   explicitly; on the 2-core CPU machines here its distributed input iterator
-  halved the step rate (resnet20: ~100 vs ~180 images/s), hence not the
-  automatic choice. "mirrored" without GPUs mirrors over the logical CPU
-  devices (how tests get two replicas on one CPU). "multi_worker" is
+  slowed the step down (docs/speed.md), hence not the automatic choice.
+  "mirrored" without GPUs mirrors over the logical CPU devices (how tests get
+  two replicas on one CPU). "multi_worker" is
   MultiWorkerMirroredStrategy configured by TF_CONFIG: all local GPUs (or the
   CPU) of every worker, all-reduce by multi_worker_implementation(). It must
   be created before anything else starts TensorFlow's runtime. "tpu" connects
@@ -96,6 +94,22 @@ def create_strategy(name, tpu_address="", single_process=False):
   raise StrategyError(f"Unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
 
 
+def create_for_training(config):
+  """The strategy a resnet.config.Config asks for (--strategy, --tpu), checked against
+  --jit_compile and described in the log, with a warning for small per-replica batches.
+
+  Raises:
+    StrategyError: as create_strategy and check_jit_compile.
+  """
+  strategy = create_strategy(config.strategy, config.tpu)
+  if config.jit_compile:
+    check_jit_compile(strategy, config.sync_batch_norm)
+  logging.info(describe(strategy, config.strategy))
+  if warning := small_batch_norm_warning(strategy, config.batch_size, config.sync_batch_norm):
+    logging.warning(warning)
+  return strategy
+
+
 def multi_worker_implementation():
   """MultiWorkerMirroredStrategy's all-reduce: NCCL on a worker with GPUs, else RING.
 
@@ -128,7 +142,7 @@ def check_jit_compile(strategy, sync_batch_norm):
   """Raises StrategyError for what XLA cannot compile: synchronised BatchNorm, mirrored.
 
   --jit_compile compiles each replica's forward and backward pass
-  (train_lib.make_train_steps); the optimizer and the all-reduce of the
+  (steps.make_train_steps); the optimizer and the all-reduce of the
   gradients run outside it, because Keras 3's optimizer counts its steps
   through a merge_call, which TensorFlow refuses inside a compiled replica
   function (keras#21366). Synchronised BatchNorm all-reduces inside the
@@ -213,101 +227,3 @@ def scratch_directory(strategy):
     return
   with tempfile.TemporaryDirectory(prefix=f"resnet-{task_type}{task_id}-") as directory:
     yield directory
-
-
-class StopSignals:
-  """Within `with`, records SIGTERM and SIGINT instead of dying, so the loop can save.
-
-  In a single process the first signal stops the loop (`received`). In a
-  multi-worker run (`coordinated`) one worker must not leave the loop alone:
-  the signal is only recorded (`signalled`), which TensorFlow's
-  PreemptionCheckpointHandler polls; it makes every worker save at the same
-  step, then calls `preempted` on each of them.
-  """
-
-  def __init__(self, coordinated=False):
-    self.coordinated = coordinated
-    self.signal_name = None  # Name of the first signal this process received.
-    self.received = None  # Name of the signal that stops the loop.
-
-  def __enter__(self):
-    signals = (signal.SIGTERM, signal.SIGINT)
-    self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
-    return self
-
-  def __exit__(self, *exc_info):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signal_name is not None:
-      return
-    self.signal_name = signal.Signals(signum).name
-    if not self.coordinated:
-      self.received = self.signal_name
-    where = "on every worker at one step" if self.coordinated else "after the current steps"
-    logging.warning("%s received: saving a checkpoint %s.", self.signal_name, where)
-
-  def signalled(self):
-    """The PreemptionCheckpointHandler's termination_watcher_fn: whether a signal came."""
-    return self.signal_name is not None
-
-  def preempted(self):
-    """The PreemptionCheckpointHandler's exit_fn: every worker has saved; leave the loop."""
-    self.received = self.signal_name or "SIGTERM"  # Without one of its own: a peer's SIGTERM.
-
-
-def preemption_handler(strategy, checkpoint, scratch_dir, save_fn, stop_signals):
-  """TensorFlow's PreemptionCheckpointHandler for a multi-worker run, else None.
-
-  On SIGTERM or SIGINT to any worker, every worker calls `save_fn` at the same
-  step (its `save_checkpoint_if_preempted` must be called once per loop
-  iteration on every worker), then `stop_signals.preempted`. Its own manager
-  points at an empty scratch directory so it restores nothing: the caller
-  restores, with the fallback past damaged files.
-
-  The handler otherwise adapts itself to the platform it detects: on a Google
-  Cloud GPU VM it watches the maintenance-event metadata instead of SIGTERM and
-  waits out a grace period of an hour; on a Google Cloud CPU VM it does nothing
-  at all. Either way a SIGTERM or Ctrl-C would kill one worker without a save
-  and leave the others hanging in a collective. So the signals are our own
-  (`stop_signals.signalled`, polled by a thread of the handler every second),
-  with no grace period, and the handler is built as on any other machine.
-  (GCE's maintenance notice, up to an hour ahead, is not watched; the SIGTERM
-  of the shutdown that follows it is.)
-  """
-  if scratch_dir is None:
-    return None
-  with _platform_detection_off():
-    return tf.distribute.experimental.PreemptionCheckpointHandler(
-      strategy.cluster_resolver,
-      tf.train.CheckpointManager(checkpoint, os.path.join(scratch_dir, "unused"), max_to_keep=1),
-      termination_config=tf.distribute.experimental.TerminationConfig(
-        termination_watcher_fn=stop_signals.signalled,
-        exit_fn=stop_signals.preempted,
-        grace_period=0,
-        save_fn=save_fn,
-      ),
-    )
-
-
-@contextlib.contextmanager
-def _platform_detection_off():
-  """Makes the PreemptionCheckpointHandler built within see an ordinary machine.
-
-  Its platform detection (TensorFlow 2.21, failure_handling_util) also asks
-  GCE's metadata server over HTTP, for up to 5 s, before every run.
-  """
-  try:  # A private module: if TensorFlow moves it, the handler detects as it likes.
-    from tensorflow.python.distribute.failure_handling import failure_handling_util as util
-  except ImportError:
-    logging.warning("Cannot turn off the PreemptionCheckpointHandler's platform detection.")
-    yield
-    return
-  detect = util.detect_platform
-  util.detect_platform = lambda: util.PlatformDevice.INTERNAL_CPU  # Same code path as GPU.
-  try:
-    yield
-  finally:
-    util.detect_platform = detect

@@ -1,7 +1,10 @@
 r"""Exports the best model of a training run for serving, as a SavedModel and a .keras file.
 
-  python -m resnet.export --model_dir=runs/resnet20
-  python -m resnet.export --model_dir=runs/resnet20 --checkpoint=runs/resnet20/checkpoints/ckpt-7800
+train.py calls `export_best_model` when a run finishes; for any run or checkpoint later:
+
+  python -m resnet.tools.export --model_dir=runs/resnet20
+  python -m resnet.tools.export --model_dir=runs/resnet20 \
+    --checkpoint=runs/resnet20/checkpoints/ckpt-7800
 
 Writes (replacing an older export):
   MODEL_DIR/export/saved_model/  TensorFlow SavedModel. Its "serving_default" signature takes
@@ -17,19 +20,17 @@ precision the run trained in.
 """
 
 import os
-import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
 
-from data import augment, sources
-from resnet import checkpointing, files, run_record
+from data import augment, datasets
+from resnet import files, run_record
 
 EXPORT_DIR = "export"
 
-IMAGE_SHAPE = (sources.IMAGE_SIZE, sources.IMAGE_SIZE, 3)  # What the export takes, uint8.
+IMAGE_SHAPE = (datasets.IMAGE_SIZE, datasets.IMAGE_SIZE, 3)  # What the export takes, uint8.
 
 
 def export_paths(model_dir):
@@ -71,7 +72,7 @@ def keras_classifier(model, input_normalization=None):
   if None, up to float rounding), so the .keras file needs no code of ours beyond
   the ResNet class.
   """
-  normalization = input_normalization or augment.CIFAR10_NORMALIZATION
+  normalization = input_normalization or datasets.CIFAR10.normalization
   images = keras.Input(IMAGE_SHAPE, dtype="uint8", name="images")
   # Explicit float32 layers: a global mixed-precision policy must not leak into the export.
   x = keras.layers.Rescaling(1.0 / 255.0, dtype="float32")(images)
@@ -125,24 +126,3 @@ def export_best_model(model_dir, checkpoint_path=None):
   files.replace_directory(temporary["saved_model"], paths["saved_model"])
   tf.io.gfile.rename(temporary["keras"], paths["keras"], overwrite=True)
   return paths
-
-
-def main(argv):
-  """Exports --model_dir's best (or --checkpoint) model and prints the paths written."""
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  # SavedModel saving logs info lines ("Writing fingerprint to ...") through absl: noise here.
-  logging.set_verbosity(logging.WARNING)
-  try:
-    paths = export_best_model(flags.FLAGS.model_dir, flags.FLAGS.checkpoint)
-  except (checkpointing.CheckpointError, OSError, tf.errors.OpError) as error:
-    sys.exit(f"resnet.export: error: {checkpointing.one_line_message(error)}")
-  print(f"Wrote {paths['saved_model']}")
-  print(f"Wrote {paths['keras']}")
-
-
-if __name__ == "__main__":
-  flags.DEFINE_string("model_dir", None, "Model directory written by train.py.")
-  flags.DEFINE_string("checkpoint", None, "Checkpoint to export (default: MODEL_DIR/best).")
-  flags.mark_flag_as_required("model_dir")
-  app.run(main)

@@ -14,7 +14,7 @@ def predict(predict_step, distributed_dataset, num_examples):
   """Per-example outputs over a whole eval dataset, padding removed, in split order.
 
   Args:
-    predict_step: from train_lib.make_predict_step.
+    predict_step: from steps.make_predict_step.
     distributed_dataset: from data.pipeline.distribute_eval_dataset.
     num_examples: examples in the split (without the padding).
 

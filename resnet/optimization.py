@@ -155,7 +155,7 @@ def weight_decay_penalty(
 
   With `batch_norm_weight_decay` the BatchNorm scales and offsets are decayed
   too, by weight_decay / batch_norm_lr_scale: their gradients are then scaled
-  by batch_norm_lr_scale (train_lib.make_train_steps), so they decay by as much per step
+  by batch_norm_lr_scale (steps.make_train_steps), so they decay by as much per step
   as the kernels do, as in airbench.
   """
   penalty = weight_decay * l2_penalty(model)

@@ -3,7 +3,7 @@
 bfloat16 keeps float32's exponent range (no loss scaling) but is only fast where
 the hardware computes in it: TPUs, NVIDIA GPUs from compute capability 8.0
 (Ampere), and CPUs with AMX or AVX-512 BF16. Elsewhere on CPUs it is emulated,
-~13x slower than float32 (measured on an AVX2-only EPYC, docs/speed.md). Older
+far slower than float32 (docs/speed.md). Older
 NVIDIA GPUs with tensor cores (Volta, Turing: 7.x) get float16 with loss
 scaling. Those without (Pascal and before) get float32: compute capability 6.1
 (P4, P40, GTX 10x0) runs float16 at a small fraction of its float32 rate, and
@@ -11,9 +11,12 @@ on a P100 (6.0) TensorFlow's guide expects no arithmetic gain, only memory
 traffic saved, against loss scaling's cost and skipped steps.
 """
 
-import tensorflow as tf
+import dataclasses
 
-from resnet import run_record
+import tensorflow as tf
+from absl import logging
+
+from resnet import machine, run_record
 
 VOLTA = (7, 0)  # First NVIDIA compute capability with (float16) tensor cores.
 AMPERE = (8, 0)  # First NVIDIA compute capability with bfloat16 tensor cores.
@@ -23,7 +26,7 @@ def choose(cpu_flags, gpu_compute_capabilities, tpu=False):
   """The precision for these devices, and why.
 
   Args:
-    cpu_flags: {flag: present} as run_record.cpu_flags() returns it.
+    cpu_flags: {flag: present} as machine.cpu_flags() returns it.
     gpu_compute_capabilities: [(major, minor), or None where TensorFlow does not say]
       of the GPUs the run uses ([] for none).
     tpu: whether the run is on a TPU.
@@ -43,7 +46,7 @@ def choose(cpu_flags, gpu_compute_capabilities, tpu=False):
     if oldest >= VOLTA:
       return "mixed_float16", f"{name}: float16 tensor cores, with loss scaling"
     return "float32", f"{name}: before 7.0, no tensor cores"
-  for flag, name in run_record.NATIVE_BFLOAT16_CPU_FLAGS:
+  for flag, name in machine.NATIVE_BFLOAT16_CPU_FLAGS:
     if cpu_flags.get(flag):
       return "mixed_bfloat16", f"CPU with {name}"
   return "float32", "CPU without AMX or AVX-512 BF16: bfloat16 would be emulated"
@@ -61,7 +64,7 @@ def gpu_compute_capabilities():
 def choose_for_this_machine(strategy):
   """choose() for the devices `strategy` runs on."""
   tpu = isinstance(strategy, tf.distribute.TPUStrategy)
-  return choose(run_record.cpu_flags(), gpu_compute_capabilities(), tpu=tpu)
+  return choose(machine.cpu_flags(), gpu_compute_capabilities(), tpu=tpu)
 
 
 def resolve_auto(model_dir, strategy):
@@ -86,3 +89,13 @@ def resolve_auto(model_dir, strategy):
     return kept, f"kept: {kept} (begun with it given, not auto)"
   chosen, reason = choose_for_this_machine(strategy)
   return chosen, f"auto: {chosen} ({reason})"
+
+
+def resolve(config, strategy, model_dir):
+  """(`config` with --precision=auto resolved by resolve_auto, logged; the choice and its
+  reason for run.json's precision_choice, or None when --precision was given)."""
+  if config.precision != "auto":
+    return config, None
+  chosen, choice = resolve_auto(model_dir, strategy)
+  logging.info("--precision=auto: %s.", choice)
+  return dataclasses.replace(config, precision=chosen), choice

@@ -39,6 +39,8 @@ import time
 import tensorflow as tf
 from absl import logging
 
+from resnet import errors
+
 LOCK_FILE = "run.lock"
 REFRESH_SECONDS = 20
 STALE_SECONDS = 50  # Two missed refreshes, and a slow write: the holder is presumed dead.
@@ -46,7 +48,7 @@ WATCH_SECONDS = 5  # How often a waiting start reads the lock again.
 OWNER_KEYS = {"host", "pid", "start_ticks", "started", "refreshed", "token"}
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(errors.UserError, RuntimeError):
   """Another run holds the model directory, with a message naming it."""
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from data import augment
-from resnet import checkpointing, files, models
+from data import datasets
+from resnet import checkpointing, files, machine, models
 from resnet.models import cifar_resnet
 
 RUN_RECORD = "run.json"
@@ -74,7 +74,7 @@ def resolve_stride2_padding(model_dir, requested):
 def input_normalization(record):
   """{"mean": [3], "std": [3]}, [0, 1] pixel units: how the run normalised its images (for
   augment.normalize); CIFAR-10's statistics for runs recorded before the key existed."""
-  normalization = record.get("input_normalization") or augment.CIFAR10_NORMALIZATION
+  normalization = record.get("input_normalization") or datasets.CIFAR10.normalization
   return {"mean": list(normalization["mean"]), "std": list(normalization["std"])}
 
 
@@ -89,20 +89,21 @@ def _model_definition(record):
   }
 
 
-def resolve_model_facts(model_dir, config, class_names):
+def resolve_model_facts(model_dir, config, class_names, new_run_normalization):
   """A run's model-defining facts beyond its flags, before it starts.
 
   A resumed run keeps those of its record. A new run with `config.init_from` takes
   --stride2_padding (when "auto") and the input normalisation from that run, whose
   --model and number of classes must be this run's; any other new run pads
-  symmetrically and normalises with CIFAR-10's statistics.
+  symmetrically and normalises with `new_run_normalization` (its dataset's statistics,
+  data.datasets.input_normalization).
 
   Returns:
     (`config` with stride2_padding resolved, {"input_normalization": ...} to record).
 
   Raises:
     CheckpointError: --init_from is no training run or its model differs; or `model_dir`
-      holds an imported model (resnet.import_reference), not a run to resume.
+      holds an imported model (resnet.tools.import_reference), not a run to resume.
   """
   record = read_run_record(model_dir)
   if record is not None and "imported_from" in record:
@@ -112,7 +113,8 @@ def resolve_model_facts(model_dir, config, class_names):
     )
   if record is not None or not config.init_from:
     padding = resolve_stride2_padding(model_dir, config.stride2_padding)
-    facts = {"input_normalization": input_normalization(record or {})}
+    normalization = input_normalization(record) if record else new_run_normalization
+    facts = {"input_normalization": normalization}
     return dataclasses.replace(config, stride2_padding=padding), facts
   source = _model_definition(trained_run_record(config.init_from))
   padding = config.stride2_padding
@@ -170,68 +172,6 @@ def _git_commit():
     return None
 
 
-def cpu_model(cpuinfo_path="/proc/cpuinfo"):
-  """The CPU's model name ("AMD EPYC", ...) from /proc/cpuinfo, else platform's guess."""
-  try:
-    with open(cpuinfo_path) as file:
-      for line in file:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-# CPU features that make reduced precision fast on x86 (oneDNN uses them);
-# without them TensorFlow emulates bfloat16 and float16 arithmetic in float32.
-REDUCED_PRECISION_CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
-
-
-def _all_cpu_flags(cpuinfo_path):
-  """The set of flags /proc/cpuinfo lists, or None where it is missing."""
-  try:
-    with open(cpuinfo_path) as file:
-      present = set()
-      for line in file:
-        if line.startswith("flags"):
-          present.update(line.split(":", 1)[1].split())
-  except OSError:
-    return None
-  return present
-
-
-def cpu_flags(cpuinfo_path="/proc/cpuinfo"):
-  """Which of REDUCED_PRECISION_CPU_FLAGS this CPU has ({} where /proc/cpuinfo is missing)."""
-  present = _all_cpu_flags(cpuinfo_path)
-  if present is None:
-    return {}
-  return {flag: flag in present for flag in REDUCED_PRECISION_CPU_FLAGS}
-
-
-# The CPU features that compute bfloat16 natively (else oneDNN emulates it, ~13x slower
-# here), best first, with the names cpu_label and --precision=auto give them.
-NATIVE_BFLOAT16_CPU_FLAGS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"))
-
-
-def cpu_label(cpuinfo_path="/proc/cpuinfo"):
-  """The CPU's model and its widest vector unit, e.g. "AMD EPYC (AVX2)": the same model
-  name covers CPUs whose speed differs 2.5x here (AVX2 only, AVX-512 BF16, AMX)."""
-  present = _all_cpu_flags(cpuinfo_path) or set()
-  for flag, name in (*NATIVE_BFLOAT16_CPU_FLAGS, ("avx512f", "AVX-512"), ("avx2", "AVX2")):
-    if flag in present:
-      return f"{cpu_model(cpuinfo_path)} ({name})"
-  return cpu_model(cpuinfo_path)
-
-
-def machine_description():
-  """{"host", "cpu" (cpu_label), "cpu_count", "gpus"}: what a run's speed was measured on."""
-  gpus = []
-  for device in tf.config.list_physical_devices("GPU"):
-    details = tf.config.experimental.get_device_details(device)
-    gpus.append(details.get("device_name", device.name))
-  return {"host": platform.node(), "cpu": cpu_label(), "cpu_count": os.cpu_count(), "gpus": gpus}
-
-
 def start_run_record(model_dir, config, write=True, **facts):
   """Creates MODEL_DIR/run.json, or extends it when a run resumes.
 
@@ -273,10 +213,30 @@ def start_run_record(model_dir, config, write=True, **facts):
   )
   record["starts"].append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
   # Per start, as a resumed run may land on another machine (figures are per machine).
-  record.setdefault("machines", []).append(machine_description())
+  record.setdefault("machines", []).append(machine.machine_description())
   if write:
     files.write_json(os.path.join(model_dir, RUN_RECORD), record)
   return record
+
+
+def start_training_record(model_dir, config, write, data_facts, model_facts, strategy, choice):
+  """start_run_record for train.py: a resnet.config.Config, the data's and the model's
+  facts (TrainingData.facts, resolve_model_facts), the strategy and the precision choice.
+
+  Returns:
+    The run record; raises as start_run_record.
+  """
+  return start_run_record(
+    model_dir,
+    dataclasses.asdict(config),
+    write=write,
+    **data_facts,
+    **model_facts,
+    peak_learning_rate=config.peak_learning_rate,
+    num_replicas=strategy.num_replicas_in_sync,
+    precision_choice=choice,
+    devices=[device.name for device in tf.config.list_logical_devices()],
+  )
 
 
 def load_trained_model(model_dir, checkpoint_path=None):

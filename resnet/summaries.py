@@ -69,7 +69,7 @@ def write_validation(writers, step, epoch, validation, data, model, best_accurac
 
   Args:
     validation: metrics.evaluate's dict of the validation examples of `data`, a
-      pipeline.TrainingData; best_accuracy: the best validation accuracy so far.
+      training_data.TrainingData; best_accuracy: the best validation accuracy so far.
   """
   writer, images, class_names = writers["validation"], data.validation[0], data.class_names
   per_class = {  # A class's recall is the accuracy on that class.
@@ -143,9 +143,19 @@ def _markdown_table(config):
   return "\n".join(["| flag | value |", "| --- | --- |", *rows])
 
 
+def create_run_writers(model_dir, chief, step, config, run_record, data, seed):
+  """create_writers; on the chief, with the run's start written at `step` (write_run_start,
+  write_data_pictures of a training_data.TrainingData). `config`: the resolved flags, a dict."""
+  writers = create_writers(model_dir, chief)
+  if chief:
+    write_run_start(writers, step, config, run_record, model_dir)
+    write_data_pictures(writers, step, model_dir, data, seed)
+  return writers
+
+
 def write_data_pictures(writers, step, model_dir, data, seed):
   """Class samples (also MODEL_DIR/class_samples.png), and global batch `step` as the model
-  sees it (augmented, before normalisation), of a pipeline.TrainingData."""
+  sees it (augmented, before normalisation), of a training_data.TrainingData."""
   class_names = data.class_names
   class_grid = visualize.class_grid_png(*data.train, class_names, seed=seed)
   files.write_bytes(os.path.join(model_dir, "class_samples.png"), class_grid)

@@ -1,7 +1,7 @@
 """Reads the tensors of a file written by PyTorch's legacy `torch.save`, without PyTorch.
 
 Why not PyTorch: the only files we read this way are the reference implementation's
-published weights (resnet/import_reference.py), and PyTorch (hundreds of MB) is no
+published weights (resnet/tools/import_reference.py), and PyTorch (hundreds of MB) is no
 dependency of the project; training, evaluation and the tests must not need it. The
 legacy format, which those 2018 files use, is plain pickle plus raw bytes:
 

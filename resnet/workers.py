@@ -16,7 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from resnet import checkpointing, distribute
+from resnet import distribute, errors
 
 LINE_BYTES = 1024  # Of one worker's line (UTF-8); longer lines are cut.
 
@@ -78,7 +78,7 @@ def failing_together(strategy):
     yield
   except BaseException as error:  # Ctrl-C too: the others must hear of it, then it goes on up.
     with contextlib.suppress(distribute.StrategyError):  # This worker's error says more.
-      gather_lines(strategy, checkpointing.one_line_message(error))
+      gather_lines(strategy, errors.one_line_message(error))
     raise
   for worker, line in gather_lines(strategy, ""):
     if line:

@@ -30,12 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from data import augment  # noqa: E402
-from resnet import (  # noqa: E402
-  distribute,
-  models,  # noqa: E402
-  optimization,
-  train_lib,
-)
+from resnet import distribute, models, optimization, steps  # noqa: E402
 
 GLOBAL_BATCH = 16
 NUM_CLASSES = 3
@@ -72,7 +67,7 @@ def main(kind):
     model = models.create_model("resnet8", NUM_CLASSES, precision="mixed_float16")
     optimizer = optimization.create_optimizer(1e-3, "mixed_float16")
     optimizer.build(model.trainable_variables)
-  train_steps = train_lib.make_train_steps(
+  train_steps = steps.make_train_steps(
     strategy,
     model,
     optimizer,

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from data import pipeline  # noqa: E402
-from resnet import distribute, optimization, train_lib  # noqa: E402
+from resnet import distribute, optimization, steps  # noqa: E402
 
 COLLECTIVE_OPS = {"CollectiveReduce", "CollectiveReduceV2", "CollectiveReduceV3", "NcclAllReduce"}
 NUM_CLASSES = 3
@@ -38,7 +38,7 @@ def main():
     )
     optimizer = optimization.create_optimizer(1e-3, precision="mixed_float16")  # Loss scaling.
     optimizer.build(model.trainable_variables)
-  train_steps = train_lib.make_train_steps(
+  train_steps = steps.make_train_steps(
     strategy, model, optimizer, global_batch_size=16, num_classes=NUM_CLASSES
   )
   rng = np.random.default_rng(0)

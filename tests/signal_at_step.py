@@ -19,8 +19,9 @@ import signal  # noqa: E402
 import time  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
-from absl import app  # noqa: E402
+from absl import app, flags  # noqa: E402
 
+from resnet import config as config_lib  # noqa: E402
 from resnet import optimization  # noqa: E402
 
 SIGNAL_AT_STEP = int(os.environ["SIGNAL_AT_STEP"])  # 1 = the run's first step.
@@ -48,5 +49,5 @@ def _counting_cross_entropy(*args, **kwargs):
 
 if __name__ == "__main__":
   optimization.cross_entropy = _counting_cross_entropy
-  train.define_flags()
-  app.run(train.main)
+  config_lib.define_flags(flags.FLAGS)
+  app.run(train.main, flags_parser=train.parse_command_line)

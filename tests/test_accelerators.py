@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import train
-from resnet import accelerators, distribute, precision, run_record
+from resnet import accelerators, distribute, machine, precision
 from tests.test_train import debug_config
 
 # The environment variables through which TensorFlow's Cloud TPU client finds a TPU by name.
@@ -102,7 +102,7 @@ def fake_gpus(monkeypatch, details):
 )
 def test_auto_precision_reads_each_gpu_s_compute_capability(monkeypatch, details, expected):
   # A CPU with bfloat16 that must not decide: the GPUs run the step.
-  monkeypatch.setattr(run_record, "cpu_flags", lambda: {"avx512_bf16": True, "amx_bf16": True})
+  monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx512_bf16": True, "amx_bf16": True})
   fake_gpus(monkeypatch, details)
   chosen, reason = precision.choose_for_this_machine(tf.distribute.get_strategy())
   assert chosen == expected, reason

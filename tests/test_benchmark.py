@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from resnet import benchmark, run_record, step_profile
+from resnet import machine
+from resnet.tools import benchmark, benchmark_report, step_profile
 
 
 def test_a_tiny_benchmark_reports_every_figure(tmp_path):
@@ -28,7 +29,7 @@ def test_a_tiny_benchmark_reports_every_figure(tmp_path):
   assert report["end_to_end_over_keras_fit"] > 0
   assert report["end_to_end_over_keras_fit_keras_batch_norm"] > 0
   (tmp_path / "report.json").write_text(json.dumps(report))  # JSON-ready.
-  text = benchmark.format_report(report)
+  text = benchmark_report.format_report(report)
   assert "end to end / model.fit" in text and "matmul peak" in text
   assert report["machine"]["host_cores"] >= 1 and report["input_pipeline_per_core"] > 0
   assert "images/s per host core" in text
@@ -41,7 +42,7 @@ def test_a_tiny_benchmark_reports_every_figure(tmp_path):
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
   cpuinfo = tmp_path / "cpuinfo"
   cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nflags\t: fpu\n")
-  flags = run_record.cpu_flags(str(cpuinfo))
+  flags = machine.cpu_flags(str(cpuinfo))
   assert flags == {
     "avx512f": True,
     "avx512_bf16": True,
@@ -49,9 +50,9 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     "amx_bf16": False,
     "amx_fp16": False,
   }
-  assert run_record.cpu_flags(str(tmp_path / "missing")) == {}
+  assert machine.cpu_flags(str(tmp_path / "missing")) == {}
   cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n")
-  assert run_record.cpu_label(str(cpuinfo)) == "AMD EPYC (AVX2)"
+  assert machine.cpu_label(str(cpuinfo)) == "AMD EPYC (AVX2)"
 
 
 def test_the_step_profile_counts_every_convolution_of_the_step(tmp_path):

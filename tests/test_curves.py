@@ -1,11 +1,11 @@
-"""resnet.curves reads a run's TensorBoard events into the right table."""
+"""resnet.tools.curves reads a run's TensorBoard events into the right table."""
 
 import json
 
 import pytest
 import tensorflow as tf
 
-from resnet import curves
+from resnet.tools import curves
 
 
 def _write_run(model_dir, steps_per_epoch=10):

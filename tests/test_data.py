@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import augment, pipeline, sources
+from data import augment, datasets, pipeline, sources
 from resnet import distribute
 
 
@@ -25,8 +25,22 @@ def test_normalize_eagerly_and_inside_tf_data_agree():
   in_data = next(iter(tf.data.Dataset.from_tensors(images).map(augment.normalize))).numpy()
   np.testing.assert_allclose(eager, in_data, rtol=1e-6)
   assert eager.dtype == np.float32
-  expected = (images / 255.0 - np.array(augment.CIFAR10_MEAN)) / np.array(augment.CIFAR10_STD)
+  expected = (images / 255.0 - np.array(datasets.CIFAR10.mean)) / np.array(datasets.CIFAR10.std)
   np.testing.assert_allclose(eager, expected, atol=1e-5)
+
+
+def test_each_dataset_brings_its_statistics_and_others_get_their_own():
+  images, _ = random_split(5000)
+  stats = datasets.statistics(images, chunk=700)  # Chunks that do not divide the images.
+  pixels = images.reshape(-1, 3) / 255.0
+  np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0), atol=1e-4)
+  np.testing.assert_allclose(stats["std"], pixels.std(axis=0), atol=1e-4)
+  assert datasets.input_normalization("cifar10", images) == datasets.CIFAR10.normalization
+  assert datasets.input_normalization("folder:/x", images) == datasets.CIFAR10.normalization
+  assert datasets.input_normalization("svhn_cropped", images) == stats  # Not in the table.
+  for name, dataset in datasets.DATASETS.items():
+    assert dataset.image_size == datasets.IMAGE_SIZE, name  # What the pipeline takes today.
+    assert len(dataset.mean) == len(dataset.std) == 3 and dataset.class_names, name
 
 
 def test_crop_and_flip():

@@ -28,8 +28,10 @@ from resnet import (
   distribute,
   models,
   optimization,
+  preemption,
   run_lock,
   run_record,
+  steps,
   train_lib,
 )
 from resnet.lookahead import Lookahead
@@ -52,7 +54,7 @@ def make_training(
     else:
       optimizer = optimization.create_optimizer(1e-3, precision)
     optimizer.build(model.trainable_variables)
-  train_steps = train_lib.make_train_steps(
+  train_steps = steps.make_train_steps(
     strategy,
     model,
     optimizer,
@@ -166,7 +168,7 @@ def test_moving_statistics_are_averaged_over_replicas():
   copies = [[c.numpy() for c in v.value.values] for v in model.non_trainable_variables]
   # Keras 3 lets each replica keep its own moving statistics ...
   assert max(np.abs(a - b).max() for a, b in copies) > 1e-4
-  train_lib.make_average_moving_statistics(strategy, model)()
+  steps.make_average_moving_statistics(strategy, model)()
   for variable, (a, b) in zip(model.non_trainable_variables, copies, strict=True):
     for copy in variable.value.values:  # ... until they are set to their mean.
       np.testing.assert_allclose(copy.numpy(), (a + b) / 2, rtol=1e-6, atol=1e-7)
@@ -208,7 +210,7 @@ def test_a_call_of_the_steps_runs_few_all_reduces(jit_compile):
     )
     optimizer = optimization.create_optimizer(1e-3, precision="mixed_float16")  # Loss scaling.
     optimizer.build(model.trainable_variables)
-  train_steps = train_lib.make_train_steps(
+  train_steps = steps.make_train_steps(
     strategy,
     model,
     optimizer,
@@ -225,7 +227,7 @@ def test_a_call_of_the_steps_runs_few_all_reduces(jit_compile):
   assert bool(compiled) == jit_compile
   assert not [node for f in compiled for node in f.node_def if node.op in COLLECTIVE_OPS]
   # The moving statistics of all BatchNorm layers (2 here, 19 in ResNet-20) in one.
-  average = train_lib.make_average_moving_statistics(strategy, model)
+  average = steps.make_average_moving_statistics(strategy, model)
   assert len(model.non_trainable_variables) == 4 and all_reduces(average) == (1, 0)
 
 
@@ -347,7 +349,7 @@ def test_the_xla_step_on_mirrored_gpus_trains_as_the_plain_step(precision, monke
       optimizer = optimization.create_optimizer(1e-2, precision, name="sgd")
       optimizer.build(model.trainable_variables)
       lookahead = Lookahead(model, 1, total_steps=3, start_epochs=0, every_steps=1)
-    train_steps = train_lib.make_train_steps(
+    train_steps = steps.make_train_steps(
       strategy,
       model,
       optimizer,
@@ -509,11 +511,11 @@ def test_a_signal_saves_whatever_platform_the_preemption_handler_detects(
     failure_handling_util, "detect_platform", lambda: failure_handling_util.PlatformDevice[platform]
   )
   saves = []
-  stop = distribute.StopSignals(coordinated=True)
+  stop = preemption.StopSignals(coordinated=True)
   one_worker = types.SimpleNamespace(
     cluster_resolver=tf.distribute.cluster_resolver.SimpleClusterResolver(tf.train.ClusterSpec({}))
   )
-  handler = distribute.preemption_handler(
+  handler = preemption.create_handler(
     one_worker, tf.train.Checkpoint(), str(tmp_path), lambda: saves.append(1), stop
   )
   with stop:

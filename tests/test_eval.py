@@ -197,9 +197,9 @@ BAD_TRAIN_FLAGS = {
 def train_in_process(args):
   """train.py's command line, parsed and run here: (exit status, message)."""
   flag_values = flags.FlagValues()
-  train.define_flags(flag_values)
+  config_lib.define_flags(flag_values)
   try:
-    train.main(flag_values(["train.py", *args]), flag_values)
+    train.main(train.parse_command_line(["train.py", *args], flag_values), flag_values)
   except flags.Error as error:  # app.run prints it and exits with 1.
     return 1, str(error)
   except SystemExit as exit:  # sys.exit("train.py: error: ...") exits with 1.

@@ -1,4 +1,4 @@
-"""resnet.export and resnet.predict: exports agree with the in-process model, bad input fails
+"""resnet.export and resnet.tools.predict: exports agree with the in-process model, bad input fails
 cleanly."""
 
 import os
@@ -13,7 +13,8 @@ import tensorflow as tf
 
 import train
 from data import augment, sources
-from resnet import checkpointing, export, models, predict, run_record
+from resnet import checkpointing, export, models, run_record
+from resnet.tools import predict
 from tests.conftest import CLASS_NAMES
 from tests.test_train import debug_config
 
@@ -155,7 +156,7 @@ def test_predict_command_prints_the_top_classes_of_png_and_jpeg(
   work_dir = tmp_path / "cwd"
   work_dir.mkdir()
   result = run_module(
-    "resnet.predict", f"--model_dir=file://{model_dir}", "--top_k=2", png, jpeg, cwd=work_dir
+    "resnet.tools.predict", f"--model_dir=file://{model_dir}", "--top_k=2", png, jpeg, cwd=work_dir
   )
   assert result.returncode == 0, result.stderr
   assert os.listdir(work_dir) == []
@@ -186,14 +187,14 @@ def test_commands_fail_with_one_line_naming_the_problem(
   good = os.path.join(image_folder, "test", "cat", "0000.png")
   missing = str(tmp_path / "missing.png")
   cases = {  # command line -> the message expected
-    ("resnet.predict", f"--model_dir={model_dir}", good, missing): (
-      f"resnet.predict: error: Cannot read the image {missing}: No such file"
+    ("resnet.tools.predict", f"--model_dir={model_dir}", good, missing): (
+      f"resnet.tools.predict: error: Cannot read the image {missing}: No such file"
     ),
-    ("resnet.predict", f"--model_dir={tmp_path}", good): (
-      f"run `python -m resnet.export --model_dir={tmp_path}` first"
+    ("resnet.tools.predict", f"--model_dir={tmp_path}", good): (
+      f"run `python -m resnet.tools.export --model_dir={tmp_path}` first"
     ),
-    ("resnet.export", f"--model_dir={tmp_path}"): (
-      f"resnet.export: error: {tmp_path} is not a training run: it has no run.json."
+    ("resnet.tools.export", f"--model_dir={tmp_path}"): (
+      f"resnet.tools.export: error: {tmp_path} is not a training run: it has no run.json."
     ),
   }
   # Started together: each process spends most of its ~5 s importing TensorFlow.

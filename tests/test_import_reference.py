@@ -1,4 +1,4 @@
-"""resnet.import_reference and --init_from: the reference's own logits, parameter counts, bad
+"""resnet.tools.import_reference and --init_from: the reference's own logits, parameter counts, bad
 input, and evaluation, prediction and fine-tuning of an imported run.
 
 Tests that need the reference's published weights read them from ../shared/reference beside
@@ -17,9 +17,10 @@ import pytest
 import tensorflow as tf
 
 import train
-from data import augment, sources
-from resnet import checkpointing, export, import_reference, models, predict, run_record
-from resnet.import_reference import ImportReferenceError
+from data import augment, datasets, sources
+from resnet import checkpointing, export, models, run_record
+from resnet.tools import import_reference, predict, reference_weights
+from resnet.tools.reference_weights import ImportReferenceError
 from tests.conftest import write_image_folder
 from tests.test_torch_format import write_legacy_file
 from tests.test_train import debug_config
@@ -72,9 +73,9 @@ def test_normalize_takes_the_runs_statistics_and_old_records_mean_cifar10():
   reference = import_reference.REFERENCE_NORMALIZATION
   expected = (images / 255.0 - np.array(reference["mean"])) / np.array(reference["std"])
   np.testing.assert_allclose(augment.normalize(images, **reference), expected, atol=1e-5)
-  assert run_record.input_normalization({}) == augment.CIFAR10_NORMALIZATION
+  assert run_record.input_normalization({}) == datasets.CIFAR10.normalization
   np.testing.assert_array_equal(
-    augment.normalize(images, **augment.CIFAR10_NORMALIZATION), augment.normalize(images)
+    augment.normalize(images, **datasets.CIFAR10.normalization), augment.normalize(images)
   )
 
 
@@ -97,7 +98,7 @@ def test_init_from_starts_a_new_run_from_the_best_weights_and_a_resume_ignores_i
   record = run_record.read_run_record(model_dir)
   assert record["config"]["init_from"] == source_dir
   assert record["config"]["stride2_padding"] == "same"
-  assert record["input_normalization"] == augment.CIFAR10_NORMALIZATION
+  assert record["input_normalization"] == datasets.CIFAR10.normalization
   source, _, _ = run_record.load_trained_model(source_dir)
   tuned, _, _ = run_record.load_trained_model(model_dir)
   for ours, theirs in zip(tuned.trainable_variables, source.trainable_variables, strict=True):
@@ -122,12 +123,12 @@ def test_init_from_starts_a_new_run_from_the_best_weights_and_a_resume_ignores_i
 @pytest.mark.parametrize("model_name", sorted(PARAMETERS))
 def test_each_published_depth_maps_onto_ours_with_its_parameter_count(model_name):
   data = open(reference_file(model_name), "rb").read()
-  import_reference.check_published_hash(reference_file(model_name), data)
-  state, _ = import_reference.reference_state(model_name, data)
+  reference_weights.check_published_hash(reference_file(model_name), data)
+  state, _ = reference_weights.reference_state(model_name, data)
   parameters = sum(value.size for name, value in state.items() if "running_" not in name)
   assert parameters == PARAMETERS[model_name]
   model = models.create_model(model_name, stride2_padding="symmetric")
-  import_reference.assign_reference_weights(model, state)  # Every tensor used exactly once.
+  reference_weights.assign_reference_weights(model, state)  # Every tensor used exactly once.
   np.testing.assert_array_equal(
     model.stem_conv.kernel.numpy(), state["conv1.weight"].transpose(2, 3, 1, 0)
   )
@@ -250,7 +251,7 @@ def test_import_command_fails_with_one_line(tmp_path):
     [
       sys.executable,
       "-m",
-      "resnet.import_reference",
+      "resnet.tools.import_reference",
       f"--checkpoint={tmp_path / 'bad.th'}",
       f"--model_dir={tmp_path / 'out'}",
     ],
@@ -262,7 +263,7 @@ def test_import_command_fails_with_one_line(tmp_path):
   assert result.returncode != 0 and result.stdout == "" and "Traceback" not in result.stderr
   messages = [line for line in result.stderr.splitlines() if line.startswith("resnet.")]
   assert messages == [
-    f"resnet.import_reference: error: {tmp_path / 'bad.th'} is not a reference checkpoint: "
+    f"resnet.tools.import_reference: error: {tmp_path / 'bad.th'} is not a reference checkpoint: "
     "it is not a torch.save file (UnpicklingError)."
   ], result.stderr
   assert sorted(os.listdir(tmp_path)) == ["bad.th"]

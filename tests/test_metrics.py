@@ -12,7 +12,7 @@ import tensorflow as tf
 from sklearn import metrics as sk_metrics
 
 from data import augment, pipeline
-from resnet import distribute, metrics, models, train_lib
+from resnet import distribute, metrics, models, steps
 
 
 def model_and_examples(strategy, count, seed):
@@ -30,7 +30,7 @@ def test_evaluate_counts_every_example_and_agrees_with_predict(strategy_name):
   strategy = distribute.create_strategy(strategy_name)
   model, images, labels = model_and_examples(strategy, 23, seed=2)
   dataset = pipeline.distribute_eval_dataset(strategy, images, labels, global_batch_size=8)
-  predict_step = train_lib.make_predict_step(strategy, model)
+  predict_step = steps.make_predict_step(strategy, model)
   result = metrics.evaluate(predict_step, [(1.0, dataset)], 23, ["bird", "cat", "dog"])
   probabilities, seen_labels = metrics.predict(predict_step, dataset, 23)
   np.testing.assert_array_equal(seen_labels, labels)
@@ -55,7 +55,7 @@ import keras, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 3)
 from data import augment, pipeline
-from resnet import distribute, metrics, train_lib
+from resnet import distribute, metrics, steps
 strategy = distribute.create_strategy("mirrored")
 rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (21, 32, 32, 3), dtype=np.uint8)
@@ -65,7 +65,7 @@ with strategy.scope():
   model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3),
                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
 one_device = tf.nn.softmax(model(augment.normalize(images))).numpy()
-predict_step = train_lib.make_predict_step(strategy, model)
+predict_step = steps.make_predict_step(strategy, model)
 results = {"replicas": strategy.num_replicas_in_sync, "one_device": one_device.tolist(),
            "labels": labels.tolist()}
 for batch_size in (8, 256):
@@ -164,7 +164,7 @@ def test_flip_translate_tta_averages_six_views_of_each_image():
   views = pipeline.distribute_eval_views(
     strategy, images, labels, global_batch_size=4, tta="flip_translate"
   )
-  predict_step = train_lib.make_predict_step(strategy, model)
+  predict_step = steps.make_predict_step(strategy, model)
   probabilities, _ = metrics.predict_views(predict_step, views, 11)
 
   def softmax(batch):

@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 import train
-from resnet import checkpointing, export, predict
+from resnet import checkpointing, export
+from resnet.tools import predict
 from tests.conftest import CLASS_NAMES
 from tests.test_distributed import finish, start_workers
 from tests.test_run_lock import write_lock

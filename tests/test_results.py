@@ -12,7 +12,9 @@ import pytest
 from absl import flags
 
 import train
-from resnet import files, models, results, run_record
+from resnet import config as config_lib
+from resnet import files, machine, models, run_record
+from resnet.tools import results
 from tests.test_train import REPO, debug_config
 
 eval_main = importlib.import_module("eval")
@@ -20,7 +22,7 @@ eval_main = importlib.import_module("eval")
 
 def recorded(flagfile):
   """The config a new run of `flagfile` records: --stride2_padding=auto resolved."""
-  return dict(results.read_config_file(flagfile), stride2_padding="symmetric")
+  return dict(results.read_flagfile(flagfile), stride2_padding="symmetric")
 
 
 def test_a_run_is_matched_to_its_config_and_a_shortened_schedule_is_named(tmp_path):
@@ -61,10 +63,10 @@ def test_a_run_is_matched_to_its_config_and_a_shortened_schedule_is_named(tmp_pa
 def test_config_files_read_as_absl_reads_them_and_match_themselves(path):
   # Bare booleans (--nesterov) and nested --flagfile lines (fast.cfg) included.
   flag_values = flags.FlagValues()
-  train.define_flags(flag_values)
+  config_lib.define_flags(flag_values)
   flag_values(["train.py", f"--flagfile={path}", "--model_dir=/tmp/unused"])
-  config = dataclasses.asdict(train.config_from_flags(flag_values))
-  values = results.read_config_file(path)
+  config = dataclasses.asdict(config_lib.config_from_flags(flag_values))
+  values = results.read_flagfile(path)
   assert values and {key: config[key] for key in values} == values
   assert results.match_config(config) == (os.path.basename(path), {})
 
@@ -109,7 +111,7 @@ def test_seeds_of_one_recipe_collapse_and_unfinished_runs_say_so(two_seeds):
   flops = 3 * models.forward_flops_per_image(models.create_model("resnet8")) * 16
   assert [run["training_flops"] for run in runs] == [6 * flops, 3 * flops]
   assert f"| {4.5 * flops:.2e} |" in row
-  assert runs[0]["images_per_second"] > 0 and runs[0]["device"] == run_record.cpu_label()
+  assert runs[0]["images_per_second"] > 0 and runs[0]["device"] == machine.cpu_label()
   assert runs[0]["seconds"] > 0
 
 
@@ -124,7 +126,7 @@ def test_wall_time_of_a_paused_run_is_marked(two_seeds):
 
 def test_a_directory_that_is_not_a_run_is_one_line_and_a_non_zero_exit(tmp_path):
   result = subprocess.run(
-    [sys.executable, "-m", "resnet.results", str(tmp_path)],
+    [sys.executable, "-m", "resnet.tools.results", str(tmp_path)],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -132,5 +134,5 @@ def test_a_directory_that_is_not_a_run_is_one_line_and_a_non_zero_exit(tmp_path)
   )
   assert result.returncode != 0 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
-    f"resnet.results: error: {tmp_path} is not a training run: it has no run.json."
+    f"resnet.tools.results: error: {tmp_path} is not a training run: it has no run.json."
   )

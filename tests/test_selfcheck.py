@@ -1,8 +1,10 @@
-"""python -m resnet.selfcheck: the verdicts a GPU user runs first, here on logical CPU devices."""
+"""python -m resnet.tools.selfcheck: the verdicts a GPU user runs first, here on logical CPU
+devices."""
 
 import tensorflow as tf
 
-from resnet import accelerators, distribute, selfcheck
+from resnet import accelerators, distribute
+from resnet.tools import selfcheck
 
 
 def test_the_self_check_passes_on_two_logical_cpu_devices():

@@ -18,19 +18,18 @@ from absl import flags
 from tensorboard.backend.event_processing import event_accumulator
 
 import train
-from data import augment, pipeline, sources
+from data import augment, datasets, sources, training_data
 from resnet import (
   checkpointing,
-  curves,
   export,
   files,
-  predict,
-  results,
+  machine,
   run_lock,
   run_record,
 )
 from resnet import config as config_lib
 from resnet.models import airbench
+from resnet.tools import curves, predict, results
 from tests.conftest import CLASS_NAMES
 from tests.test_run_lock import dead_pid, write_lock
 
@@ -99,7 +98,7 @@ def test_run_writes_checkpoints_best_records_and_summaries(trained_run):
   record = json.load(open(os.path.join(model_dir, "run.json")))
   assert record["config"]["model"] == "resnet8" and record["class_names"] == CLASS_NAMES
   assert record["num_train_examples"] == 120 - 24 and len(record["starts"]) == 1
-  assert record["input_normalization"] == augment.CIFAR10_NORMALIZATION  # A new run's.
+  assert record["input_normalization"] == datasets.CIFAR10.normalization  # A new run's.
   assert os.path.getsize(os.path.join(model_dir, "class_samples.png")) > 1000
   assert os.path.exists(os.path.join(model_dir, "export", "saved_model", "saved_model.pb"))
   assert os.path.getsize(os.path.join(model_dir, "export", "model.keras")) > 10_000
@@ -240,7 +239,7 @@ def test_airbench_whitens_with_the_run_s_own_training_images(image_folder, tmp_p
   )
   model_dir = str(tmp_path / "run")
   assert train.train_and_evaluate(config, model_dir)["step"] == 2
-  data = pipeline.TrainingData.load(
+  data = training_data.TrainingData.load(
     config.dataset, config.validation_size, epochs=1, global_batch_size=16, seed=0
   )
   expected = airbench.whitening_kernel(augment.normalize(data.train[0]))
@@ -278,7 +277,7 @@ def test_resume_with_other_optimizer_is_refused_and_old_records_mean_adam(
   with open(record_path) as file:
     record = json.load(file)
   assert record["config"]["optimizer"] == "adam"
-  assert record["machines"][-1]["cpu"] == run_record.cpu_label()
+  assert record["machines"][-1]["cpu"] == machine.cpu_label()
 
 
 def test_a_second_run_on_a_live_directory_is_refused_and_changes_nothing(trained_run, image_folder):
@@ -306,7 +305,7 @@ def test_finished_run_does_nothing_more(trained_run, image_folder):
 
 
 def test_auto_precision_is_chosen_from_the_cpu_and_recorded(image_folder, tmp_path, monkeypatch):
-  monkeypatch.setattr(run_record, "cpu_flags", lambda: {"avx512_bf16": False, "amx_bf16": True})
+  monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx512_bf16": False, "amx_bf16": True})
   config = debug_config(image_folder, precision="auto", epochs=1, steps_per_epoch=1)
   train.train_and_evaluate(config, str(tmp_path))
   record = run_record.read_run_record(str(tmp_path))
@@ -316,11 +315,11 @@ def test_auto_precision_is_chosen_from_the_cpu_and_recorded(image_folder, tmp_pa
 
 def test_the_default_precision_is_auto_and_a_given_one_is_kept(image_folder, tmp_path, monkeypatch):
   # A CPU with bfloat16 (auto: mixed_bfloat16), whatever this machine has.
-  monkeypatch.setattr(run_record, "cpu_flags", lambda: {"avx512_bf16": True, "amx_bf16": False})
+  monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx512_bf16": True, "amx_bf16": False})
   flag_values = flags.FlagValues()
-  train.define_flags(flag_values)
+  config_lib.define_flags(flag_values)
   flag_values(["train.py", "--model_dir=unused"])
-  assert train.config_from_flags(flag_values).precision == "auto"
+  assert config_lib.config_from_flags(flag_values).precision == "auto"
   default = debug_config(image_folder, epochs=1, steps_per_epoch=1)
   default = dataclasses.replace(default, precision=config_lib.Config().precision)
 
@@ -337,7 +336,7 @@ def test_the_default_precision_is_auto_and_a_given_one_is_kept(image_folder, tmp
   assert trained_in(given, dataclasses.replace(default, precision="float32")) == ("float32", None)
   # Resumed with the default: a run begun with a precision given (or before auto was the
   # default) keeps it; a run begun with auto follows the machine it resumes on.
-  monkeypatch.setattr(run_record, "cpu_flags", lambda: {})
+  monkeypatch.setattr(machine, "cpu_flags", lambda: {})
   more = dataclasses.replace(default, epochs=2)
   assert trained_in(given, more) == ("float32", "kept: float32 (begun with it given, not auto)")
   assert trained_in(given, dataclasses.replace(more, epochs=3))[0] == "float32"
@@ -379,26 +378,52 @@ def test_crop_padding_out_of_range_is_refused_before_anything_is_written(
 @pytest.mark.parametrize("path", sorted(glob.glob("configs/*.cfg")), ids=os.path.basename)
 def test_every_config_parses(path):
   flag_values = flags.FlagValues()
-  train.define_flags(flag_values)
+  config_lib.define_flags(flag_values)
   flag_values(["train.py", f"--flagfile={path}", "--model_dir=/tmp/unused"])
-  config = train.config_from_flags(flag_values)
+  config = config_lib.config_from_flags(flag_values)
   with open(path) as file:
     header = file.read()
   assert header.startswith("#") and "python train.py" in header and "untime" in header
   assert config.epochs > 0 and config.batch_size > 0
 
 
+def test_without_model_dir_the_flagfile_names_the_run_and_the_same_command_resumes(
+  image_folder, tmp_path, monkeypatch, caplog
+):
+  monkeypatch.chdir(tmp_path)  # runs/ is relative to where the command runs.
+  config = debug_config(image_folder, epochs=1)
+  flagfile = tmp_path / "tiny.cfg"
+  values = {key: value for key, value in dataclasses.asdict(config).items() if value is not None}
+  flagfile.write_text("".join(f"--{key}={value}\n" for key, value in values.items()))
+
+  def run_the_command():
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    argv = train.parse_command_line(["train.py", "--flagfile", str(flagfile)], flag_values)
+    train.main(argv, flag_values)
+
+  with caplog.at_level(logging.INFO, logger="absl"):  # Whatever verbosity a test left.
+    run_the_command()
+    assert "Model directory: runs/tiny (the default for this command)." in caplog.text
+    run_the_command()
+    assert "Resumed from runs/tiny/checkpoints/ckpt-3 at step 3" in caplog.text
+  assert len(run_record.read_run_record("runs/tiny")["starts"]) == 2
+  assert os.listdir("runs") == ["tiny"]
+  assert train.default_model_dir(["train.py", "--flagfile=configs/fast.cfg"], "x") == "runs/fast"
+  assert train.default_model_dir(["train.py", "--model=resnet8"], "resnet8") == "runs/resnet8"
+
+
 def test_ctrl_c_while_the_data_loads_is_one_line_and_exit_130(
   image_folder, tmp_path, monkeypatch, capsys
 ):
   flag_values = flags.FlagValues()
-  train.define_flags(flag_values)
+  config_lib.define_flags(flag_values)
   flag_values(["train.py", f"--dataset=folder:{image_folder}", f"--model_dir={tmp_path}/run"])
 
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(pipeline.TrainingData, "load", interrupted)
+  monkeypatch.setattr(training_data.TrainingData, "load", interrupted)
   with pytest.raises(SystemExit) as exit_info:
     train.main(["train.py"], flag_values)
   assert exit_info.value.code == 130  # As a Ctrl-C during training: 128 + SIGINT.
@@ -424,7 +449,7 @@ def test_non_finite_loss_stops_without_saving_and_keeps_the_best(trained_run, im
 def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(image_folder, tmp_path):
   # The model directory is a file:// URL, as gs:// would be: train.py and the resumed run
   # with its export must reach it through gfile, never through a relative "file:" directory.
-  # (tests/test_eval.py and test_export.py run eval.py and resnet.predict on file:// too.)
+  # (tests/test_eval.py and test_export.py run eval.py and resnet.tools.predict on file:// too.)
   model_dir, work_dir = f"file://{tmp_path}/run", tmp_path / "cwd"
   work_dir.mkdir()
   env = dict(os.environ, PYTHONPATH=REPO)  # The working directory is not the repository.

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from data import augment
 from resnet import config as config_lib
-from resnet import distribute, models, optimization, precision, train_lib
+from resnet import distribute, models, optimization, precision, steps, train_lib
 from resnet.lookahead import Lookahead
 from resnet.models import airbench
 
@@ -24,7 +24,7 @@ def make_training(strategy, batch_size, weight_decay=0.0, optimizer_name="adam",
     optimizer.build(model.trainable_variables)
     if options.pop("lookahead", False):
       options["lookahead"] = Lookahead(model, 1, total_steps=3, start_epochs=0, every_steps=1)
-  train_steps = train_lib.make_train_steps(
+  train_steps = steps.make_train_steps(
     strategy,
     model,
     optimizer,

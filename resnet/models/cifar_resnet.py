@@ -96,7 +96,7 @@ def option_a_shortcut(inputs, filters, strides):
 
   The subsampling is a 1x1 average pooling, equal to inputs[:, ::s, ::s, :] bit for bit:
   on the CPU TensorFlow's strided-slice kernel and its gradient take 3-7x longer, ~7% of a
-  ResNet-20 step in bfloat16 (`python -m resnet.step_profile`, docs/speed.md).
+  ResNet-20 step in bfloat16 (`python -m resnet.tools.step_profile`, docs/speed.md).
   """
   shortcut = inputs
   if strides > 1:

@@ -1,6 +1,7 @@
 r"""A results table read from run directories, never typed by hand.
 
-  python -m resnet.results ~/runs/resnet20_paper_s0 ~/runs/resnet20_paper_s1 ~/runs/resnet20_adam_s0
+  python -m resnet.tools.results ~/runs/resnet20_paper_s0 ~/runs/resnet20_paper_s1 \
+    ~/runs/resnet20_adam_s0
 
 prints a Markdown table with one row per recipe: the config it matches (and
 the flags that differ from it, e.g. a shortened schedule), model, optimizer,
@@ -21,15 +22,18 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-from absl import app, logging
+from absl import app, flags, logging
 
 from data import augment
-from resnet import checkpointing, curves, files, models, run_record
+from resnet import checkpointing, errors, files, models, run_record
 from resnet import config as config_lib
+from resnet.tools import curves
 
 # eval.py's metrics.json keys of test-time augmentation, the most thorough first.
 VALIDATION_TTA_KEYS = tuple(f"{mode}_tta" for mode in augment.TTA_MODES[::-1] if mode != "none")
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# The checkout's configs/, two levels above this file (resnet/tools/).
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS_DIR = os.path.join(CHECKOUT, "configs")
 # Flags that do not change what a run computes: runs differing only in these are one recipe.
 NOT_RECIPE = {
   "seed",
@@ -47,32 +51,15 @@ NOT_RECIPE = {
 }
 
 
-def read_config_file(path):
-  """{flag: value} of a flagfile, values typed as the Config fields are.
-
-  Reads what absl reads: `--name=value`, bare booleans (`--name`, `--noname`),
-  and nested `--flagfile=configs/other.cfg` (relative to the repository, where
-  the commands run), whose values the later lines override.
-  """
-  types = {field.name: field.type for field in dataclasses.fields(config_lib.Config)}
-  values = {}
-  with open(path) as file:
-    for line in file:
-      line = line.strip()
-      if not line.startswith("--"):
-        continue
-      name, has_value, value = line[2:].partition("=")
-      if name == "flagfile":
-        values.update(read_config_file(os.path.join(os.path.dirname(CONFIGS_DIR), value)))
-      elif not has_value:  # A bare boolean.
-        negated = name.startswith("no") and name[2:] in types
-        values[name[2:] if negated else name] = not negated
-      elif types.get(name) is bool:
-        values[name] = value.lower() in ("true", "1")
-      else:
-        kind = types.get(name, str)
-        values[name] = kind(value) if kind in (int, float) else value
-  return values
+def read_flagfile(path):
+  """{flag: value} of the Config flags that the flagfile `path` sets, parsed by absl as
+  train.py parses it: nested --flagfile lines included (their paths, as train.py reads
+  them, relative to the working directory: the checkout)."""
+  flag_values = flags.FlagValues()
+  config_lib.define_flags(flag_values)
+  flag_values(["", f"--flagfile={path}"])
+  names = [field.name for field in dataclasses.fields(config_lib.Config)]
+  return {name: flag_values[name].value for name in names if flag_values[name].present}
 
 
 def with_defaults(config, recorded=True):
@@ -95,7 +82,7 @@ def match_config(config, configs_dir=CONFIGS_DIR):
   config = with_defaults(config)
   best = ("-", {key: value for key, value in config.items() if key not in NOT_RECIPE})
   for path in sorted(glob.glob(os.path.join(configs_dir, "*.cfg"))):
-    values = with_defaults(read_config_file(path), recorded=False)
+    values = with_defaults(read_flagfile(path), recorded=False)
     if values.get("model") != config.get("model"):
       continue
     differ = {
@@ -235,12 +222,12 @@ def _validation_tta(group):
 
 def main(argv):
   if len(argv) < 2:
-    sys.exit("Usage: python -m resnet.results RUN_DIR [RUN_DIR ...]")
+    sys.exit("Usage: python -m resnet.tools.results RUN_DIR [RUN_DIR ...]")
   logging.set_verbosity(logging.WARNING)  # TensorBoard's loader logs every file it reads.
   try:
     runs = [summarize_run(model_dir) for model_dir in argv[1:]]
-  except checkpointing.CheckpointError as error:
-    sys.exit(f"resnet.results: error: {error}")
+  except errors.UserError as error:
+    sys.exit(f"resnet.tools.results: error: {error}")
   print(results_table(runs))
 
 

@@ -1,8 +1,8 @@
 r"""Classifies image files with the SavedModel that resnet.export wrote for a run.
 
-  python -m resnet.export --model_dir=runs/resnet20      # once
-  python -m resnet.predict --model_dir=runs/resnet20 cat.png truck.jpg
-  python -m resnet.predict --model_dir=runs/resnet20 --top_k=5 photos/*.jpg
+  python -m resnet.tools.export --model_dir=runs/resnet20      # once
+  python -m resnet.tools.predict --model_dir=runs/resnet20 cat.png truck.jpg
+  python -m resnet.tools.predict --model_dir=runs/resnet20 --top_k=5 photos/*.jpg
 
 Prints one line per image with its most probable classes:
 
@@ -20,12 +20,12 @@ import tensorflow as tf
 from absl import app, flags
 
 from data import sources
-from resnet import export
+from resnet import errors, export
 
 BATCH_SIZE = 256  # images per call of the model: bounds the memory a long file list needs
 
 
-class PredictError(ValueError):
+class PredictError(errors.UserError, ValueError):
   """A missing export or an unreadable image, with a message for the user."""
 
 
@@ -101,13 +101,13 @@ def main(argv):
   saved_model_dir = export.export_paths(model_dir)["saved_model"]
   if not tf.saved_model.contains_saved_model(saved_model_dir):
     sys.exit(
-      f"resnet.predict: error: no exported model in {saved_model_dir}; "
-      f"run `python -m resnet.export --model_dir={model_dir}` first."
+      f"resnet.tools.predict: error: no exported model in {saved_model_dir}; "
+      f"run `python -m resnet.tools.export --model_dir={model_dir}` first."
     )
   try:
     results = predict_files(saved_model_dir, paths, flags.FLAGS.top_k)
-  except PredictError as error:
-    sys.exit(f"resnet.predict: error: {error}")
+  except errors.UserError as error:
+    sys.exit(f"resnet.tools.predict: error: {error}")
   for result in results:
     print(format_result(result))
 

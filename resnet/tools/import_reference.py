@@ -1,7 +1,7 @@
 r"""Turns the reference implementation's published weights into an ordinary model directory.
 
-  python -m resnet.import_reference --model=resnet20 --model_dir=runs/reference_resnet20
-  python -m resnet.import_reference --model=resnet56 --model_dir=runs/reference_resnet56 \
+  python -m resnet.tools.import_reference --model=resnet20 --model_dir=runs/reference_resnet20
+  python -m resnet.tools.import_reference --model=resnet56 --model_dir=runs/reference_resnet56 \
       --checkpoint=../shared/reference/resnet56-4bfd9763.th      # offline: a local copy
   python eval.py --model_dir=runs/reference_resnet20 --dataset=cifar10
 
@@ -10,26 +10,24 @@ are He et al.'s CIFAR networks; its weights are legacy torch.save files, read he
 PyTorch (resnet/torch_format.py). The model directory gets what train.py leaves behind: the
 best checkpoint and best/best.json, run.json (with "imported_from": the source, its sha256,
 the reference's commit and published test accuracy) and the export, so eval.py,
-resnet.predict, resnet.export and train.py --init_from work on it as on any run. Its models
+resnet.tools.predict, resnet.export and train.py --init_from work on it as on any run. Its models
 pad stride-2 convolutions symmetrically and normalise inputs with ImageNet's mean and std:
 run.json records both, and every step, evaluation and export of the run normalises so.
 """
 
 import dataclasses
-import hashlib
 import os
-import re
 import sys
-import urllib.error
-import urllib.request
 import uuid
 
-import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from resnet import checkpointing, export, files, models, run_record, torch_format
+from data import datasets
+from resnet import checkpointing, errors, export, files, models, run_record
 from resnet import config as config_lib
+from resnet.tools import reference_weights
+from resnet.tools.reference_weights import ImportReferenceError
 
 REPOSITORY = "https://github.com/akamaster/pytorch_resnet_cifar10"
 REFERENCE_COMMIT = "d5489e8995e81e91ce6b1d69dcc98ad579b0b153"
@@ -48,15 +46,13 @@ REFERENCE_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 
 # order (TFDS' and torchvision's alike), all 50,000 training images (the reference keeps the
 # last partial batch: 391 steps per epoch), its best epoch chosen on the 10,000 test images.
 DATA_FACTS = {
-  "class_names": [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
-  ],
-  "num_classes": 10,
+  "class_names": list(datasets.CIFAR10.class_names),
+  "num_classes": len(datasets.CIFAR10.class_names),
   "num_train_examples": 50_000,
   "validation_source": "test split",
   "num_validation_examples": 10_000,
   "steps_per_epoch": 391,
-}  # fmt: skip
+}
 # The reference's recipe (its trainer.py) in our flags, for run.json's config. It trained on
 # all 50,000 training images and chose its best epoch on the test set: validation_size=0.
 REFERENCE_RECIPE = dict(
@@ -73,126 +69,6 @@ REFERENCE_RECIPE = dict(
   weight_decay=1e-4,
   batch_norm_weight_decay=True,
 )
-# PyTorch BatchNorm2d's tensors -> Keras BatchNormalization's variables.
-BATCH_NORM_NAMES = {
-  "weight": "gamma",
-  "bias": "beta",
-  "running_mean": "moving_mean",
-  "running_var": "moving_variance",
-}
-
-
-class ImportReferenceError(ValueError):
-  """A source that cannot be imported, with a message for the user."""
-
-
-def read_source(source):
-  """The bytes of a URL (http, https) or a file (any tf.io.gfile path)."""
-  try:
-    if re.match(r"https?://", source):
-      with urllib.request.urlopen(source, timeout=60) as response:
-        return response.read()
-    with tf.io.gfile.GFile(source, "rb") as file:
-      return file.read()
-  except (OSError, urllib.error.URLError, tf.errors.OpError) as error:
-    reason = getattr(error, "reason", None) or checkpointing.one_line_message(error)
-    raise ImportReferenceError(
-      f"Cannot read {source}: {reason}. Offline, pass a local copy with --checkpoint=PATH."
-    ) from None
-
-
-def check_published_hash(source, data):
-  """The file's sha256 (hex). Where its name carries a hex (name-1234abcd.th), the sha256
-  must start with it: the reference names its files so."""
-  sha256 = hashlib.sha256(data).hexdigest()
-  match = re.search(r"-([0-9a-f]{8,64})\.th$", source)
-  if match and not sha256.startswith(match.group(1)):
-    raise ImportReferenceError(
-      f"{source} has sha256 {sha256[:16]}..., not the {match.group(1)} its name promises: "
-      "a damaged or different file."
-    )
-  return sha256
-
-
-def reference_state(source, data):
-  """(the checkpoint's tensors by name without "module.", its best_prec1) of a .th file."""
-  try:
-    saved = torch_format.load(data)
-  except torch_format.FormatError as error:
-    raise ImportReferenceError(f"{source} is not a reference checkpoint: {error}.") from None
-  state = saved.get("state_dict") if isinstance(saved, dict) else None
-  if not isinstance(state, dict) or not all(
-    isinstance(key, str) and key.startswith("module.") and isinstance(value, np.ndarray)
-    for key, value in state.items()
-  ):
-    raise ImportReferenceError(
-      f"{source} is not a reference checkpoint: no state_dict of module.* tensors."
-    )
-  state = {key.removeprefix("module."): value for key, value in state.items()}
-  return state, saved.get("best_prec1")
-
-
-def our_variable_name(reference_name):
-  """The path of our ResNet's variable (below the model's name) for a reference tensor, and
-  how its values are laid out: "conv" (OIHW, ours HWIO), "dense" (out x in) or None (same).
-
-  conv1/bn1 -> stem_conv/stem_bn; layer{s}.{i}.(conv|bn){1,2} -> stage{s}_block{i+1}/...;
-  linear -> classifier. None for a name our network has no variable for.
-  """
-  match = re.fullmatch(r"(?:layer(\d)\.(\d+)\.)?(conv[12]|bn[12]|linear)\.(\w+)", reference_name)
-  stage, index, layer, tensor = match.groups() if match else (None, None, None, None)
-  prefix = f"stage{stage}_block{int(index) + 1}/" if stage else ""
-  if not stage:
-    layer = {"conv1": "stem_conv", "bn1": "stem_bn", "linear": "classifier"}.get(layer)
-  if layer is None:
-    return None, None
-  if "bn" in layer:
-    return f"{prefix}{layer}/{BATCH_NORM_NAMES.get(tensor)}", None
-  if tensor == "weight":
-    return f"{prefix}{layer}/kernel", "dense" if layer == "classifier" else "conv"
-  return f"{prefix}{layer}/{tensor}", None
-
-
-def assign_reference_weights(model, state, source="the checkpoint"):
-  """Sets every variable of `model` (a cifar_resnet.ResNet) from the reference's tensors.
-
-  Every reference tensor must map to exactly one of our variables with the same shape
-  (conv kernels OIHW -> HWIO, the classifier's transposed), and every variable of ours
-  must be set; the trainable parameters (all tensors but BatchNorm's running statistics)
-  must be as many as the model's. BatchNorm's num_batches_tracked (PyTorch >= 0.4.1; a
-  count of updates, which Keras does not keep) is skipped.
-
-  Raises:
-    ImportReferenceError: another depth or network, naming the first difference.
-  """
-  state = {name: value for name, value in state.items() if "num_batches_tracked" not in name}
-  ours = {variable.path.split("/", 1)[1]: variable for variable in model.weights}
-  expected = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-  found = sum(value.size for name, value in state.items() if "running_" not in name)
-  if found != expected:
-    raise ImportReferenceError(
-      f"{source} holds {found:,} parameters, {model.name} has {expected:,}: it is not a "
-      f"{model.name}."
-    )
-  unused = dict(ours)
-  for name, value in state.items():
-    path, layout = our_variable_name(name)
-    variable = unused.pop(path, None)
-    if variable is None:
-      raise ImportReferenceError(f"{source} holds {name}, which {model.name} has no variable for.")
-    if layout == "conv":
-      value = value.transpose(2, 3, 1, 0)
-    elif layout == "dense":
-      value = value.T
-    if tuple(value.shape) != tuple(variable.shape):
-      raise ImportReferenceError(
-        f"{source}'s {name} has shape {value.shape}, {model.name}'s {path} {variable.shape}."
-      )
-    variable.assign(value.astype(variable.dtype))
-  if unused:
-    raise ImportReferenceError(
-      f"{source} has no value for {model.name}'s {', '.join(sorted(unused))}."
-    )
 
 
 def _check_new_model_dir(model_dir):
@@ -248,11 +124,11 @@ def import_reference(model_name, model_dir, source=None):
     )
   _check_new_model_dir(model_dir)
   source = source or f"{REPOSITORY}/raw/master/pretrained_models/{PUBLISHED[model_name][0]}"
-  data = read_source(source)
-  sha256 = check_published_hash(source, data)
-  state, best_prec1 = reference_state(source, data)
+  data = reference_weights.read_source(source)
+  sha256 = reference_weights.check_published_hash(source, data)
+  state, best_prec1 = reference_weights.reference_state(source, data)
   model = models.create_model(model_name, DATA_FACTS["num_classes"], stride2_padding="symmetric")
-  assign_reference_weights(model, state, os.path.basename(source))
+  reference_weights.assign_reference_weights(model, state, os.path.basename(source))
   accuracy = round(1 - PUBLISHED[model_name][1] / 100, 4)
   imported_from = {
     "repository": REPOSITORY,
@@ -283,8 +159,8 @@ def main(argv):
   FLAGS = flags.FLAGS
   try:
     record = import_reference(FLAGS.model, FLAGS.model_dir, FLAGS.checkpoint)
-  except (ImportReferenceError, checkpointing.CheckpointError, OSError, tf.errors.OpError) as error:
-    sys.exit(f"resnet.import_reference: error: {checkpointing.one_line_message(error)}")
+  except (errors.UserError, OSError, tf.errors.OpError) as error:
+    sys.exit(f"resnet.tools.import_reference: error: {errors.one_line_message(error)}")
   source = record["imported_from"]
   print(
     f"Imported {FLAGS.model} from {source['source']} (sha256 {source['sha256'][:16]}...) into "

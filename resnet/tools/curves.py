@@ -1,12 +1,12 @@
 r"""Learning curves of training runs, read from their TensorBoard events.
 
-  python -m resnet.curves --output=curves.png runs/fast runs/resnet20
+  python -m resnet.tools.curves --output=curves.png runs/fast runs/resnet20
 
 prints, for each run, a Markdown table (epoch, minutes, training FLOPs, train
 and validation accuracy) and draws validation accuracy against minutes, epochs
 and training FLOPs (3 x forward FLOPs x images trained), one line per run.
 Minutes are the epochs' wall time so far (validation included; data loading and
-the time a cut-off run waited for its resume not), as `resnet.results`' "epochs'
+the time a cut-off run waited for its resume not), as `resnet.tools.results`' "epochs'
 time". Runs written before epochs were timed count from their first event.
 """
 
@@ -143,13 +143,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # TensorBoard's loader logs every file it reads.
   model_dirs = argv[1:]
   if not model_dirs:
-    sys.exit("resnet.curves: error: name at least one model directory.")
+    sys.exit("resnet.tools.curves: error: name at least one model directory.")
   curves = {}
   for model_dir in model_dirs:
     try:
       rows = read_curve(model_dir)
     except (FileNotFoundError, KeyError, json.JSONDecodeError) as error:
-      sys.exit(f"resnet.curves: error: {model_dir}: not a training run ({error}).")
+      sys.exit(f"resnet.tools.curves: error: {model_dir}: not a training run ({error}).")
     print(f"{model_dir}\n\n{markdown_table(rows)}\n")
     label = os.path.basename(os.path.normpath(model_dir))  # The legend's name for the run.
     curves[model_dir if label in curves else label] = rows

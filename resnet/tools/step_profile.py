@@ -1,9 +1,9 @@
 r"""Where a train step's time goes: TensorFlow's profiler over a few steps, time by op.
 
-  python -m resnet.step_profile --model=resnet20 --precision=mixed_bfloat16
-  python -m resnet.step_profile --model=airbench --batch_size=1024 --steps=3 --by=name
+  python -m resnet.tools.step_profile --model=resnet20 --precision=mixed_bfloat16
+  python -m resnet.tools.step_profile --model=airbench --batch_size=1024 --steps=3 --by=name
 
-Builds the train step as resnet.benchmark does (one batch held in memory, so only the
+Builds the train step as resnet.tools.benchmark does (one batch held in memory, so only the
 step is measured), warms it up, times `--steps` steps without the profiler, then traces
 the same number with it and prints the milliseconds per step spent in each op type's
 kernels (or each op's, with --by=name). Op times are summed over TensorFlow's inter-op
@@ -25,7 +25,8 @@ from absl import app, flags
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from data import pipeline
-from resnet import benchmark, models, optimization
+from resnet import models, optimization
+from resnet.tools import benchmark, timing
 
 # Threads on which TensorFlow's executor runs op kernels (one event per kernel call).
 _OP_THREAD_PREFIX = "tf_Compute"
@@ -36,11 +37,11 @@ def profile_train_steps(model_name, batch_size, precision, steps, logdir):
   strategy = tf.distribute.get_strategy()
   (images, labels), _, class_names = benchmark.load_images(None, batch_size)
   kwargs = benchmark.train_dataset_kwargs(len(labels), batch_size)
-  iterator = benchmark.one_batch_forever(pipeline.make_train_dataset(images, labels, **kwargs))
+  iterator = timing.one_batch_forever(pipeline.make_train_dataset(images, labels, **kwargs))
   _, train_steps = benchmark.build_train_steps(
     strategy, model_name, len(class_names), batch_size, precision
   )
-  seconds_per_step = batch_size / benchmark.rate_of(train_steps, iterator, steps, batch_size)()
+  seconds_per_step = batch_size / timing.rate_of(train_steps, iterator, steps, batch_size)()
   tf.profiler.experimental.start(logdir)
   try:
     train_steps(iterator, tf.constant(steps))

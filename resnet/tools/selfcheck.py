@@ -1,7 +1,7 @@
 r"""A two-minute check of this machine's devices: run it first on new hardware.
 
-  python -m resnet.selfcheck                    # every device TensorFlow sees
-  python -m resnet.selfcheck --cpu_devices=2    # no GPU: two logical CPU devices
+  python -m resnet.tools.selfcheck                    # every device TensorFlow sees
+  python -m resnet.tools.selfcheck --cpu_devices=2    # no GPU: two logical CPU devices
 
 Prints one verdict per line and exits with 1 if any check FAILs:
   devices         what TensorFlow sees (INFO); FAIL when the NVIDIA driver shows
@@ -34,14 +34,14 @@ from absl import app, flags, logging
 from data import pipeline
 from resnet import (
   accelerators,
-  benchmark,
   distribute,
+  machine,
   optimization,
   precision,
-  run_record,
   train_lib,
 )
 from resnet.config import Config
+from resnet.tools import benchmark
 
 WEIGHT_TOLERANCE = 1e-4  # Largest |difference| of any weight: float32 noise is ~1e-5.
 NUM_CLASSES = 10
@@ -187,11 +187,11 @@ def check_speed(strategy, model="resnet20", steps=10, per_replica_batch=128):
 
 def run_checks(model="resnet20", steps=10, per_replica_batch=128):
   """Every check on this machine's devices; yields Verdicts as they finish."""
-  gpus = run_record.machine_description()["gpus"]
+  gpus = machine.machine_description()["gpus"]
   cpus = len(tf.config.list_logical_devices("CPU"))
   devices = (
     f"{len(gpus)} GPU(s) {', '.join(gpus)}; {cpus} logical CPU device(s); CPU "
-    f"{run_record.cpu_label()}; TensorFlow {tf.__version__}"
+    f"{machine.cpu_label()}; TensorFlow {tf.__version__}"
   )
   missing_gpus = accelerators.missing_gpu_warning()  # NVIDIA GPUs that TensorFlow cannot use.
   yield Verdict("devices", "FAIL" if missing_gpus else "INFO", missing_gpus or devices)

@@ -1,0 +1,114 @@
+"""eval.py's report of a split's metrics: the tables, the pictures and the files written.
+
+MODEL_DIR/eval/<split>/ gets metrics.json, report.txt (the per-class table),
+predictions.npz and the pictures; TensorBoard's eval_<split> the headline figures.
+"""
+
+import io
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from data import augment
+from resnet import checkpointing, files, plots, summaries
+
+# metrics.json keys of the test-time augmentations (--tta) reported beside the plain metrics.
+TTA_KEYS = [f"{mode}_tta" for mode in augment.TTA_MODES if mode != "none"]
+
+
+def format_table(metrics):
+  """A plain-text table of per-class precision, recall and F1, and the totals."""
+  lines = [f"{'class':<12} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+  for name, scores in metrics["per_class"].items():
+    lines.append(
+      f"{name:<12} {scores['precision']:>9.4f} {scores['recall']:>9.4f} "
+      f"{scores['f1']:>9.4f} {scores['support']:>8d}"
+    )
+  macro = metrics["macro_avg"]
+  lines.append(
+    f"{'macro avg':<12} {macro['precision']:>9.4f} {macro['recall']:>9.4f} "
+    f"{macro['f1']:>9.4f} {metrics['num_examples']:>8d}"
+  )
+  top_k = "   ".join(f"top-{k} {value:.4f}" for k, value in metrics["top_k_accuracy"].items())
+  lines.append(
+    f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   {top_k}   "
+    f"ECE {metrics['ece']:.4f}   examples {metrics['num_examples']}"
+  )
+  for key in TTA_KEYS:
+    if key in metrics:
+      tta = metrics[key]
+      lines.append(
+        f"with {key.removesuffix('_tta')} test-time augmentation: accuracy "
+        f"{tta['accuracy']:.4f}   loss {tta['loss']:.4f}   ECE {tta['ece']:.4f}"
+      )
+  return "\n".join(lines)
+
+
+def report_pictures(metrics, images, labels, probabilities, class_names, title):
+  """{"confusion_matrix", "mistakes", "reliability"}: PNG bytes of eval.py's report.
+
+  Args:
+    metrics: resnet.metrics.compute_metrics' dict of these predictions.
+    images: uint8 [N, 32, 32, 3]; labels: int [N]; probabilities: float [N, C].
+    class_names: the C class names; title: what was evaluated on what.
+  """
+  return {
+    "confusion_matrix": plots.confusion_matrix_png(
+      metrics["confusion_matrix"], class_names, title=title
+    ),
+    "mistakes": plots.mistakes_png(
+      images, labels, probabilities, class_names, count=32, title=f"Mistakes: {title}"
+    ),
+    "reliability": plots.reliability_diagram_png(
+      metrics["calibration"]["bin_confidence"],
+      metrics["calibration"]["bin_accuracy"],
+      metrics["calibration"]["bin_counts"],
+      metrics["ece"],
+      title=title,
+    ),
+  }
+
+
+def write_report(model_dir, metrics, images, labels, probabilities, class_names, title):
+  """MODEL_DIR/eval/<split>/ (metrics.json, report.txt, predictions.npz and the
+  pictures) and TensorBoard's eval_<split> summaries at the checkpoint's step."""
+  split, checkpoint_path = metrics["split"], metrics["checkpoint"]
+  output_dir = os.path.join(model_dir, "eval", split)
+  files.write_json(os.path.join(output_dir, "metrics.json"), metrics)
+  heading = f"{metrics['model']} ({checkpoint_path}) on {metrics['description']}"
+  report = f"{heading}\n{format_table(metrics)}\n"
+  files.write_bytes(os.path.join(output_dir, "report.txt"), report.encode())
+  predictions = io.BytesIO()
+  np.savez_compressed(predictions, labels=labels, probabilities=probabilities)
+  files.write_bytes(os.path.join(output_dir, "predictions.npz"), predictions.getvalue())
+  pictures = report_pictures(metrics, images, labels, probabilities, class_names, title)
+  for name, png in pictures.items():
+    files.write_bytes(os.path.join(output_dir, f"{name}.png"), png)
+  step = checkpointing.saved_step(checkpoint_path)
+  writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", f"eval_{split}"))
+  scalars = {key: metrics[key] for key in ("accuracy", "loss", "ece")}
+  scalars.update({f"top{k}_accuracy": v for k, v in metrics["top_k_accuracy"].items()})
+  summaries.write_scalars(writer, step, scalars)
+  for name, png in pictures.items():
+    summaries.write_png(writer, step, name, png)
+  writer.flush()
+
+
+def format_comparison(rows):
+  """One table of several runs' metrics: rows of (model_dir, metrics)."""
+  ks = sorted({k for _, metrics in rows for k in metrics["top_k_accuracy"]}, key=int)
+  header = f"{'model_dir':<32} {'model':<10} {'accuracy':>9} " + " ".join(
+    f"{'top-' + k:>7}" for k in ks
+  )
+  lines = [header + f" {'loss':>8} {'ECE':>7} {'TTA':>9} {'examples':>9}"]
+  for model_dir, metrics in rows:
+    top_k = " ".join(f"{metrics['top_k_accuracy'].get(k, float('nan')):>7.4f}" for k in ks)
+    # The accuracy of whichever test-time augmentation was run (--tta), if any.
+    tta = next((metrics[key]["accuracy"] for key in TTA_KEYS if key in metrics), None)
+    lines.append(
+      f"{model_dir[-32:]:<32} {metrics['model']:<10} {metrics['accuracy']:>9.4f} {top_k} "
+      f"{metrics['loss']:>8.4f} {metrics['ece']:>7.4f} "
+      f"{'-' if tta is None else f'{tta:.4f}':>9} {metrics['num_examples']:>9d}"
+    )
+  return "\n".join(lines)
