@@ -13,6 +13,9 @@ not in this project's dependencies.
   #    ~/torchenv/bin/pip install torch numpy): the reference's recipe, 32 epochs.
   ~/torchenv/bin/python tools/reference_parity.py train --reference=../shared/reference \
       --split=~/runs/parity/split.npz --epochs=32 --seed=0 --output_dir=~/runs/parity/ref_s0
+  # 3. The table: validation accuracy of each group of seeds, the first group the baseline.
+  python tools/reference_parity.py summarize reference=~/runs/parity/ref_s0,~/runs/parity/ref_s1 \
+      ours=~/runs/parity/ours_symmetric_s0,~/runs/parity/ours_symmetric_s1
 
 What follows the reference's trainer.py: its resnet.py model and initialisation (seeded by
 `--seed`), SGD with momentum 0.9 and weight decay 1e-4 on every parameter, learning rate 0.1
@@ -33,6 +36,9 @@ import time
 
 import numpy as np
 
+# This checkout, whose `data` and `resnet` the project-side commands import (nothing is
+# installed: the project runs from its checkout).
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The reference's normalisation (its trainer.py), for x / 255.
 REFERENCE_MEAN = (0.485, 0.456, 0.406)
 REFERENCE_STD = (0.229, 0.224, 0.225)
@@ -40,6 +46,7 @@ REFERENCE_STD = (0.229, 0.224, 0.225)
 
 def export_split(dataset, validation_size, output):
   """Writes train.py's training and validation arrays of `dataset` to the .npz `output`."""
+  sys.path.insert(0, REPO)
   from data import sources  # This project's environment only.
 
   train, validation, class_names, _ = sources.load_train_and_validation(dataset, validation_size)
@@ -209,6 +216,44 @@ def train(args):
   print(f"best validation accuracy {best['validation_accuracy']:.4f} at epoch {best['epoch']}")
 
 
+def validation_curve(run_dir):
+  """[validation accuracy per epoch] of a reference run (result.json) or one of ours."""
+  result_path = os.path.join(run_dir, "result.json")
+  if os.path.exists(result_path):
+    with open(result_path) as file:
+      return [entry["validation_accuracy"] for entry in json.load(file)["history"]]
+  sys.path.insert(0, REPO)
+  from resnet.tools import curves  # This project's environment only.
+
+  return [row["validation_accuracy"] for row in curves.read_curve(run_dir)]
+
+
+def summarize(groups):
+  """Prints a Markdown table: per group of runs (label=DIR,DIR,...), the best and the last
+  epoch's validation accuracy, mean ± std over its runs (seeds), and each against the
+  first group's."""
+  rows, first = [], None
+  for group in groups:
+    label, _, dirs = group.partition("=")
+    run_curves = [validation_curve(os.path.expanduser(d)) for d in dirs.split(",")]
+    best = np.array([max(curve) for curve in run_curves]) * 100
+    last = np.array([curve[-1] for curve in run_curves]) * 100
+    epochs = sorted({len(curve) for curve in run_curves})
+    first = first or (best.mean(), last.mean())
+    rows.append(
+      f"| {label} | {len(run_curves)} | {'/'.join(map(str, epochs))} | "
+      f"{best.mean():.2f} ± {best.std(ddof=1) if len(best) > 1 else 0:.2f} | "
+      f"{best.mean() - first[0]:+.2f} | "
+      f"{last.mean():.2f} ± {last.std(ddof=1) if len(last) > 1 else 0:.2f} | "
+      f"{last.mean() - first[1]:+.2f} |"
+    )
+  print(
+    "| runs | seeds (n) | epochs | best val acc % | vs first | last epoch's val acc % | vs first |"
+  )
+  print("| --- | --- | --- | --- | --- | --- | --- |")
+  print("\n".join(rows))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   commands = parser.add_subparsers(dest="command", required=True)
@@ -227,8 +272,12 @@ def main():
   run.add_argument("--seed", type=int, default=0)
   run.add_argument("--threads", type=int, default=0, help="torch threads; 0 = all cores")
   run.add_argument("--output_dir", required=True)
+  table = commands.add_parser("summarize", help="the parity table (this project's env)")
+  table.add_argument("groups", nargs="+", help="LABEL=RUN_DIR,RUN_DIR,... (ours or reference)")
   args = parser.parse_args()
-  if args.command == "export":
+  if args.command == "summarize":
+    summarize(args.groups)
+  elif args.command == "export":
     export_split(args.dataset, args.validation_size, os.path.expanduser(args.output))
   else:
     train(args)
