@@ -38,22 +38,20 @@ STRIDE2_PADDINGS = ("symmetric", "same")
 LEGACY_STRIDE2_PADDING = "same"
 
 
-def _conv3x3(filters, strides=1, dtype=None, name=None, padding="same"):
-  return layers.Conv2D(
-    filters,
-    3,
-    strides=strides,
-    padding=padding,
-    use_bias=False,
-    kernel_initializer="he_normal",
-    dtype=dtype,
-    name=name,
-  )
-
-
-def symmetric_pad(images):
-  """[B, H, W, C] -> [B, H + 2, W + 2, C], one row/column of zeros on every side."""
-  return keras.ops.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]])
+def _conv3x3(filters, strides, stride2_padding, dtype=None, name=None):
+  """common.conv, but Keras' "same" at stride 2 for runs built before the paper's padding."""
+  if strides > 1 and stride2_padding == LEGACY_STRIDE2_PADDING:
+    return layers.Conv2D(
+      filters,
+      3,
+      strides=strides,
+      padding="same",
+      use_bias=False,
+      kernel_initializer="he_normal",
+      dtype=dtype,
+      name=name,
+    )
+  return common.conv(filters, 3, strides, dtype=dtype, name=name)
 
 
 class BasicBlock(layers.Layer):
@@ -74,18 +72,15 @@ class BasicBlock(layers.Layer):
     super().__init__(**kwargs)
     self.filters = filters
     self.strides = strides
-    # Padded explicitly, then a "valid" convolution: Keras has no symmetric padding.
-    self.pad_symmetrically = strides > 1 and stride2_padding == "symmetric"
-    padding = "valid" if self.pad_symmetrically else "same"
     # Named like their attributes, so weights read "stage1_block1/conv1/kernel".
-    self.conv1 = _conv3x3(filters, strides, dtype=self.dtype_policy, name="conv1", padding=padding)
+    policy = self.dtype_policy
+    self.conv1 = _conv3x3(filters, strides, stride2_padding, dtype=policy, name="conv1")
     self.bn1 = batch_norm.create(sync_batch_norm, fused_batch_norm, self.dtype_policy, name="bn1")
-    self.conv2 = _conv3x3(filters, dtype=self.dtype_policy, name="conv2")
+    self.conv2 = _conv3x3(filters, 1, stride2_padding, dtype=policy, name="conv2")
     self.bn2 = batch_norm.create(sync_batch_norm, fused_batch_norm, self.dtype_policy, name="bn2")
 
   def call(self, inputs, training=False):
-    x = self.conv1(symmetric_pad(inputs) if self.pad_symmetrically else inputs)
-    x = keras.ops.relu(self.bn1(x, training=training))
+    x = keras.ops.relu(self.bn1(self.conv1(inputs), training=training))
     x = self.bn2(self.conv2(x), training=training)
     return keras.ops.relu(x + option_a_shortcut(inputs, self.filters, self.strides))
 
@@ -146,7 +141,7 @@ class ResNet(common.Network):
     self.stride2_padding = stride2_padding
     blocks_per_stage = (depth - 2) // 6
     policy = self.dtype_policy
-    self.stem_conv = _conv3x3(STAGE_FILTERS[0], dtype=policy, name="stem_conv")
+    self.stem_conv = common.conv(STAGE_FILTERS[0], 3, dtype=policy, name="stem_conv")
     self.stem_bn = batch_norm.create(sync_batch_norm, fused_batch_norm, policy, name="stem_bn")
     # Blocks are attributes (stage1_block1, ...), not a list: tf.train.Checkpoint
     # does not see layers inside a Keras 3 list, and would silently skip them.
