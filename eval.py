@@ -121,38 +121,56 @@ def evaluate_model_dir(
   return metrics
 
 
-def define_flags():
-  """Defines the command-line flags."""
-  flags.DEFINE_string("model_dir", None, "Model directory written by train.py.")
-  flags.DEFINE_list("compare", [], "Model directories to evaluate alike and compare in one table.")
+def define_flags(flag_values=flags.FLAGS):
+  """Defines the command-line flags in `flag_values`."""
+  define = dict(flag_values=flag_values)
+  flags.DEFINE_string("model_dir", None, "Model directory written by train.py.", **define)
+  flags.DEFINE_list(
+    "compare", [], "Model directories to evaluate alike and compare in one table.", **define
+  )
   flags.DEFINE_enum(
     "tta",
     "none",
     list(augment.TTA_MODES),
     "Also report test-time augmentation: flip (2 views) or flip_translate (6 views).",
+    **define,
   )
-  flags.DEFINE_bool("tta_flip", False, "Shorthand for --tta=flip.")
-  flags.DEFINE_enum("split", "test", list(SPLITS), "Split to evaluate, every example once.")
-  flags.DEFINE_string("dataset", None, "cifar10 or folder:PATH (default: the run's dataset).")
-  flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (default: the run's).")
-  flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate (default: MODEL_DIR/best).")
+  flags.DEFINE_bool("tta_flip", False, "Shorthand for --tta=flip.", **define)
+  flags.DEFINE_enum(
+    "split", "test", list(SPLITS), "Split to evaluate, every example once.", **define
+  )
+  flags.DEFINE_string(
+    "dataset", None, "cifar10 or folder:PATH (default: the run's dataset).", **define
+  )
+  flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (default: the run's).", **define)
+  flags.DEFINE_string(
+    "checkpoint", None, "Checkpoint to evaluate (default: MODEL_DIR/best).", **define
+  )
   flags.DEFINE_integer(
-    "batch_size", 256, "Global evaluation batch size (any replica count).", lower_bound=1
+    "batch_size", 256, "Global evaluation batch size (any replica count).", lower_bound=1, **define
   )
   flags.DEFINE_enum(
-    "strategy", "auto", list(EVAL_STRATEGIES), "auto: mirrored over several GPUs, else default."
+    "strategy",
+    "auto",
+    list(EVAL_STRATEGIES),
+    "auto: mirrored over several GPUs, else default.",
+    **define,
   )
   flags.DEFINE_list(
     "corruptions",
     [],
     "Evaluate on CIFAR-10-C instead of a split: all (its 19 corruptions) or NAME,NAME,... "
     "(docs/robustness.md).",
+    **define,
   )
-  flags.DEFINE_list("severities", ["1", "2", "3", "4", "5"], "With --corruptions: of 1..5.")
+  flags.DEFINE_list(
+    "severities", ["1", "2", "3", "4", "5"], "With --corruptions: of 1..5.", **define
+  )
   flags.register_validator(
     "model_dir",
-    lambda value: value or flags.FLAGS.compare,
+    lambda value: value or flag_values.compare,
     message="--model_dir (or --compare=DIR,DIR,...) is required.",
+    flag_values=flag_values,
   )
 
 
@@ -173,6 +191,8 @@ def evaluate_corruptions(flag_values):
   Raises:
     ConfigError: a flag of split evaluation was given too, or --severities alone.
   """
+  if not flag_values.corruptions:
+    raise ConfigError("--severities applies with --corruptions only.")
   given = ("compare", "dataset", "split", "tta", "tta_flip")
   other = next((f"--{name}" for name in given if flag_values[name].present), None)
   if other:
@@ -200,8 +220,6 @@ def main(argv):
   FLAGS = flags.FLAGS
   if FLAGS.corruptions or FLAGS["severities"].present:
     try:
-      if not FLAGS.corruptions:
-        raise ConfigError("--severities applies with --corruptions only.")
       return evaluate_corruptions(FLAGS)
     except errors.UserError as error:
       sys.exit(f"eval.py: error: {error}")
