@@ -96,9 +96,10 @@ def format_table(metrics):
   means = "".join(f"{metrics['mean_accuracy_per_severity'][str(s)]:>8.4f}" for s in severities)
   lines.append(f"{'mean':<20}{means}{metrics['mean_accuracy']:>8.4f}")
   count = f"{len(metrics['corruptions'])} corruptions x {len(severities)} severities"
+  lines.append(f"clean accuracy {metrics['clean_accuracy']:.4f} (cifar10 test, same checkpoint)")
   lines.append(
-    f"clean accuracy {metrics['clean_accuracy']:.4f} (cifar10 test)   mCE {metrics['mce']:.4f} "
-    f"(mean error over {count})   relative mCE {metrics['relative_mce']:.4f} (minus clean error)"
+    f"mCE {metrics['mce']:.4f} (mean error over {count})   "
+    f"relative mCE {metrics['relative_mce']:.4f} (mCE minus the clean error)"
   )
   if metrics["benchmark_mce"] is not None:
     lines.append(f"mCE over the 15 benchmark corruptions {metrics['benchmark_mce']:.4f}")
