@@ -226,6 +226,7 @@ def main(argv):
   model_dirs = FLAGS.compare or [FLAGS.model_dir]
   rows = []
   try:
+    tta = tta_mode(FLAGS.tta, FLAGS.tta_flip)
     for model_dir in model_dirs:
       metrics = evaluate_model_dir(
         model_dir,
@@ -235,14 +236,14 @@ def main(argv):
         FLAGS.checkpoint,
         FLAGS.batch_size,
         FLAGS.strategy,
-        tta_mode(FLAGS.tta, FLAGS.tta_flip),
+        tta,
       )
       rows.append((model_dir, metrics))
   except errors.UserError as error:
     sys.exit(f"eval.py: error: {error}")
   if FLAGS.compare:
     print(f"{FLAGS.split} split of each run's dataset" if not FLAGS.dataset else FLAGS.dataset)
-    print(report.format_comparison(rows))
+    print(report.format_comparison(rows, tta))
     return
   print(f"{metrics['model']} ({metrics['checkpoint']}) on {metrics['description']}")
   print(report.format_table(metrics))

@@ -153,8 +153,10 @@ def write_report(model_dir, metrics, images, labels, probabilities, class_names,
   writer.flush()
 
 
-def format_comparison(rows):
-  """One table of several runs' metrics: rows of (model_dir, metrics)."""
+def format_comparison(rows, tta="none"):
+  """One table of several runs' metrics: rows of (model_dir, metrics), and the accuracy
+  with the test-time augmentation `tta` that this command ran (not one kept from earlier,
+  which only some of the runs may have)."""
   ks = sorted({k for _, metrics in rows for k in metrics["top_k_accuracy"]}, key=int)
   header = f"{'model_dir':<32} {'model':<10} {'accuracy':>9} " + " ".join(
     f"{'top-' + k:>7}" for k in ks
@@ -162,11 +164,10 @@ def format_comparison(rows):
   lines = [header + f" {'loss':>8} {'ECE':>7} {'TTA':>9} {'examples':>9}"]
   for model_dir, metrics in rows:
     top_k = " ".join(f"{metrics['top_k_accuracy'].get(k, float('nan')):>7.4f}" for k in ks)
-    # The accuracy of whichever test-time augmentation was run (--tta), if any.
-    tta = next((metrics[key]["accuracy"] for key in TTA_KEYS if key in metrics), None)
+    augmented = metrics.get(f"{tta}_tta", {}).get("accuracy")
     lines.append(
       f"{model_dir[-32:]:<32} {metrics['model']:<10} {metrics['accuracy']:>9.4f} {top_k} "
       f"{metrics['loss']:>8.4f} {metrics['ece']:>7.4f} "
-      f"{'-' if tta is None else f'{tta:.4f}':>9} {metrics['num_examples']:>9d}"
+      f"{'-' if augmented is None else f'{augmented:.4f}':>9} {metrics['num_examples']:>9d}"
     )
   return "\n".join(lines)
