@@ -93,8 +93,11 @@ def split_names(spec):
   """
   try:
     tfds.core.ReadInstruction.from_spec(spec)
-  except (ValueError, NotImplementedError) as error:
-    raise DataError(f"Split {spec!r} is not TFDS split syntax: {error}") from None
+  except (ValueError, NotImplementedError):
+    raise DataError(
+      f"Split {spec!r} is not TFDS split syntax (e.g. train, train+extra, train[:90%]; "
+      "https://www.tensorflow.org/datasets/splits)."
+    ) from None
   return [re.match(r"[\w-]+", part.strip()).group(0) for part in spec.split("+")]
 
 
