@@ -66,6 +66,11 @@ DATASETS = {
   ),
 }
 CIFAR10 = DATASETS["cifar10"]
+# As TFDS's cifar10 names them (its info has them too): for weights imported without a run
+# (resnet.tools.import_reference), whose classes are CIFAR-10's.
+CIFAR10_CLASS_NAMES = (
+  "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
+)  # fmt: skip
 
 
 def statistics(images, chunk=4096):
