@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import flags
 
 import train
 from data import datasets, sources, training_data
@@ -213,3 +214,25 @@ def test_a_run_on_24x24_images_records_its_size_and_its_tools_use_it(tmp_path):
   assert predict.read_image(photo, (24, 24)).shape == (24, 24, 3)
   (result,) = predict.predict_files(export.export_paths(model_dir)["saved_model"], [photo])
   assert result["probabilities"].shape == (3,)
+
+
+def parse_config(path):
+  flag_values = flags.FlagValues()
+  config_lib.define_flags(flag_values)
+  flag_values(["train.py", f"--flagfile={path}", "--model_dir=/tmp/unused"])
+  return config_lib.config_from_flags(flag_values)
+
+
+@pytest.mark.parametrize(
+  "base", ["resnet56_paper", "resnet110_paper", "wrn28_10", "preact_resnet18"]
+)
+def test_cifar100_configs_are_their_cifar10_recipes_on_cifar100(base):
+  config = parse_config(f"configs/{base}_cifar100.cfg")
+  assert config == dataclasses.replace(parse_config(f"configs/{base}.cfg"), dataset="cifar100")
+  assert config.label_feature == "label" and config.train_split == "train"
+
+
+def test_svhn_config_never_flips_digits():
+  config = parse_config("configs/resnet20_svhn.cfg")
+  expected = dict(dataset="svhn_cropped", epochs=40, flips="none")
+  assert config == dataclasses.replace(parse_config("configs/resnet20_paper.cfg"), **expected)
