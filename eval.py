@@ -24,7 +24,7 @@ from absl import app, flags, logging
 
 from data import augment, pipeline, sources
 from data import corruptions as corruption_data
-from resnet import corruptions, errors, evaluation, report
+from resnet import corruptions, errors, evaluation, report, run_record
 from resnet import metrics as metrics_lib
 from resnet.config import ConfigError
 
@@ -36,21 +36,31 @@ def load_eval_split(record, split, dataset, tfds_data_dir):
   """Loads the examples of `split` as the training run defined them.
 
   For the run's own dataset, "train" and "validation" are the run's partition
-  of the training split (validation_size=0 means validation is the test
-  split). Any other dataset's split is read whole.
+  of its training split (validation_size=0 means validation is the test
+  split), with the run's label feature. Any other dataset's split is read whole.
+  Every image is at the run's size (run_record.image_size; others resized).
 
   Returns:
-    (images uint8 [N, 32, 32, 3], labels int32 [N], description str).
+    (images uint8 [N, H, W, 3], labels int32 [N], description str).
   """
-  config = record["config"]
-  if dataset == config["dataset"] and split in ("train", "validation"):
+  config = {**run_record.RUN_KEY_DEFAULTS, **record["config"]}
+  own = dataset == config["dataset"]
+  load_args = dict(
+    label_feature=config["label_feature"] if own else "label",
+    image_size=run_record.image_size(record),
+  )
+  if own and split in ("train", "validation"):
     train, validation, class_names, source = sources.load_train_and_validation(
-      dataset, config["validation_size"], tfds_data_dir
+      dataset,
+      config["validation_size"],
+      tfds_data_dir,
+      train_split=config["train_split"],
+      **load_args,
     )
     images, labels = train if split == "train" else validation
     description = f"{dataset} {split} ({source})" if split == "validation" else f"{dataset} train"
   else:
-    images, labels, class_names = sources.load_split(dataset, split, tfds_data_dir)
+    images, labels, class_names = sources.load_split(dataset, split, tfds_data_dir, **load_args)
     description = f"{dataset} {split} (whole split)"
   evaluation.check_classes(dataset, class_names, record)
   return images, labels, description
@@ -140,7 +150,7 @@ def define_flags(flag_values=flags.FLAGS):
     "split", "test", list(SPLITS), "Split to evaluate, every example once.", **define
   )
   flags.DEFINE_string(
-    "dataset", None, "cifar10 or folder:PATH (default: the run's dataset).", **define
+    "dataset", None, "A TFDS dataset or folder:PATH (default: the run's dataset).", **define
   )
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (default: the run's).", **define)
   flags.DEFINE_string(

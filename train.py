@@ -66,9 +66,9 @@ def train_and_evaluate(config, model_dir):
   data = training_data.TrainingData.load_for(config)
   config_checks.check_model_input(config, data.train[0].shape[1:3], len(data.class_names))
   # Padding and input normalisation: the record's on a resume, else --init_from's, else new.
-  new_run_normalization = datasets.input_normalization(config.dataset, data.train[0])
+  statistics = datasets.input_normalization(config.dataset, data.train[0], config.train_split)
   config, model_facts = run_record.resolve_model_facts(
-    model_dir, config, data.class_names, new_run_normalization
+    model_dir, config, data.class_names, statistics
   )
   # Only the chief writes (and locks) the model directory; if it cannot, every worker stops.
   lock = checkpointing.claim_model_dir(model_dir) if chief else contextlib.nullcontext()

@@ -14,13 +14,14 @@ from data import datasets
 CROP_PADDING = 4  # default pixels of zero padding on each side before the random crop
 # random: each image flipped with probability 1/2 each epoch. alternating: a random half
 # flipped in the first epoch, then every image the other way round each epoch, so two
-# epochs show every image once each way (Jordan 2024's derandomised flips).
-FLIP_MODES = ("random", "alternating")
+# epochs show every image once each way (Jordan 2024's derandomised flips). none: never
+# (digits, text: SVHN's mirror images are not digits).
+FLIP_MODES = ("random", "alternating", "none")
 TTA_MODES = ("none", "flip", "flip_translate")  # Test-time augmentation: see tta_views.
 
 
 def normalize(images, mean=datasets.CIFAR10.mean, std=datasets.CIFAR10.std):
-  """uint8 [..., 32, 32, 3] in [0, 255] -> float32 (images / 255 - mean) / std.
+  """uint8 [..., H, W, 3] in [0, 255] -> float32 (images / 255 - mean) / std.
 
   `mean` and `std` are 3 per-channel values in [0, 1] pixel units: a run's input
   normalisation (`normalize(images, **run_record.input_normalization(record))`, see
@@ -35,31 +36,33 @@ def normalize(images, mean=datasets.CIFAR10.mean, std=datasets.CIFAR10.std):
 
 
 def crop_and_flip(images, offsets, flips, crop_padding=CROP_PADDING):
-  """Pads by `crop_padding` pixels, crops 32x32 at per-example offsets, flips left-right.
+  """Pads by `crop_padding` pixels, crops HxW at per-example offsets, flips left-right.
 
   One gather of whole pixels: each RGB pixel is packed into one int32, because
   gathering 3-byte slices element by element made this the slowest part of the
-  input pipeline (docs/speed.md).
+  input pipeline (docs/speed.md). The size comes from the images' static shape (the
+  pipeline's arrays are constants), so CIFAR's 32x32 graph is the one it always was.
 
   Args:
-    images: uint8 [B, 32, 32, 3].
+    images: uint8 [B, H, W, 3], H and W static.
     offsets: int32 [B, 2], (row, column) of each crop's corner, in [0, 2 * crop_padding].
     flips: bool [B], whether to mirror each example.
     crop_padding: zero pixels added on each side (4: translations of up to +-4 pixels).
 
   Returns:
-    uint8 [B, 32, 32, 3].
+    uint8 [B, H, W, 3].
   """
-  size, padded_size = datasets.IMAGE_SIZE, datasets.IMAGE_SIZE + 2 * crop_padding
-  pixels = tf.bitcast(tf.pad(images, [[0, 0], [0, 0], [0, 0], [0, 1]]), tf.int32)  # [B, 32, 32]
+  height, width = images.shape[1], images.shape[2]
+  padded_height, padded_width = height + 2 * crop_padding, width + 2 * crop_padding
+  pixels = tf.bitcast(tf.pad(images, [[0, 0], [0, 0], [0, 0], [0, 1]]), tf.int32)  # [B, H, W]
   pad = crop_padding
-  padded = tf.reshape(tf.pad(pixels, [[0, 0], [pad, pad], [pad, pad]]), [-1])  # [B * S * S]
-  window = tf.range(size)
-  rows = offsets[:, 0:1] + window  # [B, 32], in the padded image
-  mirrored = offsets[:, 1:2] + (size - 1) - window
-  cols = tf.where(flips[:, None], mirrored, offsets[:, 1:2] + window)  # [B, 32]
-  first_row = tf.range(tf.shape(images)[0])[:, None] * padded_size + rows  # [B, 32]
-  index = first_row[:, :, None] * padded_size + cols[:, None, :]  # [B, 32, 32]
+  padded = tf.reshape(tf.pad(pixels, [[0, 0], [pad, pad], [pad, pad]]), [-1])  # [B * H' * W']
+  rows = offsets[:, 0:1] + tf.range(height)  # [B, H], in the padded image
+  window = tf.range(width)
+  mirrored = offsets[:, 1:2] + (width - 1) - window
+  cols = tf.where(flips[:, None], mirrored, offsets[:, 1:2] + window)  # [B, W]
+  first_row = tf.range(tf.shape(images)[0])[:, None] * padded_height + rows  # [B, H]
+  index = first_row[:, :, None] * padded_width + cols[:, None, :]  # [B, H, W]
   return tf.bitcast(tf.gather(padded, index), tf.uint8)[..., :3]
 
 
@@ -86,6 +89,8 @@ def epoch_plan(
     first_key = tf.stack([tf.cast(seed, tf.int64), tf.constant(-1, tf.int64)])
     first_epoch = tf.random.stateless_uniform([num_examples], first_key) < 0.5
     flipped = tf.gather(first_epoch, order) != tf.equal(tf.cast(epoch, tf.int64) % 2, 1)
+  elif flips == "none":
+    flipped = tf.zeros([examples_per_epoch], tf.bool)
   else:
     flipped = tf.random.stateless_uniform([examples_per_epoch], flip_key) < 0.5
   batches = [steps_per_epoch, global_batch_size]
@@ -103,18 +108,18 @@ def tta_views(images, mode):
   is the weighted mean of the views' probabilities.
 
   Args:
-    images: uint8 [N, 32, 32, 3], in memory.
+    images: uint8 [N, H, W, 3], in memory.
 
   Returns:
-    [(weight, uint8 [N, 32, 32, 3])], weights summing to 1.
+    [(weight, uint8 [N, H, W, 3])], weights summing to 1.
   """
   if mode == "none":
     return [(1.0, images)]
   views = [(0.5, images), (0.5, images[:, :, ::-1])]
   if mode == "flip_translate":
     padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    size = datasets.IMAGE_SIZE
-    shifted = [padded[:, :size, :size], padded[:, 2:, 2:]]  # Up-left, down-right.
+    height, width = images.shape[1:3]
+    shifted = [padded[:, :height, :width], padded[:, 2:, 2:]]  # Up-left, down-right.
     views = [(weight / 2, view) for weight, view in views]
     views += [(1 / 8, view) for image in shifted for view in (image, image[:, :, ::-1])]
   return views

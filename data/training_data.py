@@ -12,7 +12,7 @@ from data import augment, pipeline, sources
 class TrainingData:
   """A run's examples in memory, the length of its epochs, and the datasets made of them."""
 
-  train: tuple  # (images uint8 [N, 32, 32, 3], labels int32 [N])
+  train: tuple  # (images uint8 [N, H, W, 3], labels int32 [N])
   validation: tuple  # The same, for model selection.
   class_names: list
   validation_source: str  # Where the validation examples come from (for the run record).
@@ -36,16 +36,18 @@ class TrainingData:
     seed,
     crop_padding=augment.CROP_PADDING,
     flips="random",
+    **load_args,
   ):
     """Loads the training and validation examples (see sources) and sizes the epochs.
 
-    `steps_per_epoch` 0 is a full pass over the training examples.
+    `steps_per_epoch` 0 is a full pass over the training examples; `load_args` (train_split,
+    label_feature, image_size) are sources.load_train_and_validation's.
 
     Raises:
       sources.DataError: unreadable data, or an epoch that does not fit the examples.
     """
     train, validation, class_names, validation_source = sources.load_train_and_validation(
-      dataset, validation_size, tfds_data_dir
+      dataset, validation_size, tfds_data_dir, **load_args
     )
     num_train = len(train[1])
     steps_per_epoch = steps_per_epoch or num_train // global_batch_size
@@ -92,7 +94,15 @@ class TrainingData:
       seed=config.seed,
       crop_padding=config.crop_padding,
       flips=config.flips,
+      train_split=config.train_split,
+      label_feature=config.label_feature,
+      image_size=config.image_size or None,
     )
+
+  @property
+  def image_size(self):
+    """(height, width) of the run's images."""
+    return tuple(int(size) for size in self.train[0].shape[1:3])
 
   def _train_dataset_args(self):
     return dict(
@@ -126,6 +136,7 @@ class TrainingData:
     return dict(
       class_names=self.class_names,
       num_classes=len(self.class_names),
+      image_size=list(self.image_size),
       num_train_examples=len(self.train[1]),
       validation_source=self.validation_source,
       num_validation_examples=len(self.validation[1]),

@@ -73,11 +73,22 @@ class Config:
     "(Jordan 2024); --nowhitening leaves it at its random initialisation (for ablations).",
   )
   dataset: str = _option(
-    "cifar10", "cifar10 (TFDS) or folder:PATH with PATH/<split>/<class>/<image>."
+    "cifar10",
+    "A TFDS image-classification dataset (cifar10, cifar100, svhn_cropped, ...) or "
+    "folder:PATH with PATH/<split>/<class>/<image> (docs/datasets.md).",
+  )
+  label_feature: str = _option(
+    "label", "The TFDS class-label feature to learn (cifar100: label, or coarse_label)."
+  )
+  train_split: str = _option(
+    "train", "The split to train on, TFDS split syntax (svhn_cropped: train+extra)."
+  )
+  image_size: int = _option(
+    0, "Resize every image to this many pixels a side; 0: the dataset's own size.", low=0
   )
   tfds_data_dir: str | None = _option(None, "TFDS data directory.")
   validation_size: int = _option(
-    5000, "Training examples held out for validation; 0 validates on the test split.", low=0
+    5000, "Examples held out of --train_split for validation; 0 validates on the test split.", low=0
   )
   # --- Optimisation ---
   epochs: int = _option(200, "Epochs to train for in total.", **POSITIVE)
@@ -141,8 +152,8 @@ class Config:
   )
   flips: str = _option(
     "random",
-    "Augmentation: flip each image at random every epoch, or alternating (a random half "
-    "first, then every image the other way round each epoch).",
+    "Augmentation: flip each image at random every epoch, alternating (a random half "
+    "first, then every image the other way round each epoch), or none.",
     choices=augment.FLIP_MODES,
   )
   validation_tta: str = _option(

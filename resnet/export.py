@@ -8,10 +8,11 @@ train.py calls `export_best_model` when a run finishes; for any run or checkpoin
 
 Writes (replacing an older export):
   MODEL_DIR/export/saved_model/  TensorFlow SavedModel. Its "serving_default" signature takes
-                                 `images` uint8 [B, 32, 32, 3] (any B) and returns
+                                 `images` uint8 [B, H, W, 3] (any B; H x W the run's image
+                                 size, run.json's `image_size`) and returns
                                  `probabilities` float32 [B, C], `classes` string [B] (the top
                                  class) and `class_names` string [C].
-  MODEL_DIR/export/model.keras   Keras model, uint8 [B, 32, 32, 3] -> probabilities [B, C]; load
+  MODEL_DIR/export/model.keras   Keras model, uint8 [B, H, W, 3] -> probabilities [B, C]; load
                                  it with `import resnet.models` then `keras.saving.load_model`.
 
 Both normalise the images themselves, with the per-channel mean and std the run recorded
@@ -29,8 +30,6 @@ from data import augment, datasets
 from resnet import files, run_record
 
 EXPORT_DIR = "export"
-
-IMAGE_SHAPE = (datasets.IMAGE_SIZE, datasets.IMAGE_SIZE, 3)  # What the export takes, uint8.
 
 
 def export_paths(model_dir):
@@ -53,7 +52,7 @@ class _Serving(tf.Module):
     self.mean = tuple(input_normalization["mean"])
     self.std = tuple(input_normalization["std"])
 
-  @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="images")])
+  @tf.function  # Traced for the run's image size by export_best_model.
   def serve(self, images):
     logits = self.model(augment.normalize(images, self.mean, self.std), training=False)
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
@@ -64,8 +63,9 @@ class _Serving(tf.Module):
     }
 
 
-def keras_classifier(model, input_normalization=None):
-  """Wraps a ResNet into a functional keras.Model: uint8 [B, 32, 32, 3] -> probabilities [B, C].
+def keras_classifier(model, input_normalization=None, image_size=(32, 32)):
+  """Wraps a ResNet into a functional keras.Model: uint8 [B, H, W, 3] -> probabilities [B, C],
+  (H, W) = `image_size`.
 
   The input is normalised by Rescaling and Normalization layers (the maths of
   augment.normalize with `input_normalization`, the run's {"mean", "std"}, CIFAR-10's
@@ -73,7 +73,7 @@ def keras_classifier(model, input_normalization=None):
   the ResNet class.
   """
   normalization = input_normalization or datasets.CIFAR10.normalization
-  images = keras.Input(IMAGE_SHAPE, dtype="uint8", name="images")
+  images = keras.Input((*image_size, 3), dtype="uint8", name="images")
   # Explicit float32 layers: a global mixed-precision policy must not leak into the export.
   x = keras.layers.Rescaling(1.0 / 255.0, dtype="float32")(images)
   x = keras.layers.Normalization(
@@ -107,6 +107,7 @@ def export_best_model(model_dir, checkpoint_path=None):
   model, record, _ = run_record.load_trained_model(model_dir, checkpoint_path)
   class_names = record["class_names"]
   normalization = run_record.input_normalization(record)
+  image_size = run_record.image_size(record)
 
   paths = export_paths(model_dir)
   export_dir = os.path.dirname(paths["saved_model"])
@@ -119,10 +120,10 @@ def export_best_model(model_dir, checkpoint_path=None):
   if tf.io.gfile.exists(temporary["saved_model"]):
     tf.io.gfile.rmtree(temporary["saved_model"])
   serving = _Serving(model, class_names, normalization)
-  tf.saved_model.save(
-    serving, temporary["saved_model"], signatures={"serving_default": serving.serve}
-  )
-  keras_classifier(model, normalization).save(temporary["keras"])
+  spec = tf.TensorSpec([None, *image_size, 3], tf.uint8, name="images")
+  signature = serving.serve.get_concrete_function(spec)
+  tf.saved_model.save(serving, temporary["saved_model"], signatures={"serving_default": signature})
+  keras_classifier(model, normalization, image_size).save(temporary["keras"])
   files.replace_directory(temporary["saved_model"], paths["saved_model"])
   tf.io.gfile.rename(temporary["keras"], paths["keras"], overwrite=True)
   return paths

@@ -28,12 +28,21 @@ RUN_DEFINING_KEYS = (
   "model",
   "stride2_padding",
   "dataset",
+  "label_feature",
+  "train_split",
+  "image_size",
   "validation_size",
   "batch_size",
   "seed",
   "optimizer",
 )
-RUN_KEY_DEFAULTS = {"optimizer": "adam", "stride2_padding": cifar_resnet.LEGACY_STRIDE2_PADDING}
+RUN_KEY_DEFAULTS = {
+  "optimizer": "adam",
+  "stride2_padding": cifar_resnet.LEGACY_STRIDE2_PADDING,
+  "label_feature": "label",
+  "train_split": "train",
+  "image_size": 0,
+}
 
 
 def read_run_record(model_dir):
@@ -76,6 +85,13 @@ def input_normalization(record):
   augment.normalize); CIFAR-10's statistics for runs recorded before the key existed."""
   normalization = record.get("input_normalization") or datasets.CIFAR10.normalization
   return {"mean": list(normalization["mean"]), "std": list(normalization["std"])}
+
+
+def image_size(record):
+  """(height, width) of the images the run trained on (its `image_size` fact; 32x32 for runs
+  recorded before the key existed): what evaluation, the export and predict feed it."""
+  height, width = record.get("image_size") or (datasets.IMAGE_SIZE, datasets.IMAGE_SIZE)
+  return int(height), int(width)
 
 
 def _model_definition(record):
@@ -259,6 +275,7 @@ def load_trained_model(model_dir, checkpoint_path=None):
     precision="float32",
     stride2_padding=config["stride2_padding"],
     dropout=config.get("dropout", 0.0),  # As trained (inactive in inference).
+    image_size=image_size(record),
   )
   checkpointing.restore_model(model, checkpoint_path)
   return model, record, checkpoint_path

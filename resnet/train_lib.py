@@ -98,6 +98,7 @@ def create_training(
       # "auto" outside train.py (benchmark, selfcheck, tests): what a new run gets.
       stride2_padding=("symmetric" if config.stride2_padding == "auto" else config.stride2_padding),
       dropout=config.dropout,
+      image_size=32 if train_images is None else tuple(train_images.shape[1:3]),
     )
     if config.whitening and train_images is not None:  # --nowhitening skips airbench's.
       normalization = input_normalization or datasets.CIFAR10.normalization

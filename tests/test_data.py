@@ -35,12 +35,16 @@ def test_each_dataset_brings_its_statistics_and_others_get_their_own():
   pixels = images.reshape(-1, 3) / 255.0
   np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0), atol=1e-4)
   np.testing.assert_allclose(stats["std"], pixels.std(axis=0), atol=1e-4)
-  assert datasets.input_normalization("cifar10", images) == datasets.CIFAR10.normalization
-  assert datasets.input_normalization("folder:/x", images) == datasets.CIFAR10.normalization
-  assert datasets.input_normalization("svhn_cropped", images) == stats  # Not in the table.
-  for name, dataset in datasets.DATASETS.items():
-    assert dataset.image_size == datasets.IMAGE_SIZE, name  # What the pipeline takes today.
-    assert len(dataset.mean) == len(dataset.std) == 3 and dataset.class_names, name
+  for name, dataset in datasets.DATASETS.items():  # Trained as the table's figures were.
+    assert datasets.input_normalization(name, images) == dataset.normalization, name
+    assert len(dataset.mean) == len(dataset.std) == 3 and dataset.source, name
+  assert datasets.input_normalization("cifar100", images)["mean"] == [0.5071, 0.4865, 0.4409]
+  # Their own statistics: a folder, a TFDS name without an entry, another split or size.
+  assert datasets.input_normalization("folder:/x", images) == stats
+  assert datasets.input_normalization("mnist", images) == stats
+  assert datasets.input_normalization("svhn_cropped", images, "train+extra") == stats
+  larger = np.repeat(np.repeat(images[:100], 2, axis=1), 2, axis=2)  # 64x64.
+  assert datasets.input_normalization("cifar10", larger) == datasets.statistics(larger)
 
 
 def test_crop_and_flip():
@@ -53,6 +57,23 @@ def test_crop_and_flip():
   corner = augment.crop_and_flip(images, tf.zeros([3, 2], tf.int32), no_flip).numpy()
   assert (corner[:, :4, :, :] == 0).all() and (corner[:, :, :4, :] == 0).all()
   np.testing.assert_array_equal(corner[:, 4:, 4:], images[:, :28, :28])
+
+
+def test_crop_flip_and_tta_take_any_image_size():
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (4, 40, 24, 3), dtype=np.uint8)  # Not square, not 32.
+  offsets = np.array([[0, 0], [3, 5], [6, 6], [2, 1]], np.int32)
+  flips = np.array([False, True, False, True])
+  crops = augment.crop_and_flip(images, offsets, flips, crop_padding=3).numpy()
+  padded = np.pad(images, ((0, 0), (3, 3), (3, 3), (0, 0)))
+  for crop, image, (row, column), flip in zip(crops, padded, offsets, flips, strict=True):
+    expected = image[row : row + 40, column : column + 24]
+    np.testing.assert_array_equal(crop, expected[:, ::-1] if flip else expected)
+  views = augment.tta_views(images, "flip_translate")
+  assert [view.shape for _, view in views] == [images.shape] * 6
+  np.testing.assert_array_equal(views[-2][1][:, :-1, :-1], images[:, 1:, 1:])  # Down-right.
+  plan = augment.epoch_plan(0, 0, 16, 2, 8, crop_padding=4, flips="none")
+  assert not np.concatenate([flipped for _, _, flipped in plan.as_numpy_iterator()]).any()
 
 
 def test_crop_padding_bounds_the_translation():

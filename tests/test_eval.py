@@ -267,7 +267,8 @@ def test_report_files_top_k_and_flip_test_time_augmentation(model_dir):
   record = run_record.read_run_record(model_dir)
   model = models.create_model(record["config"]["model"], num_classes=3)
   checkpointing.restore_model(model, checkpointing.best_checkpoint_path(model_dir))
-  flipped = tf.nn.softmax(model(augment.normalize(images[:, :, ::-1]), training=False)).numpy()
+  normalized = augment.normalize(images[:, :, ::-1], **run_record.input_normalization(record))
+  flipped = tf.nn.softmax(model(normalized, training=False)).numpy()
   averaged = (probabilities + flipped) / 2
   assert metrics["flip_tta"]["accuracy"] == pytest.approx(
     np.mean(averaged.argmax(axis=1) == labels)

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import train
-from data import augment, sources
+from data import augment, datasets, sources
 from resnet import checkpointing, export, models, run_record
 from resnet.tools import predict
 from tests.conftest import CLASS_NAMES
@@ -59,8 +59,16 @@ def restored(model_dir):
   return model
 
 
-def in_process_probabilities(model, images):
-  return tf.nn.softmax(model(augment.normalize(images), training=False)).numpy()
+@pytest.fixture(scope="module")
+def normalization(model_dir):
+  """The run's input normalisation: its training images' own statistics (a folder)."""
+  record = run_record.read_run_record(model_dir)
+  assert record["input_normalization"] != datasets.CIFAR10.normalization
+  return run_record.input_normalization(record)
+
+
+def in_process_probabilities(model, images, normalization):
+  return tf.nn.softmax(model(augment.normalize(images, **normalization), training=False)).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +91,13 @@ def run_module(module, *args, cwd=REPO):
   )
 
 
-def test_saved_model_signature_agrees_with_the_in_process_model(exported, restored, images):
+def test_saved_model_signature_agrees_with_the_in_process_model(
+  exported, restored, images, normalization
+):
   serve = tf.saved_model.load(exported["saved_model"]).signatures["serving_default"]
   spec = serve.structured_input_signature[1]["images"]
   assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 32, 32, 3]
-  expected = in_process_probabilities(restored, images)
+  expected = in_process_probabilities(restored, images, normalization)
   for batch_size in (1, 5):
     outputs = serve(images=tf.constant(images[:batch_size]))
     assert outputs["probabilities"].dtype == tf.float32
@@ -98,7 +108,7 @@ def test_saved_model_signature_agrees_with_the_in_process_model(exported, restor
 
 
 def test_keras_file_loads_in_a_fresh_process_with_the_same_weights(
-  exported, restored, images, tmp_path
+  exported, restored, images, normalization, tmp_path
 ):
   np.save(tmp_path / "images.npy", images)
   output = tmp_path / "keras_outputs.npz"
@@ -115,7 +125,7 @@ def test_keras_file_loads_in_a_fresh_process_with_the_same_weights(
   assert len(loaded.files) == 1 + len(restored.weights)
   for i, weight in enumerate(restored.weights):
     np.testing.assert_array_equal(loaded[f"weight{i}"], weight.numpy(), err_msg=weight.path)
-  expected = in_process_probabilities(restored, images)
+  expected = in_process_probabilities(restored, images, normalization)
   np.testing.assert_allclose(loaded["probabilities"], expected, atol=1e-5)
 
 
@@ -145,7 +155,7 @@ def test_failed_export_keeps_the_old_one_and_the_next_one_replaces_it(
 
 
 def test_predict_command_prints_the_top_classes_of_png_and_jpeg(
-  model_dir, exported, restored, image_folder, tmp_path
+  model_dir, exported, restored, normalization, image_folder, tmp_path
 ):
   jpeg = os.path.join(image_folder, "test", "dog", "0001.jpg")  # 32x32, as in training.
   png = str(tmp_path / "wide.png")  # 64x48: resized by the command.
@@ -172,9 +182,9 @@ def test_predict_command_prints_the_top_classes_of_png_and_jpeg(
   # probabilities of the in-process model.
   results = predict.predict_files(exported["saved_model"], [png, jpeg], top_k=5)
   assert predict.format_result({**results[0], "top": results[0]["top"][:2]}) == lines[0]
-  decoded = [sources.decode_image(tf.io.read_file(path)).numpy() for path in (png, jpeg)]
+  decoded = [sources.decode_image(tf.io.read_file(p), (32, 32)).numpy() for p in (png, jpeg)]
   np.testing.assert_array_equal(predict.read_image(png), decoded[0])
-  expected = in_process_probabilities(restored, np.stack(decoded))
+  expected = in_process_probabilities(restored, np.stack(decoded), normalization)
   for result_of_file, row in zip(results, expected, strict=True):
     np.testing.assert_allclose(result_of_file["probabilities"], row, atol=1e-5)
     assert len(result_of_file["top"]) == len(CLASS_NAMES)  # top_k=5 is capped at 3 classes.

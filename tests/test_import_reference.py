@@ -98,7 +98,9 @@ def test_init_from_starts_a_new_run_from_the_best_weights_and_a_resume_ignores_i
   record = run_record.read_run_record(model_dir)
   assert record["config"]["init_from"] == source_dir
   assert record["config"]["stride2_padding"] == "same"
-  assert record["input_normalization"] == datasets.CIFAR10.normalization
+  source_record = run_record.read_run_record(source_dir)  # A folder run: its own statistics.
+  assert record["input_normalization"] == source_record["input_normalization"]
+  assert source_record["input_normalization"] != datasets.CIFAR10.normalization
   source, _, _ = run_record.load_trained_model(source_dir)
   tuned, _, _ = run_record.load_trained_model(model_dir)
   for ours, theirs in zip(tuned.trainable_variables, source.trainable_variables, strict=True):

@@ -88,7 +88,7 @@ def trained_run(image_folder, tmp_path_factory):
   return model_dir, result
 
 
-def test_run_writes_checkpoints_best_records_and_summaries(trained_run):
+def test_run_writes_checkpoints_best_records_and_summaries(trained_run, image_folder):
   model_dir, result = trained_run
   assert result["step"] == 6 and result["epoch"] == 2
   assert result["validation"]["num_examples"] == 24
@@ -99,7 +99,10 @@ def test_run_writes_checkpoints_best_records_and_summaries(trained_run):
   record = json.load(open(os.path.join(model_dir, "run.json")))
   assert record["config"]["model"] == "resnet8" and record["class_names"] == CLASS_NAMES
   assert record["num_train_examples"] == 120 - 24 and len(record["starts"]) == 1
-  assert record["input_normalization"] == datasets.CIFAR10.normalization  # A new run's.
+  # A new folder run's: its own training images' statistics, and their size.
+  train_images = sources.load_train_and_validation(f"folder:{image_folder}", 24)[0][0]
+  assert record["input_normalization"] == datasets.statistics(train_images)
+  assert record["image_size"] == [32, 32] and record["config"]["image_size"] == 0
   assert os.path.getsize(os.path.join(model_dir, "class_samples.png")) > 1000
   assert os.path.exists(os.path.join(model_dir, "export", "saved_model", "saved_model.pb"))
   assert os.path.getsize(os.path.join(model_dir, "export", "model.keras")) > 10_000
@@ -244,7 +247,8 @@ def test_airbench_whitens_with_the_run_s_own_training_images(image_folder, tmp_p
   data = training_data.TrainingData.load(
     config.dataset, config.validation_size, epochs=1, global_batch_size=16, seed=0
   )
-  expected = airbench.whitening_kernel(augment.normalize(data.train[0]))
+  own = datasets.statistics(data.train[0])  # The folder run's normalisation.
+  expected = airbench.whitening_kernel(augment.normalize(data.train[0], **own))
   weights = final_weights(model_dir)
   (kernel,) = [value for name, value in weights.items() if "whitening/kernel" in name]
   np.testing.assert_allclose(kernel, expected, rtol=1e-6)

@@ -150,7 +150,8 @@ def create_model(
     stride2_padding: cifar_resnet.STRIDE2_PADDINGS, for the models that take it (the
       ResNet-6n+2); the others pad symmetrically or downsample by pooling.
     dropout: rate for the models that take it (the Wide ResNets); 0 for the others.
-    image_size: pixels a side of the images the weights are created for.
+    image_size: the images the weights are created for: pixels a side, or (height, width)
+      (every model pools globally, so its weights fit any size input_problem accepts).
 
   Returns:
     A common.Network named `name`.
@@ -170,7 +171,8 @@ def create_model(
     name=name,
     **{option: value for option, value in given.items() if option in entry.takes},
   )
-  model(keras.ops.zeros((1, image_size, image_size, 3)))  # A subclassed model has no build().
+  height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+  model(keras.ops.zeros((1, height, width, 3)))  # A subclassed model has no build().
   return model
 
 

@@ -46,8 +46,8 @@ REFERENCE_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 
 # order (TFDS' and torchvision's alike), all 50,000 training images (the reference keeps the
 # last partial batch: 391 steps per epoch), its best epoch chosen on the 10,000 test images.
 DATA_FACTS = {
-  "class_names": list(datasets.CIFAR10.class_names),
-  "num_classes": len(datasets.CIFAR10.class_names),
+  "class_names": list(datasets.CIFAR10_CLASS_NAMES),
+  "num_classes": len(datasets.CIFAR10_CLASS_NAMES),
   "num_train_examples": 50_000,
   "validation_source": "test split",
   "num_validation_examples": 10_000,

@@ -9,7 +9,8 @@ Prints one line per image with its most probable classes:
   cat.png: cat 0.912, dog 0.051, bird 0.020
 
 Images are PNG or JPEG (GIF and BMP work too); greyscale becomes RGB and other
-sizes are resized to 32x32, as the training pipeline does with image folders.
+sizes are resized to the size the export takes (the run's), as the training pipeline
+does with image folders.
 """
 
 import re
@@ -29,14 +30,15 @@ class PredictError(errors.UserError, ValueError):
   """A missing export or an unreadable image, with a message for the user."""
 
 
-def read_image(path):
-  """PNG/JPEG file -> uint8 [32, 32, 3], by data.sources.decode_image as training reads folders.
+def read_image(path, size=(32, 32)):
+  """PNG/JPEG file -> uint8 [H, W, 3], (H, W) = `size`, by data.sources.decode_image as
+  training reads folders.
 
   Raises:
     PredictError: the file is missing or not a decodable image.
   """
   try:
-    return sources.decode_image(tf.io.read_file(path))
+    return sources.decode_image(tf.io.read_file(path), size)
   except tf.errors.OpError as error:
     # "{{function_node ...}} PATH; Is a directory [Op:ReadFile]" -> "Is a directory".
     message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).strip()
@@ -65,8 +67,9 @@ def predict_files(saved_model_dir, paths, top_k=3):
   """
   if not tf.saved_model.contains_saved_model(saved_model_dir):
     raise PredictError(f"No exported model in {saved_model_dir}.")
-  images = np.stack([read_image(path) for path in paths])
   serve = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+  size = tuple(serve.structured_input_signature[1]["images"].shape[1:3])  # The run's.
+  images = np.stack([read_image(path, size) for path in paths])
   batches = [
     serve(images=tf.constant(images[start : start + BATCH_SIZE]))
     for start in range(0, len(images), BATCH_SIZE)

@@ -82,17 +82,26 @@ def match_config(config, configs_dir=CONFIGS_DIR):
   """
   config = with_defaults(config)
   best = ("-", {key: value for key, value in config.items() if key not in NOT_RECIPE})
+  best_rank = (len(best[1]), -1)  # A file must differ in fewer flags than none at all.
+  default_dataset = config_lib.Config().dataset
   for path in sorted(glob.glob(os.path.join(configs_dir, "*.cfg"))):
     values = with_defaults(read_flagfile(path), recorded=False)
-    if values.get("model") != config.get("model"):
+    file_dataset = values.get("dataset", default_dataset)
+    # --dataset is not a recipe flag (a CIFAR-10 recipe runs on a folder of CIFAR-10 too),
+    # but a file made for another dataset (resnet56_paper_cifar100.cfg) names that dataset:
+    # it matches runs on it only, and wins over its base file there.
+    if values.get("model") != config.get("model") or (
+      file_dataset != default_dataset and file_dataset != config.get("dataset")
+    ):
       continue
     differ = {
       key: config.get(key)
       for key, value in values.items()
       if key not in NOT_RECIPE and not _same_flag(key, config.get(key), value)
     }
-    if len(differ) < len(best[1]):
-      best = (os.path.basename(path), differ)
+    rank = (len(differ), file_dataset != config.get("dataset"))
+    if rank < best_rank:
+      best, best_rank = (os.path.basename(path), differ), rank
   return best
 
 
