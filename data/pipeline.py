@@ -15,7 +15,7 @@ import os
 
 import tensorflow as tf
 
-from data import augment, sources
+from data import augment, mixing, sources
 
 # --- Datasets ------------------------------------------------------------------------
 
@@ -55,8 +55,8 @@ def make_train_dataset(
   start_step,
   total_steps,
   seed,
-  crop_padding=augment.CROP_PADDING,
-  flips="random",
+  augmentation=augment.CROPS_AND_FLIPS,
+  num_classes=None,
   input_context=None,
 ):
   """Augmented training batches for one input pipeline, from `start_step` to `total_steps`.
@@ -76,13 +76,15 @@ def make_train_dataset(
       of each epoch's order is dropped so every batch is full).
     start_step, total_steps: the half-open range of global steps to produce.
     seed: the data order and augmentation seed.
-    crop_padding: random translations of up to this many pixels (see augment.crop_and_flip).
-    flips: one of augment.FLIP_MODES.
+    augmentation: an augment.Augmentation. With MixUp or CutMix, a position's partner
+      is another position of the same global batch, wherever its replica is.
+    num_classes: the targets' width; needed with MixUp or CutMix only.
     input_context: a tf.distribute.InputContext, or None for one pipeline.
 
   Returns:
-    A dataset of (uint8 [b, 32, 32, 3] augmented images, int32 [b] labels),
-    b = the per-replica batch size. The steps normalise the images on the device.
+    A dataset of (uint8 [b, H, W, 3] augmented images, labels), b = the per-replica
+    batch size; labels int32 [b], or with MixUp or CutMix float32 [b, num_classes]
+    soft targets. The steps normalise the images on the device.
   """
   num_pipelines, pipeline_id, batch_size = _shard_and_batch_size(input_context, global_batch_size)
   examples_per_epoch = steps_per_epoch * global_batch_size
@@ -93,29 +95,43 @@ def make_train_dataset(
     )
   start_epoch, start_offset = divmod(start_step, steps_per_epoch)
   end_epoch = -(-total_steps // steps_per_epoch)  # ceil
+  if augmentation.mixing and not num_classes:
+    raise ValueError("MixUp and CutMix need num_classes for their soft targets.")
+  image_size = images.shape[1:3]
   images, labels = tf.constant(images), tf.constant(labels)
 
   def plan(epoch):
     skip = tf.where(epoch == start_epoch, start_offset, 0)
     epoch_plan = augment.epoch_plan(
-      seed, epoch, len(labels), steps_per_epoch, global_batch_size, crop_padding, flips
+      seed, epoch, len(labels), steps_per_epoch, global_batch_size, augmentation, image_size
     )
     return epoch_plan.skip(tf.cast(skip, tf.int64))
 
-  def replica_batches(*global_batch):
+  def replica_batches(global_batch):
     """This pipeline's slice of a global batch, as [local replicas, b, ...] per tensor."""
     per_pipeline = global_batch_size // num_pipelines
-    return tuple(
-      tf.reshape(
+    return tf.nest.map_structure(
+      lambda part: tf.reshape(
         part[pipeline_id * per_pipeline : (pipeline_id + 1) * per_pipeline],
         [per_pipeline // batch_size, batch_size, *part.shape[1:]],
-      )
-      for part in global_batch
+      ),
+      global_batch,
     )
 
-  def gather_and_augment(order, offsets, flips):
-    augmented = augment.crop_and_flip(tf.gather(images, order), offsets, flips, crop_padding)
-    return augmented, tf.gather(labels, order)
+  def gather_and_augment(positions):
+    augmented = augment.augmented_images(images, positions, augmentation)
+    own_labels = tf.gather(labels, positions["order"])
+    if not augmentation.mixing:
+      return augmented, own_labels
+    partner = positions["partner"]  # Augmented exactly as at its own position.
+    return mixing.mix(
+      augmented,
+      augment.augmented_images(images, partner, augmentation),
+      own_labels,
+      tf.gather(labels, partner["order"]),
+      positions["mixing"],
+      num_classes,
+    )
 
   dataset = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(plan)
   dataset = dataset.take(total_steps - start_step)  # Global batches.

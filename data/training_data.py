@@ -20,8 +20,9 @@ class TrainingData:
   steps_per_epoch: int
   total_steps: int
   seed: int
-  crop_padding: int
-  flips: str = "random"  # One of augment.FLIP_MODES.
+  augmentation: augment.Augmentation = augment.CROPS_AND_FLIPS
+  # The run's {"mean", "std"} (set_input_normalization); None: CIFAR-10's.
+  input_normalization: dict | None = None
 
   @classmethod
   def load(
@@ -34,12 +35,12 @@ class TrainingData:
     steps_per_epoch=0,
     global_batch_size,
     seed,
-    crop_padding=augment.CROP_PADDING,
-    flips="random",
+    augmentation=augment.CROPS_AND_FLIPS,
   ):
     """Loads the training and validation examples (see sources) and sizes the epochs.
 
-    `steps_per_epoch` 0 is a full pass over the training examples.
+    `steps_per_epoch` 0 is a full pass over the training examples; `augmentation` an
+    augment.Augmentation (its `fill`: set_input_normalization).
 
     Raises:
       sources.DataError: unreadable data, or an epoch that does not fit the examples.
@@ -75,8 +76,7 @@ class TrainingData:
       steps_per_epoch,
       epochs * steps_per_epoch,
       seed,
-      crop_padding,
-      flips,
+      augmentation,
     )
 
   @classmethod
@@ -90,9 +90,23 @@ class TrainingData:
       steps_per_epoch=config.steps_per_epoch,
       global_batch_size=config.batch_size,
       seed=config.seed,
-      crop_padding=config.crop_padding,
-      flips=config.flips,
+      augmentation=augment.Augmentation(
+        crop_padding=config.crop_padding,
+        flips=config.flips,
+        cutout=config.cutout,
+        randaugment=augment.parse_randaugment(config.randaugment),
+        autoaugment=config.autoaugment,
+        mixup=config.mixup,
+        cutmix=config.cutmix,
+      ),
     )
+
+  def set_input_normalization(self, input_normalization):
+    """Records the run's {"mean", "std"} (run_record.resolve_model_facts'), and fills
+    Cutout's square and the pixels the policies uncover with its mean colour."""
+    self.input_normalization = input_normalization
+    fill = augment.mean_colour(input_normalization["mean"])
+    self.augmentation = dataclasses.replace(self.augmentation, fill=fill)
 
   def _train_dataset_args(self):
     return dict(
@@ -100,8 +114,8 @@ class TrainingData:
       steps_per_epoch=self.steps_per_epoch,
       total_steps=self.total_steps,
       seed=self.seed,
-      crop_padding=self.crop_padding,
-      flips=self.flips,
+      augmentation=self.augmentation,
+      num_classes=len(self.class_names),
     )
 
   def distribute_train(self, strategy, start_step):
@@ -111,7 +125,8 @@ class TrainingData:
     )
 
   def augmented_batch(self, step):
-    """Global batch `step`, (images, labels), as the model sees it: for pictures."""
+    """Global batch `step`, (images, labels), as the model sees it: for pictures. Labels
+    are int32 [B], or with MixUp or CutMix soft targets float32 [B, classes]."""
     args = dict(self._train_dataset_args(), total_steps=step + 1)
     return next(iter(pipeline.make_train_dataset(*self.train, start_step=step, **args)))
 

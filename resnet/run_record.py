@@ -32,8 +32,18 @@ RUN_DEFINING_KEYS = (
   "batch_size",
   "seed",
   "optimizer",
+  # What the model is trained on: the augmentation added with issue 27.
+  "cutout",
+  "randaugment",
+  "autoaugment",
+  "mixup",
+  "cutmix",
 )
-RUN_KEY_DEFAULTS = {"optimizer": "adam", "stride2_padding": cifar_resnet.LEGACY_STRIDE2_PADDING}
+RUN_KEY_DEFAULTS = {
+  "optimizer": "adam",
+  "stride2_padding": cifar_resnet.LEGACY_STRIDE2_PADDING,
+  **dict(cutout=0, randaugment="", autoaugment=False, mixup=0.0, cutmix=0.0),
+}
 
 
 def read_run_record(model_dir):
