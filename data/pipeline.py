@@ -119,18 +119,17 @@ def make_train_dataset(
     )
 
   def gather_and_augment(positions):
-    augmented = augment.augmented_images(images, positions, augmentation)
     own_labels = tf.gather(labels, positions["order"])
     if not augmentation.mixing:
-      return augmented, own_labels
-    partner = positions["partner"]  # Augmented exactly as at its own position.
+      return augment.augmented_images(images, positions, augmentation), own_labels
+    # Each position and its partner (augmented exactly as at its own position), in one
+    # batch of 2b: one copy of the augmentation's ops in the graph.
+    partner = positions["partner"]
+    both = {name: tf.concat([positions[name], partner[name]], 0) for name in partner}
+    augmented, partner_images = tf.split(augment.augmented_images(images, both, augmentation), 2)
+    partner_labels = tf.gather(labels, partner["order"])
     return mixing.mix(
-      augmented,
-      augment.augmented_images(images, partner, augmentation),
-      own_labels,
-      tf.gather(labels, partner["order"]),
-      positions["mixing"],
-      num_classes,
+      augmented, partner_images, own_labels, partner_labels, positions["mixing"], num_classes
     )
 
   dataset = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(plan)

@@ -158,13 +158,15 @@ def _enhance(name, images, magnitudes):
     mean = tf.reduce_mean(tf.cast(grey, tf.float64), axis=[1, 2, 3], keepdims=True)
     return _blend(tf.cast(tf.floor(mean + 0.5), tf.float32), images, factors)
   # Sharpness: PIL's SMOOTH filter (3x3, centre 5, others 1, / 13) inside, the border as is.
-  kernel = tf.tile(
-    tf.constant([1.0, 1, 1, 1, 5, 1, 1, 1, 1], shape=[3, 3, 1, 1]) / 13, [1, 1, 3, 1]
-  )
-  smooth = tf.nn.depthwise_conv2d(tf.cast(images, tf.float32), kernel, [1, 1, 1, 1], "VALID")
-  inside = tf.pad(tf.ones_like(smooth[:1, :, :, :1]), [[0, 0], [1, 1], [1, 1], [0, 0]]) > 0
-  smooth = tf.pad(tf.floor(smooth + 0.5), [[0, 0], [1, 1], [1, 1], [0, 0]])
-  return _blend(tf.where(inside, smooth, tf.cast(images, tf.float32)), images, factors)
+  # Slices, not a convolution: TensorFlow's depthwise convolution of an empty batch (no
+  # image drew the operation) returns the wrong shape.
+  pixels = tf.cast(images, tf.float32)
+  height, width = images.shape[1], images.shape[2]
+  window = [pixels[:, y : y + height - 2, x : x + width - 2] for y in range(3) for x in range(3)]
+  smooth = tf.floor((tf.add_n(window) + 4 * window[4]) / 13 + 0.5)  # window[4]: the centre.
+  inside = tf.pad(tf.ones([1, height - 2, width - 2, 1]), [[0, 0], [1, 1], [1, 1], [0, 0]]) > 0
+  smooth = tf.pad(smooth, [[0, 0], [1, 1], [1, 1], [0, 0]])
+  return _blend(tf.where(inside, smooth, pixels), images, factors)
 
 
 def _geometric(name, images, magnitudes, fill):
@@ -255,13 +257,17 @@ def apply_ops(images, ops, magnitudes, fill):
     fill: uint8 [3], the colour of pixels the geometric operations uncover.
   """
   positions = tf.range(tf.shape(images)[0])
-  for slot in range(ops.shape[1]):
+
+  def one_slot(slot, images):
     # Each operation on the images that drew it: about one operation per image.
-    parts = tf.dynamic_partition(images, ops[:, slot], len(OPS))
-    part_magnitudes = tf.dynamic_partition(magnitudes[:, slot], ops[:, slot], len(OPS))
+    slot_ops = ops[:, slot]
+    parts = tf.dynamic_partition(images, slot_ops, len(OPS))
+    part_magnitudes = tf.dynamic_partition(magnitudes[:, slot], slot_ops, len(OPS))
     done = [
       apply_op(name, *part, fill) for name, *part in zip(OPS, parts, part_magnitudes, strict=True)
     ]
-    stitched = tf.dynamic_stitch(tf.dynamic_partition(positions, ops[:, slot], len(OPS)), done)
-    images = tf.ensure_shape(stitched, images.shape)
-  return images
+    stitched = tf.dynamic_stitch(tf.dynamic_partition(positions, slot_ops, len(OPS)), done)
+    return slot + 1, tf.ensure_shape(stitched, images.shape)
+
+  # A loop, not a Python one: the slots share one copy of the operations in the graph.
+  return tf.while_loop(lambda slot, _: slot < tf.shape(ops)[1], one_slot, (0, images))[1]
