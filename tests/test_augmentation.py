@@ -1,12 +1,18 @@
 """The augmentation menu: Cutout, AutoAugment and RandAugment, MixUp and CutMix, each
 operation exact, and their plans. Resume and replica invariance: tests/test_data.py."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import train
 from data import augment, mixing, policies
-from resnet import optimization
+from resnet import checkpointing, files, optimization, run_record
+from resnet import config as config_lib
+from tests import test_train
+from tests.test_train import debug_config
 
 FILL = (125, 123, 114)
 KEY = tf.constant([7, 1], tf.int64)
@@ -189,3 +195,53 @@ def test_soft_targets_in_the_loss_and_the_accuracy():
     np.testing.assert_allclose(mixed, expected, rtol=1e-5)
   assert optimization.dominant_labels(soft).numpy().tolist() == [0, 2]
   assert optimization.dominant_labels(hard) is hard
+
+
+# --- Options: bad input, the run record, one run with everything on ---------------------
+
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (dict(cutout=-1), "--cutout must not be negative, got -1."),
+    (dict(cutout=33), "--cutout=33 is larger than the 32x32 images: at most 32 pixels."),
+    (dict(randaugment="2"), "--randaugment must be N,M .* got '2'."),
+    (dict(randaugment="0,9"), "--randaugment must be N,M .* got '0,9'."),
+    (dict(randaugment="2,31"), "--randaugment must be N,M .*30.* got '2,31'."),
+    (dict(randaugment="2,9", autoaugment=True), "--randaugment and --autoaugment are two"),
+    (dict(mixup=-0.5), "--mixup must not be negative"),
+  ],
+)
+def test_bad_augmentation_options_are_refused_before_anything_is_written(
+  image_folder, tmp_path, overrides, message
+):
+  model_dir = tmp_path / "run"
+  with pytest.raises(config_lib.ConfigError, match=f"^{message}"):
+    train.train_and_evaluate(debug_config(image_folder, **overrides), str(model_dir))
+  assert not model_dir.exists()
+
+
+def test_a_run_with_every_option_trains_and_refuses_a_resume_that_changes_one(
+  image_folder, tmp_path
+):
+  options = dict(cutout=8, autoaugment=True, mixup=0.4, cutmix=1.0, label_smoothing=0.1)
+  config = debug_config(image_folder, epochs=1, steps_per_epoch=2, **options)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["step"] == 2 and np.isfinite(result["validation"]["loss"])
+  record = run_record.read_run_record(str(tmp_path))
+  assert {key: record["config"][key] for key in options} == options
+  before = test_train.modification_times(str(tmp_path))
+  with pytest.raises(checkpointing.CheckpointError, match="--mixup=0.4 there, 0.2 now"):
+    train.train_and_evaluate(dataclasses.replace(config, mixup=0.2), str(tmp_path))
+  assert test_train.modification_times(str(tmp_path)) == before
+
+
+def test_runs_recorded_before_the_options_resume_without_them(tmp_path):
+  config = dataclasses.asdict(config_lib.Config())
+  added = ("cutout", "randaugment", "autoaugment", "mixup", "cutmix")
+  old = {key: value for key, value in config.items() if key not in added}
+  files.write_json(str(tmp_path / "run.json"), {"config": old, "starts": []})
+  run_record.start_run_record(str(tmp_path), config, write=False)  # No error.
+  for key, value in dict(cutout=8, randaugment="2,9", autoaugment=True, cutmix=1.0).items():
+    with pytest.raises(checkpointing.CheckpointError, match=f"--{key}=.* there, {value!r} now"):
+      run_record.start_run_record(str(tmp_path), dict(config, **{key: value}), write=False)
