@@ -46,6 +46,23 @@ def _shard_and_batch_size(input_context, global_batch_size):
   )
 
 
+def augmented_batch(images, labels, positions, augmentation, num_classes):
+  """(augmented images, labels) of planned positions (augment.epoch_plan's fields), from
+  every example's `images` and `labels`; see make_train_dataset."""
+  own_labels = tf.gather(labels, positions["order"])
+  if not augmentation.mixing:
+    return augment.augmented_images(images, positions, augmentation), own_labels
+  # Each position and its partner (augmented exactly as at its own position), in one
+  # batch of 2b: one copy of the augmentation's ops in the graph.
+  partner = positions["partner"]
+  both = {name: tf.concat([positions[name], partner[name]], 0) for name in partner}
+  augmented, partner_images = tf.split(augment.augmented_images(images, both, augmentation), 2)
+  partner_labels = tf.gather(labels, partner["order"])
+  return mixing.mix(
+    augmented, partner_images, own_labels, partner_labels, positions["mixing"], num_classes
+  )
+
+
 def make_train_dataset(
   images,
   labels,
@@ -118,25 +135,14 @@ def make_train_dataset(
       global_batch,
     )
 
-  def gather_and_augment(positions):
-    own_labels = tf.gather(labels, positions["order"])
-    if not augmentation.mixing:
-      return augment.augmented_images(images, positions, augmentation), own_labels
-    # Each position and its partner (augmented exactly as at its own position), in one
-    # batch of 2b: one copy of the augmentation's ops in the graph.
-    partner = positions["partner"]
-    both = {name: tf.concat([positions[name], partner[name]], 0) for name in partner}
-    augmented, partner_images = tf.split(augment.augmented_images(images, both, augmentation), 2)
-    partner_labels = tf.gather(labels, partner["order"])
-    return mixing.mix(
-      augmented, partner_images, own_labels, partner_labels, positions["mixing"], num_classes
-    )
-
   dataset = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(plan)
   dataset = dataset.take(total_steps - start_step)  # Global batches.
   # Pipeline p of P takes slice p of B / P positions, then hands out per-replica batches.
   dataset = dataset.map(replica_batches).unbatch()
-  dataset = dataset.map(gather_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.map(
+    lambda positions: augmented_batch(images, labels, positions, augmentation, num_classes),
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
 
 
