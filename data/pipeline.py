@@ -93,9 +93,8 @@ def make_train_dataset(
       of each epoch's order is dropped so every batch is full).
     start_step, total_steps: the half-open range of global steps to produce.
     seed: the data order and augmentation seed.
-    augmentation: an augment.Augmentation. With MixUp or CutMix, a position's partner
-      is another position of the same global batch, wherever its replica is.
-    num_classes: the targets' width; needed with MixUp or CutMix only.
+    augmentation: an augment.Augmentation (MixUp's and CutMix's partners: any position
+      of the same global batch); num_classes: the soft targets' width, for those two.
     input_context: a tf.distribute.InputContext, or None for one pipeline.
 
   Returns:
