@@ -70,6 +70,7 @@ def train_and_evaluate(config, model_dir):
   config, model_facts = run_record.resolve_model_facts(
     model_dir, config, data.class_names, statistics
   )
+  data.set_input_normalization(model_facts["input_normalization"])
   # Only the chief writes (and locks) the model directory; if it cannot, every worker stops.
   lock = checkpointing.claim_model_dir(model_dir) if chief else contextlib.nullcontext()
   # Non-chief workers save their checkpoints (as TensorFlow requires) to a scratch directory.
@@ -77,9 +78,7 @@ def train_and_evaluate(config, model_dir):
     workers.entered_together(strategy, lock),
     distribute.scratch_directory(strategy) as scratch_dir,
   ):
-    run, checkpoints = _create_training(
-      config, strategy, data, model_dir, scratch_dir, chief, model_facts["input_normalization"]
-    )
+    run, checkpoints = _create_training(config, strategy, data, model_dir, scratch_dir, chief)
     model_facts["num_parameters"] = models.count_parameters(run.model)  # Trainable.
     logging.info("Model %s: %s parameters.", config.model, f"{model_facts['num_parameters']:,}")
     with workers.failing_together(strategy):  # A worker's own directory may hold another run.
@@ -187,7 +186,7 @@ def _create_strategy(config):
   return strategy
 
 
-def _create_training(config, strategy, data, model_dir, scratch_dir, chief, input_normalization):
+def _create_training(config, strategy, data, model_dir, scratch_dir, chief):
   """(train_lib.Training, checkpointing.Checkpoints) of the run, not yet restored."""
   with strategy.scope():
     counters = checkpointing.create_counters()
@@ -198,7 +197,7 @@ def _create_training(config, strategy, data, model_dir, scratch_dir, chief, inpu
     data.steps_per_epoch,
     counters["lr_multiplier"],
     train_images=data.train[0],
-    input_normalization=input_normalization,
+    input_normalization=data.input_normalization,
   )
   checkpoints = checkpointing.Checkpoints(
     model_dir,

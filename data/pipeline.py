@@ -15,7 +15,7 @@ import os
 
 import tensorflow as tf
 
-from data import augment, sources
+from data import augment, mixing, sources
 
 # --- Datasets ------------------------------------------------------------------------
 
@@ -46,6 +46,23 @@ def _shard_and_batch_size(input_context, global_batch_size):
   )
 
 
+def augmented_batch(images, labels, positions, augmentation, num_classes):
+  """(augmented images, labels) of planned positions (augment.epoch_plan's fields), from
+  every example's `images` and `labels`; see make_train_dataset."""
+  own_labels = tf.gather(labels, positions["order"])
+  if not augmentation.mixing:
+    return augment.augmented_images(images, positions, augmentation), own_labels
+  # Each position and its partner (augmented exactly as at its own position), in one
+  # batch of 2b: one copy of the augmentation's ops in the graph.
+  partner = positions["partner"]
+  both = {name: tf.concat([positions[name], partner[name]], 0) for name in partner}
+  augmented, partner_images = tf.split(augment.augmented_images(images, both, augmentation), 2)
+  partner_labels = tf.gather(labels, partner["order"])
+  return mixing.mix(
+    augmented, partner_images, own_labels, partner_labels, positions["mixing"], num_classes
+  )
+
+
 def make_train_dataset(
   images,
   labels,
@@ -55,8 +72,8 @@ def make_train_dataset(
   start_step,
   total_steps,
   seed,
-  crop_padding=augment.CROP_PADDING,
-  flips="random",
+  augmentation=augment.CROPS_AND_FLIPS,
+  num_classes=None,
   input_context=None,
 ):
   """Augmented training batches for one input pipeline, from `start_step` to `total_steps`.
@@ -76,13 +93,14 @@ def make_train_dataset(
       of each epoch's order is dropped so every batch is full).
     start_step, total_steps: the half-open range of global steps to produce.
     seed: the data order and augmentation seed.
-    crop_padding: random translations of up to this many pixels (see augment.crop_and_flip).
-    flips: one of augment.FLIP_MODES.
+    augmentation: an augment.Augmentation (MixUp's and CutMix's partners: any position
+      of the same global batch); num_classes: the soft targets' width, for those two.
     input_context: a tf.distribute.InputContext, or None for one pipeline.
 
   Returns:
-    A dataset of (uint8 [b, 32, 32, 3] augmented images, int32 [b] labels),
-    b = the per-replica batch size. The steps normalise the images on the device.
+    A dataset of (uint8 [b, H, W, 3] augmented images, labels), b = the per-replica
+    batch size; labels int32 [b], or with MixUp or CutMix float32 [b, num_classes]
+    soft targets. The steps normalise the images on the device.
   """
   num_pipelines, pipeline_id, batch_size = _shard_and_batch_size(input_context, global_batch_size)
   examples_per_epoch = steps_per_epoch * global_batch_size
@@ -93,35 +111,37 @@ def make_train_dataset(
     )
   start_epoch, start_offset = divmod(start_step, steps_per_epoch)
   end_epoch = -(-total_steps // steps_per_epoch)  # ceil
+  if augmentation.mixing and not num_classes:
+    raise ValueError("MixUp and CutMix need num_classes for their soft targets.")
+  image_size = images.shape[1:3]
   images, labels = tf.constant(images), tf.constant(labels)
 
   def plan(epoch):
     skip = tf.where(epoch == start_epoch, start_offset, 0)
     epoch_plan = augment.epoch_plan(
-      seed, epoch, len(labels), steps_per_epoch, global_batch_size, crop_padding, flips
+      seed, epoch, len(labels), steps_per_epoch, global_batch_size, augmentation, image_size
     )
     return epoch_plan.skip(tf.cast(skip, tf.int64))
 
-  def replica_batches(*global_batch):
+  def replica_batches(global_batch):
     """This pipeline's slice of a global batch, as [local replicas, b, ...] per tensor."""
     per_pipeline = global_batch_size // num_pipelines
-    return tuple(
-      tf.reshape(
+    return tf.nest.map_structure(
+      lambda part: tf.reshape(
         part[pipeline_id * per_pipeline : (pipeline_id + 1) * per_pipeline],
         [per_pipeline // batch_size, batch_size, *part.shape[1:]],
-      )
-      for part in global_batch
+      ),
+      global_batch,
     )
-
-  def gather_and_augment(order, offsets, flips):
-    augmented = augment.crop_and_flip(tf.gather(images, order), offsets, flips, crop_padding)
-    return augmented, tf.gather(labels, order)
 
   dataset = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(plan)
   dataset = dataset.take(total_steps - start_step)  # Global batches.
   # Pipeline p of P takes slice p of B / P positions, then hands out per-replica batches.
   dataset = dataset.map(replica_batches).unbatch()
-  dataset = dataset.map(gather_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.map(
+    lambda positions: augmented_batch(images, labels, positions, augmentation, num_classes),
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
 
 

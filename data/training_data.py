@@ -20,8 +20,9 @@ class TrainingData:
   steps_per_epoch: int
   total_steps: int
   seed: int
-  crop_padding: int
-  flips: str = "random"  # One of augment.FLIP_MODES.
+  augmentation: augment.Augmentation = augment.CROPS_AND_FLIPS
+  # The run's {"mean", "std"} (set_input_normalization); None: CIFAR-10's.
+  input_normalization: dict | None = None
 
   @classmethod
   def load(
@@ -34,13 +35,13 @@ class TrainingData:
     steps_per_epoch=0,
     global_batch_size,
     seed,
-    crop_padding=augment.CROP_PADDING,
-    flips="random",
+    augmentation=augment.CROPS_AND_FLIPS,
     **load_args,
   ):
     """Loads the training and validation examples (see sources) and sizes the epochs.
 
-    `steps_per_epoch` 0 is a full pass over the training examples; `load_args` (train_split,
+    `steps_per_epoch` 0 is a full pass over the training examples; `augmentation` an
+    augment.Augmentation (its `fill`: set_input_normalization); `load_args` (train_split,
     label_feature, image_size) are sources.load_train_and_validation's.
 
     Raises:
@@ -77,8 +78,7 @@ class TrainingData:
       steps_per_epoch,
       epochs * steps_per_epoch,
       seed,
-      crop_padding,
-      flips,
+      augmentation,
     )
 
   @classmethod
@@ -92,8 +92,15 @@ class TrainingData:
       steps_per_epoch=config.steps_per_epoch,
       global_batch_size=config.batch_size,
       seed=config.seed,
-      crop_padding=config.crop_padding,
-      flips=config.flips,
+      augmentation=augment.Augmentation(
+        crop_padding=config.crop_padding,
+        flips=config.flips,
+        cutout=config.cutout,
+        randaugment=augment.parse_randaugment(config.randaugment),
+        autoaugment=config.autoaugment,
+        mixup=config.mixup,
+        cutmix=config.cutmix,
+      ),
       train_split=config.train_split,
       label_feature=config.label_feature,
       image_size=config.image_size or None,
@@ -104,14 +111,21 @@ class TrainingData:
     """(height, width) of the run's images."""
     return tuple(int(size) for size in self.train[0].shape[1:3])
 
+  def set_input_normalization(self, input_normalization):
+    """Records the run's {"mean", "std"} (run_record.resolve_model_facts'), and fills
+    Cutout's square and the pixels the policies uncover with its mean colour."""
+    self.input_normalization = input_normalization
+    fill = augment.mean_colour(input_normalization["mean"])
+    self.augmentation = dataclasses.replace(self.augmentation, fill=fill)
+
   def _train_dataset_args(self):
     return dict(
       global_batch_size=self.global_batch_size,
       steps_per_epoch=self.steps_per_epoch,
       total_steps=self.total_steps,
       seed=self.seed,
-      crop_padding=self.crop_padding,
-      flips=self.flips,
+      augmentation=self.augmentation,
+      num_classes=len(self.class_names),
     )
 
   def distribute_train(self, strategy, start_step):
@@ -121,7 +135,8 @@ class TrainingData:
     )
 
   def augmented_batch(self, step):
-    """Global batch `step`, (images, labels), as the model sees it: for pictures."""
+    """Global batch `step`, (images, labels), as the model sees it: for pictures. Labels
+    are int32 [B], or with MixUp or CutMix soft targets float32 [B, classes]."""
     args = dict(self._train_dataset_args(), total_steps=step + 1)
     return next(iter(pipeline.make_train_dataset(*self.train, start_step=step, **args)))
 

@@ -156,6 +156,12 @@ class Config:
     "first, then every image the other way round each epoch), or none.",
     choices=augment.FLIP_MODES,
   )
+  # More augmentation and regularisation (docs/augmentation.md); 0, "" or False: off.
+  cutout: int = _option(0, "Cutout: a square of this side (pixels) per image, mean colour.", low=0)
+  randaugment: str = _option("", "RandAugment's N,M: N operations per image at magnitude M/30.")
+  autoaugment: bool = _option(False, "AutoAugment's CIFAR-10 policy (Cubuk et al. 2019).")
+  mixup: float = _option(0.0, "MixUp's alpha (lambda ~ Beta(alpha, alpha) per batch).", low=0)
+  cutmix: float = _option(0.0, "CutMix's alpha; with --mixup, half the batches each.", low=0)
   validation_tta: str = _option(
     "none",
     "Test-time augmentation of validation, which selects the best checkpoint: flip (2 views) "

@@ -4,6 +4,7 @@ it in resnet/config.py, the combinations, and the model against the dataset."""
 import dataclasses
 import math
 
+from data import augment
 from resnet import models
 from resnet.config import ConfigError
 
@@ -52,14 +53,28 @@ def validate(config):
       "--batch_norm_lr_scale needs --optimizer=sgd: Adam's steps do not grow with the gradient."
     )
   config.lr_drop_fractions  # noqa: B018 - raises ConfigError for a malformed --lr_drops.
+  try:
+    randaugment = augment.parse_randaugment(config.randaugment)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+  if randaugment and config.autoaugment:
+    raise ConfigError("--randaugment and --autoaugment are two policies: choose one.")
 
 
 def check_model_input(config, image_shape, num_classes):
-  """Checks that --model takes the dataset's images (height, width) and number of classes.
+  """Checks that --model takes the dataset's images (height, width) and number of classes,
+  and that --cutout's square fits in the images.
 
   Raises:
-    ConfigError: it does not; the message names the model, what it takes and what it got.
+    ConfigError: it does not; the message names the model, what it takes and what it got,
+      or the cutout and the image size.
   """
   problem = models.input_problem(config.model, tuple(image_shape), num_classes)
   if problem:
     raise ConfigError(problem)
+  if config.cutout > min(image_shape):
+    height, width = image_shape
+    raise ConfigError(
+      f"--cutout={config.cutout} is larger than the {height}x{width} images: at most "
+      f"{min(image_shape)} pixels."
+    )

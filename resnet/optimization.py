@@ -130,12 +130,24 @@ def create_optimizer(
 # --- Loss --------------------------------------------------------------------------
 
 
+def is_soft(labels):
+  """Whether `labels` are soft targets float [B, C] (MixUp, CutMix), not classes int [B]."""
+  return labels.shape.rank == 2
+
+
 def cross_entropy(labels, logits, num_classes, label_smoothing=0.0):
-  """Per-example categorical cross-entropy on one-hot labels: float32 [B]."""
-  one_hot = tf.one_hot(labels, num_classes)
+  """Per-example categorical cross-entropy, float32 [B], against int [B] classes (one-hot)
+  or float [B, C] soft targets; label smoothing mixes either with the uniform one."""
+  targets = tf.cast(labels, tf.float32) if is_soft(labels) else tf.one_hot(labels, num_classes)
   return keras.losses.categorical_crossentropy(
-    one_hot, tf.cast(logits, tf.float32), from_logits=True, label_smoothing=label_smoothing
+    targets, tf.cast(logits, tf.float32), from_logits=True, label_smoothing=label_smoothing
   )
+
+
+def dominant_labels(labels):
+  """int32 [B]: the classes themselves, or the largest-weighted class of soft targets (of
+  MixUp or CutMix: the image with the larger share; a tie goes to the lower class index)."""
+  return tf.argmax(labels, axis=-1, output_type=tf.int32) if is_soft(labels) else labels
 
 
 def l2_penalty(model):

@@ -35,6 +35,12 @@ RUN_DEFINING_KEYS = (
   "batch_size",
   "seed",
   "optimizer",
+  # What the model is trained on: the augmentation added with issue 27.
+  "cutout",
+  "randaugment",
+  "autoaugment",
+  "mixup",
+  "cutmix",
 )
 RUN_KEY_DEFAULTS = {
   "optimizer": "adam",
@@ -42,6 +48,7 @@ RUN_KEY_DEFAULTS = {
   "label_feature": "label",
   "train_split": "train",
   "image_size": 0,
+  **dict(cutout=0, randaugment="", autoaugment=False, mixup=0.0, cutmix=0.0),
 }
 
 

@@ -89,10 +89,11 @@ def _make_replica_step(
         for g, v in zip(gradients, model.trainable_variables, strict=True)
       ]
     optimizer.apply(gradients, model.trainable_variables)
+    classes = optimization.dominant_labels(labels)  # Soft targets: their dominant class.
     step_sums = [  # In the order of SUM_KEYS.
       tf.reduce_sum(per_example_loss),
-      tf.reduce_sum(tf.cast(predictions == labels, tf.float32)),
-      tf.cast(tf.size(labels), tf.float32),
+      tf.reduce_sum(tf.cast(predictions == classes, tf.float32)),
+      tf.cast(tf.size(classes), tf.float32),
       # Summed over replicas: their mean; 0 for a step skipped on overflow.
       tf.where(tf.math.is_finite(gradient_norm), gradient_norm, 0.0) / replicas,
     ]
@@ -118,8 +119,9 @@ def make_train_steps(
 ):
   """Builds `train_steps(iterator, num_steps) -> dict` running steps under `strategy`.
 
-  The iterator yields (uint8 [b, 32, 32, 3] images, int32 [b] labels) per
-  replica, as data/pipeline.py makes them; the step normalises on the device
+  The iterator yields (uint8 [b, H, W, 3] images, labels) per replica, as
+  data/pipeline.py makes them (labels int32 [b], or float32 [b, C] soft targets
+  with MixUp or CutMix: "correct" then counts the dominant class); the step normalises on the device
   with `input_normalization`, the run's {"mean", "std"} (None: CIFAR-10's).
   Each replica's loss is its per-example sum divided by the GLOBAL batch size
   (plus weight decay divided by the replica count); the optimizer sums the

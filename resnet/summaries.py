@@ -161,7 +161,10 @@ def write_data_pictures(writers, step, model_dir, data, seed):
   files.write_bytes(os.path.join(model_dir, "class_samples.png"), class_grid)
   write_png(writers["train"], step, "class_samples", class_grid)
   images, labels = data.augmented_batch(step)
-  titles = [class_names[label] for label in labels[:32].numpy()]
+  labels = labels.numpy()  # Soft targets (MixUp, CutMix): titled by their dominant class.
+  titles = [
+    class_names[label] for label in (labels.argmax(-1) if labels.ndim == 2 else labels)[:32]
+  ]
   grid = visualize.image_grid_png(
     images[:32].numpy(), titles, title=f"Augmented training batch {step}"
   )

@@ -36,7 +36,17 @@ def test_a_tiny_benchmark_reports_every_figure(tmp_path):
   memory = report["peak_memory_bytes"]
   assert 2**20 < memory["before_models"] <= memory["end"] and "peak resident memory" in text
   alone = benchmark.run_pipeline_benchmark(batch_size=16, batches=2, repeats=1)
-  assert alone["per_core"] == alone["images_per_second"]["median"] / alone["host_cores"] > 0
+  (figures,) = alone["augmentations"].values()
+  assert figures["per_core"] == figures["images_per_second"]["median"] / alone["host_cores"] > 0
+
+
+def test_the_pipeline_benchmark_measures_each_augmentation():
+  names = ("none", "cutout", "mixup")
+  report = benchmark.run_pipeline_benchmark(
+    batch_size=16, batches=2, repeats=1, augmentations=names
+  )
+  assert tuple(report["augmentations"]) == names
+  assert all(figures["per_core"] > 0 for figures in report["augmentations"].values())
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):

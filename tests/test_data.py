@@ -1,5 +1,6 @@
 """The input pipeline: normalisation, augmentation, the data order, exact counting."""
 
+import dataclasses
 import types
 
 import numpy as np
@@ -92,9 +93,21 @@ def test_crop_padding_bounds_the_translation():
 # --- Datasets ---------------------------------------------------------------------------
 
 
+# Every option of the augmentation menu on (the two policies exclude each other).
+EVERY_OPTION = dict(cutout=8, mixup=1.0, cutmix=1.0)
+AUGMENTATIONS = {
+  "crops_and_flips": {},
+  "everything_autoaugment": dict(EVERY_OPTION, autoaugment=True),
+  "everything_randaugment": dict(EVERY_OPTION, randaugment=(2, 9)),
+}
+
+
 def train_batches(images, labels, **kwargs):
+  """make_train_dataset's batches; augment.Augmentation's fields given as keywords."""
+  fields = [field.name for field in dataclasses.fields(augment.Augmentation)]
+  options = {name: kwargs.pop(name) for name in fields if name in kwargs}
   args = dict(global_batch_size=8, steps_per_epoch=5, start_step=0, total_steps=10, seed=3)
-  args.update(kwargs)
+  args.update(kwargs, augmentation=augment.Augmentation(**options), num_classes=10)
   return list(pipeline.make_train_dataset(images, labels, **args).as_numpy_iterator())
 
 
@@ -112,22 +125,35 @@ def test_train_dataset_shapes_ranges_and_step_count():
   assert not np.array_equal(batches[0][1], batches[5][1])
 
 
-def test_train_dataset_is_a_pure_function_of_seed_and_step():
+@pytest.mark.parametrize("augmentation", ["crops_and_flips", "everything_autoaugment"])
+def test_train_dataset_is_a_pure_function_of_seed_and_step(augmentation):
   images, labels = random_split(45)
-  full = train_batches(images, labels)
-  resumed = train_batches(images, labels, start_step=7)
+  options = AUGMENTATIONS[augmentation]
+  full = train_batches(images, labels, **options)
+  resumed = train_batches(images, labels, start_step=7, **options)  # Mid-epoch.
   assert len(resumed) == 3
   for (a_images, a_labels), (b_images, b_labels) in zip(full[7:], resumed, strict=True):
     np.testing.assert_array_equal(a_images, b_images)
     np.testing.assert_array_equal(a_labels, b_labels)
-  other_seed = train_batches(images, labels, seed=4)
-  assert not np.array_equal(full[0][0], other_seed[0][0])
+  if not options:
+    other_seed = train_batches(images, labels, seed=4)
+    assert not np.array_equal(full[0][0], other_seed[0][0])
+  else:  # Soft targets, each a mix of at most two classes.
+    targets = np.concatenate([batch_labels for _, batch_labels in full])
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+    assert ((targets > 0).sum(axis=1) <= 2).all() and ((targets > 0).sum(axis=1) == 2).any()
 
 
-@pytest.mark.parametrize("num_pipelines", [2, 4])
-def test_each_replica_gets_the_same_slice_whatever_the_number_of_pipelines(num_pipelines):
+@pytest.mark.parametrize(
+  "num_pipelines, augmentation",
+  [(2, "crops_and_flips"), (4, "crops_and_flips"), (2, "everything_randaugment")],
+)
+def test_each_replica_gets_the_same_slice_whatever_the_number_of_pipelines(
+  num_pipelines, augmentation
+):
   images, labels = random_split(45)
-  single = train_batches(images, labels)  # Global batches of 8.
+  options = AUGMENTATIONS[augmentation]
+  single = train_batches(images, labels, **options)  # Global batches of 8.
   num_replicas = 4  # Per-replica batches of 2; num_pipelines workers of 4 / num_pipelines.
   streams = []
   for pipeline_id in range(num_pipelines):
@@ -136,7 +162,7 @@ def test_each_replica_gets_the_same_slice_whatever_the_number_of_pipelines(num_p
       input_pipeline_id=pipeline_id,
       num_replicas_in_sync=num_replicas,
     )
-    streams.append(train_batches(images, labels, input_context=context))
+    streams.append(train_batches(images, labels, input_context=context, **options))
   replicas_per_pipeline = num_replicas // num_pipelines
   for step, (batch_images, batch_labels) in enumerate(single):
     for replica in range(num_replicas):

@@ -2,6 +2,7 @@ r"""Throughput benchmark: our train step, input pipeline, end to end, evaluation
 
   python -m resnet.tools.benchmark --dataset=folder:../shared/data/cifar10-jpeg75
   taskset -c 0 python -m resnet.tools.benchmark --pipeline_only  # Per host core.
+  python -m resnet.tools.benchmark --pipeline_only --augmentations=none,cutout,everything
   python -m resnet.tools.benchmark --model=resnet20 --batch_size=128 --precisions=float32 \
     --steps=30 --repeats=5 --output=/tmp/benchmark.json
   python -m resnet.tools.benchmark --xla --nofit_baseline  # Also train.py --jit_compile's step.
@@ -168,22 +169,46 @@ def train_dataset_kwargs(num_examples, batch_size):
   )
 
 
-def run_pipeline_benchmark(batch_size=128, batches=200, repeats=3, dataset=None):
-  """The input pipeline alone (gather, crop, flip: what the host does per image).
+# Option sets for --pipeline_only --augmentations: train.py's options of the same names,
+# at their usual settings (docs/augmentation.md).
+AUGMENTATIONS = {
+  "none": augment.CROPS_AND_FLIPS,  # Crops and flips only, as every run.
+  "cutout": augment.Augmentation(cutout=16),
+  "randaugment": augment.Augmentation(randaugment=(2, 9)),
+  "autoaugment": augment.Augmentation(autoaugment=True),
+  "mixup": augment.Augmentation(mixup=1.0),
+  "cutmix": augment.Augmentation(cutmix=1.0),
+  "everything": augment.Augmentation(cutout=16, autoaugment=True, mixup=1.0, cutmix=1.0),
+}
+
+
+def run_pipeline_benchmark(
+  batch_size=128, batches=200, repeats=3, dataset=None, augmentations=("none",)
+):
+  """The input pipeline alone (gather, augment: what the host does per image), with each
+  of `augmentations` (names of AUGMENTATIONS), alternated in every round.
 
   Returns:
-    {"images_per_second": {"median", "min", "max", "runs"}, "host_cores": the cores
-     this process may use (set with `taskset`), "per_core": the median per core}.
+    {"host_cores": the cores this process may use (set with `taskset`), "augmentations":
+     {name: {"images_per_second": {"median", "min", "max", "runs"}, "per_core": the
+     median per core}}}.
   """
-  (images, labels), _, _ = load_images(dataset, batch_size)
-  dataset = pipeline.make_train_dataset(
-    images, labels, **train_dataset_kwargs(len(labels), batch_size)
-  )
+  (images, labels), _, class_names = load_images(dataset, batch_size)
   variants = timing.Variants()
-  variants.add("input_pipeline", timing.pipeline_rate_function(dataset, batches, batch_size))
-  rate = variants.run(repeats)["input_pipeline"]
+  for name in augmentations:
+    kwargs = train_dataset_kwargs(len(labels), batch_size)
+    kwargs.update(augmentation=AUGMENTATIONS[name], num_classes=len(class_names))
+    pipeline_dataset = pipeline.make_train_dataset(images, labels, **kwargs)
+    variants.add(name, timing.pipeline_rate_function(pipeline_dataset, batches, batch_size))
+  rates = variants.run(repeats)
   cores = pipeline.host_cores()
-  return {"images_per_second": rate, "host_cores": cores, "per_core": rate["median"] / cores}
+  return {
+    "host_cores": cores,
+    "augmentations": {
+      name: {"images_per_second": rate, "per_core": rate["median"] / cores}
+      for name, rate in rates.items()
+    },
+  }
 
 
 def _add_fit_variants(variants, model_name, num_classes, train_dataset, steps, batch_size):
@@ -211,13 +236,15 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   if FLAGS.pipeline_only:
     report = run_pipeline_benchmark(
-      FLAGS.batch_size, 10 * FLAGS.steps, FLAGS.repeats, FLAGS.dataset
+      FLAGS.batch_size, 10 * FLAGS.steps, FLAGS.repeats, FLAGS.dataset, FLAGS.augmentations
     )
-    rate = report["images_per_second"]
-    print(
-      f"input pipeline: {rate['median']:.0f} images/s (min {rate['min']:.0f}, max "
-      f"{rate['max']:.0f}) on {report['host_cores']} host cores: {report['per_core']:.0f} per core"
-    )
+    for name, figures in report["augmentations"].items():
+      rate = figures["images_per_second"]
+      print(
+        f"input pipeline [{name}]: {rate['median']:.0f} images/s (min {rate['min']:.0f}, max "
+        f"{rate['max']:.0f}) on {report['host_cores']} host cores: "
+        f"{figures['per_core']:.0f} per core"
+      )
     return
   report = run_benchmark(
     FLAGS.model,
@@ -250,5 +277,10 @@ if __name__ == "__main__":
   flags.DEFINE_string("output", None, "JSON file to write.")
   flags.DEFINE_bool(
     "pipeline_only", False, "Only the input pipeline (10 x --steps batches per round), per core."
+  )
+  flags.DEFINE_list(
+    "augmentations",
+    ["none"],
+    f"--pipeline_only: the option sets to measure, of {', '.join(AUGMENTATIONS)}.",
   )
   app.run(main)
