@@ -73,8 +73,10 @@ def test_crop_flip_and_tta_take_any_image_size():
   views = augment.tta_views(images, "flip_translate")
   assert [view.shape for _, view in views] == [images.shape] * 6
   np.testing.assert_array_equal(views[-2][1][:, :-1, :-1], images[:, 1:, 1:])  # Down-right.
-  plan = augment.epoch_plan(0, 0, 16, 2, 8, crop_padding=4, flips="none")
-  assert not np.concatenate([flipped for _, _, flipped in plan.as_numpy_iterator()]).any()
+  no_flips = augment.Augmentation(crop_padding=4, flips="none")
+  plan = augment.epoch_plan(0, 0, 16, 2, 8, no_flips, image_size=(40, 24))
+  flipped = np.concatenate([batch["flips"] for batch in plan.as_numpy_iterator()])
+  assert flipped.shape == (16,) and not flipped.any()
 
 
 def test_crop_padding_bounds_the_translation():
