@@ -90,6 +90,8 @@ def train_and_evaluate(config, model_dir):
       restored = checkpoints.restore()
     if config.init_from and not restored:  # A new run starts from another run's weights.
       run_record.init_model_from_run(run.model, config.init_from, record)
+      if run.ema:
+        run.ema.reset()  # The average starts there too.
     writers = summaries.create_run_writers(
       model_dir, chief, checkpoints.step, dataclasses.asdict(config), record, data, config.seed
     )
@@ -207,7 +209,7 @@ def _create_training(config, strategy, data, model_dir, scratch_dir, chief, inpu
     counters,
     write_dir=None if chief else scratch_dir,
     before_save=run.average_moving_statistics,  # Replicas' BatchNorm statistics drift apart.
-    lookahead=run.lookahead,
+    extra=run.checkpointed(),  # Lookahead's state, the average of the weights.
   )
   return run, checkpoints
 

@@ -133,6 +133,15 @@ class Config:
     "--lookahead_start_epochs on, every 5 steps the weights move to their average.",
   )
   lookahead_start_epochs: float = _option(3.0, "See --lookahead.", **NON_NEGATIVE)
+  ema_decay: float = _option(
+    0.0,
+    "Decay in (0, 1) of an exponential moving average of the weights and BatchNorm "
+    "statistics (resnet/ema.py), which validation, the best checkpoint and the export use; "
+    "0: none.",
+    low=0,
+    high=1,
+    closed=(True, False),
+  )
   label_smoothing: float = _option(
     0.0, "Label smoothing, in [0, 1).", low=0, high=1, closed=(True, False)
   )

@@ -10,6 +10,7 @@ import keras
 
 from data import augment, datasets
 from resnet import models, optimization, precision, steps
+from resnet.ema import WeightAverage
 from resnet.lookahead import Lookahead
 
 # --- Everything a training run steps ---------------------------------------------------
@@ -23,9 +24,32 @@ class Training:
   schedule: optimization.LearningRateSchedule
   optimizer: keras.optimizers.Optimizer
   train_steps: object  # steps.make_train_steps' tf.function.
-  predict_step: object  # steps.make_predict_step's tf.function.
-  average_moving_statistics: object  # steps.make_average_moving_statistics' tf.function.
+  # steps.make_predict_step's tf.function, of the model validation sees: `ema`'s average
+  # of the weights when the run keeps one, else `model`.
+  predict_step: object
+  # steps.make_average_moving_statistics' tf.function, over the model and `ema`'s average.
+  average_moving_statistics: object
   lookahead: Lookahead | None = None  # Its state is checkpointed with the run.
+  ema: WeightAverage | None = None  # --ema_decay; its average_model is checkpointed.
+
+  def checkpointed(self):
+    """The run's state beyond model, optimizer and counters, by checkpoint key."""
+    extra = {"lookahead": self.lookahead.state} if self.lookahead else {}
+    return extra | ({"ema_model": self.ema.average_model} if self.ema else {})
+
+
+def _create_model(config, num_classes, fused_batch_norm):
+  """The run's network, with its weights created (call it inside the strategy's scope)."""
+  return models.create_model(
+    config.model,
+    num_classes,
+    precision=config.precision,
+    sync_batch_norm=config.sync_batch_norm,
+    fused_batch_norm=fused_batch_norm,
+    # "auto" outside train.py (benchmark, selfcheck, tests): what a new run gets.
+    stride2_padding=("symmetric" if config.stride2_padding == "auto" else config.stride2_padding),
+    dropout=config.dropout,
+  )
 
 
 def _create_optimizer(config, model, steps_per_epoch, lr_multiplier):
@@ -89,22 +113,17 @@ def create_training(
   if config.precision == "auto":  # Outside train.py (benchmark, selfcheck, tests): a new run's.
     config = dataclasses.replace(config, precision=precision.choose_for_this_machine(strategy)[0])
   with strategy.scope():
-    model = models.create_model(
-      config.model,
-      num_classes,
-      precision=config.precision,
-      sync_batch_norm=config.sync_batch_norm,
-      fused_batch_norm=fused_batch_norm,
-      # "auto" outside train.py (benchmark, selfcheck, tests): what a new run gets.
-      stride2_padding=("symmetric" if config.stride2_padding == "auto" else config.stride2_padding),
-      dropout=config.dropout,
-    )
+    model = _create_model(config, num_classes, fused_batch_norm)
     if config.whitening and train_images is not None:  # --nowhitening skips airbench's.
       normalization = input_normalization or datasets.CIFAR10.normalization
       model.prepare(train_images, lambda images: augment.normalize(images, **normalization))
     schedule, optimizer, lookahead = _create_optimizer(
       config, model, steps_per_epoch, lr_multiplier
     )
+    ema = None
+    if config.ema_decay:  # Its average lives in a second copy of the network.
+      average_model = _create_model(config, num_classes, fused_batch_norm)
+      ema = WeightAverage(model, average_model, config.ema_decay)
   train_steps = steps.make_train_steps(
     strategy,
     model,
@@ -116,15 +135,19 @@ def create_training(
     batch_norm_weight_decay=config.batch_norm_weight_decay,
     batch_norm_lr_scale=config.batch_norm_lr_scale,
     lookahead=lookahead,
+    ema=ema,
     jit_compile=config.jit_compile,
     input_normalization=input_normalization,
   )
+  validated = ema.average_model if ema else model  # What validation and the export see.
+  both = [model, validated] if ema else [model]
   return Training(
     model=model,
     schedule=schedule,
     optimizer=optimizer,
     train_steps=train_steps,
-    predict_step=steps.make_predict_step(strategy, model, input_normalization),
-    average_moving_statistics=steps.make_average_moving_statistics(strategy, model),
+    predict_step=steps.make_predict_step(strategy, validated, input_normalization),
+    average_moving_statistics=steps.make_average_moving_statistics(strategy, *both),
     lookahead=lookahead,
+    ema=ema,
   )
