@@ -89,9 +89,7 @@ def train_and_evaluate(config, model_dir):
     with workers.restoring_alike(strategy, checkpoints):  # All read the chief's checkpoints.
       restored = checkpoints.restore()
     if config.init_from and not restored:  # A new run starts from another run's weights.
-      run_record.init_model_from_run(run.model, config.init_from, record)
-      if run.ema:
-        run.ema.reset()  # The average starts there too.
+      run.init_model_from_run(config.init_from, record)
     writers = summaries.create_run_writers(
       model_dir, chief, checkpoints.step, dataclasses.asdict(config), record, data, config.seed
     )

@@ -9,7 +9,7 @@ import dataclasses
 import keras
 
 from data import augment, datasets
-from resnet import models, optimization, precision, steps
+from resnet import models, optimization, precision, run_record, steps
 from resnet.ema import WeightAverage
 from resnet.lookahead import Lookahead
 
@@ -31,6 +31,12 @@ class Training:
   average_moving_statistics: object
   lookahead: Lookahead | None = None  # Its state is checkpointed with the run.
   ema: WeightAverage | None = None  # --ema_decay; its average_model is checkpointed.
+
+  def init_model_from_run(self, source_dir, record):
+    """--init_from: run_record.init_model_from_run, and the average starts there too."""
+    run_record.init_model_from_run(self.model, source_dir, record)
+    if self.ema:
+      self.ema.reset()
 
   def checkpointed(self):
     """The run's state beyond model, optimizer and counters, by checkpoint key."""
