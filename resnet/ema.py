@@ -7,11 +7,11 @@ average, which lives in a second copy of the network (`average_model`):
     average <- average + (1 - decay) * (weight - average)
 
 A new run's average starts at its initial weights (airbench's whitening included; those
-of --init_from, which train.py copies in with `reset`); `decay` close to 1 averages over
-about 1 / (1 - decay) steps.
-Training continues on the raw weights; validation (so the choice of the best
-checkpoint), eval.py and the export use `average_model`. Checkpoints hold both models
-("model" and "ema_model"), so a resume continues the average exactly.
+of --init_from: train_lib.Training.init_model_from_run calls `reset`); `decay` close to 1
+averages over about 1 / (1 - decay) steps. Training continues on the raw weights;
+validation (so the choice of the best checkpoint), eval.py and the export use
+`average_model`. Checkpoints hold both models ("model" and "ema_model"), so a resume
+continues the average exactly.
 
 Why our own, not Keras 3's optimizer EMA (`use_ema=True, ema_momentum=...`):
 - Keras averages only the trainable variables (optimizer.build's list), so the EMA
