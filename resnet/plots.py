@@ -118,3 +118,38 @@ def reliability_diagram_png(bin_confidence, bin_accuracy, bin_counts, ece, title
   axis.legend(loc="upper left", fontsize=8)
   axis.set_title(f"{title or 'Reliability'} (ECE {ece:.3f})", fontsize=10)
   return visualize.figure_to_png(figure)
+
+
+def corruption_heatmap_png(accuracy, corruptions, severities, title=None):
+  """Accuracy per corruption (rows) and severity (columns), each cell annotated, with a
+  last column of each corruption's mean.
+
+  Args:
+    accuracy: [C, S] accuracies in [0, 1]; corruptions: the C names; severities: the S.
+
+  Returns:
+    PNG bytes.
+  """
+  accuracy = np.asarray(accuracy, dtype=float)
+  table = np.concatenate([accuracy, accuracy.mean(axis=1, keepdims=True)], axis=1)
+  columns = [str(s) for s in severities] + ["mean"]
+  figure = Figure(figsize=(1.8 + 0.75 * len(columns), 0.9 + 0.32 * len(corruptions)))
+  axis = figure.subplots()
+  image = axis.imshow(table, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+  figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="accuracy")
+  for row, column in np.ndindex(table.shape):
+    axis.text(
+      column,
+      row,
+      f"{table[row, column]:.1%}",
+      ha="center",
+      va="center",
+      fontsize=7,
+      color="black" if table[row, column] > 0.6 else "white",  # Readable on viridis.
+    )
+  axis.axvline(len(severities) - 0.5, color="white", linewidth=2)  # Sets the mean apart.
+  axis.set_xticks(range(len(columns)), columns, fontsize=8)
+  axis.set_yticks(range(len(corruptions)), corruptions, fontsize=8)
+  axis.set_xlabel("severity")
+  axis.set_title(title or "Accuracy under corruption", fontsize=10)
+  return visualize.figure_to_png(figure)

@@ -1,6 +1,7 @@
 """eval.py and the command lines: metrics agree with scikit-learn, bad input fails cleanly."""
 
 import glob
+import hashlib
 import importlib
 import json
 import os
@@ -16,9 +17,10 @@ from sklearn import metrics as sk_metrics
 
 import train
 from data import augment, sources
-from resnet import checkpointing, files, models, run_record
+from resnet import checkpointing, files, models, report, run_record
 from resnet import config as config_lib
 from resnet import metrics as metrics_lib
+from resnet.tools import results
 from tests.conftest import CLASS_NAMES, TEST_PER_CLASS, write_image_folder
 from tests.test_train import debug_config
 
@@ -307,3 +309,77 @@ def test_tta_flip_is_shorthand_for_tta_flip_and_a_contradiction_is_refused():
   assert eval_main.tta_mode("flip_translate", tta_flip=False) == "flip_translate"
   with pytest.raises(config_lib.ConfigError, match="contradicts --tta=flip_translate"):
     eval_main.tta_mode("flip_translate", tta_flip=True)
+
+
+def test_a_dataset_slug_is_readable_safe_and_one_per_folder(tmp_path, monkeypatch):
+  assert report.dataset_slug("cifar10") == "cifar10"
+  assert report.dataset_slug("cifar10_corrupted/fog_1:1.0.0") == "cifar10_corrupted-fog_1-1.0.0"
+  first, second = tmp_path / "a" / "jpeg75", tmp_path / "b" / "jpeg75"
+  digest = hashlib.sha256(str(first).encode()).hexdigest()[:8]
+  assert report.dataset_slug(f"folder:{first}/") == f"folder-jpeg75-{digest}"
+  assert report.dataset_slug(f"folder:{second}") != report.dataset_slug(f"folder:{first}")
+  (tmp_path / "a").mkdir()
+  monkeypatch.chdir(tmp_path / "a")
+  assert report.dataset_slug("folder:jpeg75") == f"folder-jpeg75-{digest}"  # Relative: same.
+  assert report.dataset_slug("folder:/data/my images (2)").startswith("folder-my_images_2_-")
+  assert report.eval_dir("cifar10", "cifar10", "test") == ("eval/test", "eval_test")
+  assert report.eval_dir("cifar10", f"folder:{first}", "validation") == (
+    f"eval/folder-jpeg75-{digest}/validation",
+    f"eval_folder-jpeg75-{digest}_validation",
+  )
+
+
+def test_evaluations_of_two_datasets_both_stay_and_both_show_in_the_results_table(
+  model_dir, tmp_path
+):
+  other = write_image_folder(str(tmp_path / "heldout"), {"test": 2}, seed=1)  # 6 images.
+  own = eval_main.evaluate_model_dir(model_dir, "test", batch_size=8, tta="flip")
+  moved = eval_main.evaluate_model_dir(model_dir, "test", dataset=f"folder:{other}", batch_size=8)
+  slug = report.dataset_slug(f"folder:{other}")
+  own_slug = report.dataset_slug(run_record.read_run_record(model_dir)["config"]["dataset"])
+  saved = files.read_json(os.path.join(model_dir, "eval", "test", "metrics.json"))
+  assert saved == own and saved["num_examples"] == 21 and saved["output_dir"] == "eval/test"
+  elsewhere = os.path.join(model_dir, "eval", slug, "test")
+  assert files.read_json(os.path.join(elsewhere, "metrics.json")) == moved
+  assert moved["num_examples"] == 6 and moved["output_dir"] == f"eval/{slug}/test"
+  assert len(np.load(os.path.join(elsewhere, "predictions.npz"))["labels"]) == 6
+  assert os.path.getsize(os.path.join(elsewhere, "confusion_matrix.png")) > 1000
+  for run in ("eval_test", f"eval_{slug}_test"):
+    assert glob.glob(os.path.join(model_dir, "tensorboard", run, "events.out.tfevents.*")), run
+
+  summary = results.summarize_run(model_dir)
+  assert summary["test_accuracy"] == {own_slug: own["accuracy"], slug: moved["accuracy"]}
+  assert summary["test_accuracy_tta"] == {own_slug: own["flip_tta"]["accuracy"]}
+  row = results.results_table([summary]).splitlines()[2]
+  tests = f"{own_slug} {100 * own['accuracy']:.2f}; {slug} {100 * moved['accuracy']:.2f}"
+  assert f"| {tests} | {own_slug} {100 * own['flip_tta']['accuracy']:.2f} |" in row
+
+
+def test_earlier_tta_figures_are_kept_for_the_same_checkpoint_only(tmp_path):
+  earlier = {"checkpoint": "run/best/best-3", "num_examples": 5, "flip_tta": {"accuracy": 0.4}}
+  files.write_json(os.path.join(tmp_path, "metrics.json"), earlier)
+  same = {"checkpoint": "run/best/best-3", "num_examples": 5}
+  report.keep_earlier_tta(same, str(tmp_path))
+  assert same["flip_tta"] == {"accuracy": 0.4}
+  recomputed = dict(same, flip_tta={"accuracy": 0.6})
+  report.keep_earlier_tta(recomputed, str(tmp_path))
+  assert recomputed["flip_tta"] == {"accuracy": 0.6}  # This evaluation's own figure wins.
+  newer = {"checkpoint": "run/best/best-6", "num_examples": 5}
+  report.keep_earlier_tta(newer, str(tmp_path))
+  assert "flip_tta" not in newer  # Another checkpoint's figure would be stale.
+
+
+def test_a_run_evaluated_before_the_layout_shows_the_dataset_its_metrics_record(tmp_path):
+  # eval/test/ of a run evaluated on another dataset before eval/<slug>/ existed.
+  files.write_json(
+    os.path.join(tmp_path, "eval", "test", "metrics.json"), {"dataset": "cifar10", "accuracy": 0.5}
+  )
+  files.write_json(
+    os.path.join(tmp_path, "eval", "folder-x-0123abcd", "test", "metrics.json"), {"accuracy": 0.25}
+  )
+  found = results.test_evaluations(str(tmp_path), "folder:/data/x")
+  assert {slug: metrics["accuracy"] for slug, metrics in found.items()} == {
+    "cifar10": 0.5,
+    "folder-x-0123abcd": 0.25,
+  }
+  assert list(found) == ["cifar10", "folder-x-0123abcd"]

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import train
 from data import augment, datasets, sources
-from resnet import checkpointing, export, models, run_record
+from resnet import checkpointing, export, models, report, run_record
 from resnet.tools import import_reference, predict, reference_weights
 from resnet.tools.reference_weights import ImportReferenceError
 from tests.conftest import write_image_folder
@@ -214,7 +214,9 @@ def test_eval_and_predict_work_on_the_imported_run(imported, tmp_path):
   saved_model = export.export_paths(imported)["saved_model"]
   serve = tf.saved_model.load(saved_model).signatures["serving_default"]
   expected = serve(images=tf.constant(images))["probabilities"].numpy()
-  predictions = np.load(os.path.join(imported, "eval", "test", "predictions.npz"))
+  # Another dataset than the run's (cifar10): its own directory, eval/folder-images-<hash>/test.
+  assert metrics["output_dir"] == f"eval/{report.dataset_slug(f'folder:{folder}')}/test"
+  predictions = np.load(os.path.join(imported, metrics["output_dir"], "predictions.npz"))
   np.testing.assert_array_equal(predictions["labels"], labels)
   np.testing.assert_allclose(predictions["probabilities"], expected, atol=1e-5)
   png = os.path.join(folder, "test", "cat", "0.png")

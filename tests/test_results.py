@@ -13,7 +13,7 @@ from absl import flags
 
 import train
 from resnet import config as config_lib
-from resnet import files, machine, models, run_record
+from resnet import files, machine, models, report, run_record
 from resnet.tools import results
 from tests.test_train import REPO, debug_config
 
@@ -100,8 +100,10 @@ def test_seeds_of_one_recipe_collapse_and_unfinished_runs_say_so(two_seeds):
   assert all(0 <= accuracy <= 1 for accuracy in accuracies)
   expected = f"{100 * np.mean(accuracies):.2f} ± {100 * np.std(accuracies, ddof=1):.2f}"
   assert f"| {expected} |" in row
-  test, tta = runs[0]["test_accuracy"], runs[0]["test_accuracy_tta"]
-  assert f"| {100 * test:.2f} | {100 * tta:.2f} |" in row  # Only seed 0 was evaluated.
+  own = report.dataset_slug(runs[0]["config"]["dataset"])  # folder-<name>-<8 hex digits>.
+  assert own.startswith("folder-") and len(own.rsplit("-", 1)[1]) == 8
+  test, tta = runs[0]["test_accuracy"][own], runs[0]["test_accuracy_tta"][own]
+  assert f"| {own} {100 * test:.2f} | {own} {100 * tta:.2f} |" in row  # Only seed 0 evaluated.
   # Validation with test-time augmentation: both seeds, each with the mode it was run with.
   assert [run["validation_tta"] for run in runs] == ["flip", "flip_translate"]
   with_tta = [run["validation_accuracy_tta"] for run in runs]

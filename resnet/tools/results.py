@@ -9,7 +9,8 @@ steps trained of the total, seeds, training wall time, images/s, the machine,
 precision, training FLOPs (3 x forward FLOPs x images trained), best validation
 accuracy and, where `eval.py` was run on the run directory, validation accuracy
 with test-time augmentation (--split=validation --tta=...) and test accuracy
-with and without flip TTA (--split=test --tta=flip). Runs that
+with and without flip TTA (--split=test --tta=flip), each named by its dataset
+(report.dataset_slug: the run's own from eval/test/, others from eval/<slug>/test/). Runs that
 differ only in --seed collapse into mean ± standard deviation with n.
 Unfinished runs say so.
 """
@@ -25,7 +26,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from data import augment
-from resnet import checkpointing, errors, files, models, run_record
+from resnet import checkpointing, errors, files, models, report, run_record
 from resnet import config as config_lib
 from resnet.tools import curves
 
@@ -119,7 +120,7 @@ def summarize_run(model_dir):
   latest = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
   step = checkpointing.saved_step(latest) if latest else 0
   best = files.read_json(os.path.join(model_dir, checkpointing.BEST_DIR, "best.json")) or {}
-  test = files.read_json(os.path.join(model_dir, "eval", "test", "metrics.json")) or {}
+  tests = test_evaluations(model_dir, config["dataset"])
   validation = files.read_json(os.path.join(model_dir, "eval", "validation", "metrics.json"))
   # The most thorough test-time augmentation eval.py ran on the validation split, if any.
   tta_key = next((key for key in VALIDATION_TTA_KEYS if key in (validation or {})), None)
@@ -137,9 +138,28 @@ def summarize_run(model_dir):
     "validation_accuracy": best.get("accuracy"),
     "validation_accuracy_tta": validation[tta_key]["accuracy"] if tta_key else None,
     "validation_tta": tta_key and tta_key.removesuffix("_tta"),
-    "test_accuracy": test.get("accuracy"),
-    "test_accuracy_tta": test.get("flip_tta", {}).get("accuracy"),
+    # {dataset slug: accuracy}, the run's own dataset first.
+    "test_accuracy": {slug: test["accuracy"] for slug, test in tests.items()},
+    "test_accuracy_tta": {
+      slug: test["flip_tta"]["accuracy"] for slug, test in tests.items() if "flip_tta" in test
+    },
   }
+
+
+def test_evaluations(model_dir, run_dataset):
+  """{dataset slug: metrics.json} of eval.py's test-split evaluations of a run, its own
+  dataset's (eval/test/) first, then the others' (eval/<slug>/test/, report.eval_dir) by
+  name. eval/test/ is named by the dataset its metrics.json records: a run evaluated before
+  eval/<slug>/ existed may hold another dataset's figures there."""
+  found = {}
+  own = files.read_json(os.path.join(model_dir, "eval", "test", "metrics.json"))
+  if own:
+    found[report.dataset_slug(own.get("dataset") or run_dataset)] = own
+  for path in sorted(
+    tf.io.gfile.glob(os.path.join(model_dir, "eval", "*", "test", "metrics.json"))
+  ):
+    found[os.path.basename(os.path.dirname(os.path.dirname(path)))] = files.read_json(path)
+  return found
 
 
 def _mean_std(values):
@@ -205,12 +225,19 @@ def results_table(runs, configs_dir=CONFIGS_DIR):
       f"{np.mean([run['training_flops'] for run in group]):.2e} | "
       f"{_mean_std([run['validation_accuracy'] for run in group])} | "
       f"{_validation_tta(group)} | "
-      f"{_mean_std([run['test_accuracy'] for run in group])} | "
-      f"{_mean_std([run['test_accuracy_tta'] for run in group])} |"
+      f"{_by_dataset(group, 'test_accuracy')} | {_by_dataset(group, 'test_accuracy_tta')} |"
     )
   if any("†" in line for line in lines[2:]):
     lines += ["", INTERRUPTED_NOTE]
   return "\n".join(lines)
+
+
+def _by_dataset(group, key):
+  """'<dataset> mean ± std; <dataset> ...' of the runs' {dataset slug: accuracy} under
+  `key`, datasets in the order the runs list them (each run's own first), or '-'."""
+  slugs = dict.fromkeys(slug for run in group for slug in run[key])
+  cells = [f"{slug} {_mean_std([run[key].get(slug) for run in group])}" for slug in slugs]
+  return "; ".join(cells) or "-"
 
 
 def _validation_tta(group):
