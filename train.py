@@ -88,7 +88,7 @@ def train_and_evaluate(config, model_dir):
     with workers.restoring_alike(strategy, checkpoints):  # All read the chief's checkpoints.
       restored = checkpoints.restore()
     if config.init_from and not restored:  # A new run starts from another run's weights.
-      run_record.init_model_from_run(run.model, config.init_from, record)
+      run.init_model_from_run(config.init_from, record)
     writers = summaries.create_run_writers(
       model_dir, chief, checkpoints.step, dataclasses.asdict(config), record, data, config.seed
     )
@@ -206,7 +206,7 @@ def _create_training(config, strategy, data, model_dir, scratch_dir, chief):
     counters,
     write_dir=None if chief else scratch_dir,
     before_save=run.average_moving_statistics,  # Replicas' BatchNorm statistics drift apart.
-    lookahead=run.lookahead,
+    extra=run.checkpointed(),  # Lookahead's state, the average of the weights.
   )
   return run, checkpoints
 

@@ -103,14 +103,15 @@ def saved_step(path):
   return int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
-def restore_model(model, path):
-  """Restores only the model weights from a training checkpoint at `path`.
+def restore_model(model, path, key="model"):
+  """Restores only the model weights from a training checkpoint at `path`: those saved
+  under `key` ("ema_model": the average of the weights, resnet/ema.py).
 
   Raises:
     CheckpointError: the checkpoint is missing, unreadable, or of another model.
   """
   try:
-    status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    status = tf.train.Checkpoint(**{key: model}).restore(path).expect_partial()
     status.assert_existing_objects_matched()
   except (tf.errors.OpError, AssertionError, ValueError) as error:  # Missing, damaged, other.
     raise CheckpointError(
@@ -131,7 +132,7 @@ class Checkpoints:
   """
 
   def __init__(
-    self, model_dir, model, optimizer, counters, write_dir=None, before_save=None, lookahead=None
+    self, model_dir, model, optimizer, counters, write_dir=None, before_save=None, extra=None
   ):
     self.model_dir = model_dir
     # Called before each save: under several replicas, averages their BatchNorm statistics.
@@ -140,8 +141,9 @@ class Checkpoints:
     self.is_chief = write_dir is None
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     loss_scale = {"loss_scale_optimizer": optimizer} if optimizer is not inner else {}
-    # A resnet.lookahead.Lookahead's average and counter, when the run has one.
-    extra = {"lookahead": lookahead.state} if lookahead is not None else {}
+    # The run's other state by key (train_lib.Training.checkpointed: Lookahead's, the
+    # average of the weights).
+    extra = extra or {}
     # What a restore fills. Not self.checkpoint's attributes: TF's PreemptionCheckpointHandler
     # adds a counter of its own to that, which checkpoints saved without it lack.
     self._objects = dict(model=model, optimizer=inner, **loss_scale, **extra, **counters)

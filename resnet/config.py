@@ -34,6 +34,7 @@ def _option(default, help_text, *, choices=None, low=None, high=None, closed=(Tr
 
 POSITIVE = dict(low=0, closed=(False, True))
 NON_NEGATIVE = dict(low=0)
+FRACTION = dict(low=0, high=1, closed=(True, False))  # [0, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,31 +47,27 @@ class Config:
   )
   stride2_padding: str = _option(
     "auto",
-    "How the ResNet-6n+2 models' stride-2 convolutions pad: symmetric (1 pixel on every "
-    "side, as the paper's code; aligned with the shortcut) or same (Keras' 0 before, 1 "
-    "after; runs made before this option). auto: symmetric for a new run; a resumed run "
-    "keeps what it was built with.",
+    "How the ResNet-6n+2 models' stride-2 convolutions pad: symmetric (1 pixel each side, as "
+    "the paper's code) or same (Keras' 0 before, 1 after; runs made before this option). "
+    "auto: symmetric for a new run; a resumed run keeps what it was built with.",
     choices=("auto", *cifar_resnet.STRIDE2_PADDINGS),
   )
   dropout: float = _option(
     0.0,
     "Dropout rate between a block's two convolutions, in [0, 1), for the models with dropout "
     "(the Wide ResNets; Zagoruyko & Komodakis: 0.3).",
-    low=0,
-    high=1,
-    closed=(True, False),
+    **FRACTION,
   )
   init_from: str | None = _option(
     None,
-    "A new run starts from the model weights (not the optimizer) of the best checkpoint of "
-    "this model directory (train.py's or resnet.tools.import_reference's), and takes its "
-    "--stride2_padding and input normalisation; --model and the classes must be the same. "
-    "Ignored when the run resumes from its own checkpoint.",
+    "A new run starts from the weights (not the optimizer) of this run directory's best "
+    "checkpoint, with its --stride2_padding and input normalisation; same --model and "
+    "classes. Ignored when the run resumes from its own checkpoint.",
   )
   whitening: bool = _option(
     True,
-    "--model=airbench: its frozen first convolution whitens 2x2 patches of the training images "
-    "(Jordan 2024); --nowhitening leaves it at its random initialisation (for ablations).",
+    "--model=airbench: its frozen first convolution whitens 2x2 patches of the training "
+    "images (Jordan 2024); --nowhitening: random (for ablations).",
   )
   dataset: str = _option(
     "cifar10",
@@ -83,9 +80,7 @@ class Config:
   train_split: str = _option(
     "train", "The split to train on, TFDS split syntax (svhn_cropped: train+extra)."
   )
-  image_size: int = _option(
-    0, "Resize every image to this many pixels a side; 0: the dataset's own size.", low=0
-  )
+  image_size: int = _option(0, "Resize images to this many pixels a side; 0: as they are.", low=0)
   tfds_data_dir: str | None = _option(None, "TFDS data directory.")
   validation_size: int = _option(
     5000, "Examples held out of --train_split for validation; 0 validates on the test split.", low=0
@@ -96,7 +91,7 @@ class Config:
   optimizer: str = _option(
     "adam", "adam, or sgd with momentum (the paper's).", choices=optimization.OPTIMIZERS
   )
-  momentum: float = _option(0.9, "SGD's momentum, in [0, 1).", low=0, high=1, closed=(True, False))
+  momentum: float = _option(0.9, "SGD's momentum, in [0, 1).", **FRACTION)
   nesterov: bool = _option(False, "SGD with Nesterov momentum.")
   learning_rate: float = _option(1e-3, "Peak learning rate.", **POSITIVE)
   lr_schedule: str = _option(
@@ -144,9 +139,13 @@ class Config:
     "--lookahead_start_epochs on, every 5 steps the weights move to their average.",
   )
   lookahead_start_epochs: float = _option(3.0, "See --lookahead.", **NON_NEGATIVE)
-  label_smoothing: float = _option(
-    0.0, "Label smoothing, in [0, 1).", low=0, high=1, closed=(True, False)
+  ema_decay: float = _option(
+    0.0,
+    "Decay in (0, 1) of a moving average of the weights and BatchNorm statistics "
+    "(resnet/ema.py) that validation, the best checkpoint and the export use; 0: none.",
+    **FRACTION,
   )
+  label_smoothing: float = _option(0.0, "Label smoothing, in [0, 1).", **FRACTION)
   crop_padding: int = _option(
     4, "Augmentation: random translations of up to N pixels.", low=0, high=16, unit=" pixels"
   )

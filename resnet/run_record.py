@@ -41,6 +41,7 @@ RUN_DEFINING_KEYS = (
   "autoaugment",
   "mixup",
   "cutmix",
+  "ema_decay",
 )
 RUN_KEY_DEFAULTS = {
   "optimizer": "adam",
@@ -49,6 +50,7 @@ RUN_KEY_DEFAULTS = {
   "train_split": "train",
   "image_size": 0,
   **dict(cutout=0, randaugment="", autoaugment=False, mixup=0.0, cutmix=0.0),
+  "ema_decay": 0.0,
 }
 
 
@@ -99,6 +101,12 @@ def image_size(record):
   recorded before the key existed): what evaluation, the export and predict feed it."""
   height, width = record.get("image_size") or (datasets.IMAGE_SIZE, datasets.IMAGE_SIZE)
   return int(height), int(width)
+
+
+def weights_key(record):
+  """Which of a run's models its checkpoints export: "ema_model", the average of the
+  weights (resnet/ema.py), when the run kept one (--ema_decay), else "model"."""
+  return "ema_model" if {**RUN_KEY_DEFAULTS, **record["config"]}["ema_decay"] else "model"
 
 
 def _model_definition(record):
@@ -162,7 +170,7 @@ def _check_same_model(source_dir, source, wanted):
 
 def init_model_from_run(model, source_dir, record):
   """Sets `model`'s weights (not an optimizer's) from the best checkpoint of the run in
-  `source_dir`, a new run's starting point (--init_from).
+  `source_dir`, a new run's starting point (--init_from): those it exports (weights_key).
 
   Args:
     model: the new run's model; record: its run record.
@@ -174,10 +182,10 @@ def init_model_from_run(model, source_dir, record):
     CheckpointError: no run or best checkpoint there, or a model that differs from
       this run's (name, classes, padding, input normalisation).
   """
-  source = _model_definition(trained_run_record(source_dir))
-  _check_same_model(source_dir, source, _model_definition(record))
+  source_record = trained_run_record(source_dir)
+  _check_same_model(source_dir, _model_definition(source_record), _model_definition(record))
   path = checkpointing.best_checkpoint_path(source_dir)
-  checkpointing.restore_model(model, path)
+  checkpointing.restore_model(model, path, weights_key(source_record))
   logging.info("Initialised the model from %s (--init_from).", path)
   return path
 
@@ -264,7 +272,8 @@ def start_training_record(model_dir, config, write, data_facts, model_facts, str
 
 def load_trained_model(model_dir, checkpoint_path=None):
   """The float32 model of a train.py run with its weights from `checkpoint_path` (default:
-  the best checkpoint). Call it inside a strategy's scope to place the model there.
+  the best checkpoint): the average of the weights with --ema_decay (weights_key), which
+  validation chose the best checkpoint by. Call it inside a strategy's scope to place it.
 
   Returns:
     (model, run record, the checkpoint path restored).
@@ -284,5 +293,5 @@ def load_trained_model(model_dir, checkpoint_path=None):
     dropout=config.get("dropout", 0.0),  # As trained (inactive in inference).
     image_size=image_size(record),
   )
-  checkpointing.restore_model(model, checkpoint_path)
+  checkpointing.restore_model(model, checkpoint_path, weights_key(record))
   return model, record, checkpoint_path

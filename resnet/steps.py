@@ -114,6 +114,7 @@ def make_train_steps(
   batch_norm_weight_decay=False,
   batch_norm_lr_scale=1.0,
   lookahead=None,
+  ema=None,
   jit_compile=False,
   input_normalization=None,
 ):
@@ -135,7 +136,8 @@ def make_train_steps(
   The BatchNorm parameters' gradients are multiplied by `batch_norm_lr_scale`:
   with SGD, a learning rate that many times larger (Page's and airbench's
   faster-learning BatchNorm biases); see optimization.weight_decay_penalty for their decay.
-  `lookahead`, a resnet.lookahead.Lookahead, runs after every step.
+  `lookahead`, a resnet.lookahead.Lookahead, runs after every step; then `ema`'s update,
+  a resnet.ema.WeightAverage.
 
   Returns:
     A tf.function returning float32 sums over the `num_steps` steps and all
@@ -168,13 +170,15 @@ def make_train_steps(
       totals = strategy.run(replica_step, args=(totals, images, labels))
       if lookahead is not None:
         lookahead.after_step()  # Cross-replica: sets every replica's weights alike.
+      if ema is not None:
+        strategy.run(ema.update)  # Each replica its own copy; no communication.
     totals = strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
     return dict(zip(SUM_KEYS, tf.unstack(totals), strict=True))
 
   return train_steps
 
 
-def make_average_moving_statistics(strategy, model):
+def make_average_moving_statistics(strategy, *models):
   """Builds `average()`: sets every replica's BatchNorm moving statistics to their mean.
 
   Keras 3 creates the moving mean and variance as mirrored variables without
@@ -183,10 +187,13 @@ def make_average_moving_statistics(strategy, model):
   a different model on each replica, and checkpoints would keep replica 0's.
   Call this before evaluating or saving. (With synchronised BatchNorm the
   copies are equal already.) Training itself uses batch statistics only, so
-  averaging does not change it.
+  averaging does not change it. Several `models` (the model and its resnet/ema.py
+  average) share one all-reduce.
   """
   # Not the integer state of dropout's seed generators: each replica draws its own masks.
-  variables = [v for v in model.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]
+  variables = [
+    v for m in models for v in m.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)
+  ]
   sizes = [variable.shape.num_elements() for variable in variables]
 
   def local_values():

@@ -9,7 +9,8 @@ import dataclasses
 import keras
 
 from data import augment, datasets
-from resnet import models, optimization, precision, steps
+from resnet import models, optimization, precision, run_record, steps
+from resnet.ema import WeightAverage
 from resnet.lookahead import Lookahead
 
 # --- Everything a training run steps ---------------------------------------------------
@@ -23,9 +24,40 @@ class Training:
   schedule: optimization.LearningRateSchedule
   optimizer: keras.optimizers.Optimizer
   train_steps: object  # steps.make_train_steps' tf.function.
-  predict_step: object  # steps.make_predict_step's tf.function.
-  average_moving_statistics: object  # steps.make_average_moving_statistics' tf.function.
+  # steps.make_predict_step's tf.function, of the model validation sees: `ema`'s average
+  # of the weights when the run keeps one, else `model`.
+  predict_step: object
+  # steps.make_average_moving_statistics' tf.function, over the model and `ema`'s average.
+  average_moving_statistics: object
   lookahead: Lookahead | None = None  # Its state is checkpointed with the run.
+  ema: WeightAverage | None = None  # --ema_decay; its average_model is checkpointed.
+
+  def init_model_from_run(self, source_dir, record):
+    """--init_from: run_record.init_model_from_run, and the average starts there too."""
+    run_record.init_model_from_run(self.model, source_dir, record)
+    if self.ema:
+      self.ema.reset()
+
+  def checkpointed(self):
+    """The run's state beyond model, optimizer and counters, by checkpoint key."""
+    extra = {"lookahead": self.lookahead.state} if self.lookahead else {}
+    return extra | ({"ema_model": self.ema.average_model} if self.ema else {})
+
+
+def _create_model(config, num_classes, fused_batch_norm, image_size):
+  """The run's network for (height, width) images, with its weights created (call it inside
+  the strategy's scope)."""
+  return models.create_model(
+    config.model,
+    num_classes,
+    precision=config.precision,
+    sync_batch_norm=config.sync_batch_norm,
+    fused_batch_norm=fused_batch_norm,
+    # "auto" outside train.py (benchmark, selfcheck, tests): what a new run gets.
+    stride2_padding=("symmetric" if config.stride2_padding == "auto" else config.stride2_padding),
+    dropout=config.dropout,
+    image_size=image_size,
+  )
 
 
 def _create_optimizer(config, model, steps_per_epoch, lr_multiplier):
@@ -88,24 +120,19 @@ def create_training(
   """
   if config.precision == "auto":  # Outside train.py (benchmark, selfcheck, tests): a new run's.
     config = dataclasses.replace(config, precision=precision.choose_for_this_machine(strategy)[0])
+  image_size = 32 if train_images is None else tuple(train_images.shape[1:3])
   with strategy.scope():
-    model = models.create_model(
-      config.model,
-      num_classes,
-      precision=config.precision,
-      sync_batch_norm=config.sync_batch_norm,
-      fused_batch_norm=fused_batch_norm,
-      # "auto" outside train.py (benchmark, selfcheck, tests): what a new run gets.
-      stride2_padding=("symmetric" if config.stride2_padding == "auto" else config.stride2_padding),
-      dropout=config.dropout,
-      image_size=32 if train_images is None else tuple(train_images.shape[1:3]),
-    )
+    model = _create_model(config, num_classes, fused_batch_norm, image_size)
     if config.whitening and train_images is not None:  # --nowhitening skips airbench's.
       normalization = input_normalization or datasets.CIFAR10.normalization
       model.prepare(train_images, lambda images: augment.normalize(images, **normalization))
     schedule, optimizer, lookahead = _create_optimizer(
       config, model, steps_per_epoch, lr_multiplier
     )
+    ema = None
+    if config.ema_decay:  # Its average lives in a second copy of the network.
+      average_model = _create_model(config, num_classes, fused_batch_norm, image_size)
+      ema = WeightAverage(model, average_model, config.ema_decay)
   train_steps = steps.make_train_steps(
     strategy,
     model,
@@ -117,15 +144,19 @@ def create_training(
     batch_norm_weight_decay=config.batch_norm_weight_decay,
     batch_norm_lr_scale=config.batch_norm_lr_scale,
     lookahead=lookahead,
+    ema=ema,
     jit_compile=config.jit_compile,
     input_normalization=input_normalization,
   )
+  validated = ema.average_model if ema else model  # What validation and the export see.
+  both = [model, validated] if ema else [model]
   return Training(
     model=model,
     schedule=schedule,
     optimizer=optimizer,
     train_steps=train_steps,
-    predict_step=steps.make_predict_step(strategy, model, input_normalization),
-    average_moving_statistics=steps.make_average_moving_statistics(strategy, model),
+    predict_step=steps.make_predict_step(strategy, validated, input_normalization),
+    average_moving_statistics=steps.make_average_moving_statistics(strategy, *both),
     lookahead=lookahead,
+    ema=ema,
   )

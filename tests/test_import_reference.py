@@ -93,6 +93,7 @@ def test_init_from_starts_a_new_run_from_the_best_weights_and_a_resume_ignores_i
     momentum=0.0,
     learning_rate=1e-9,  # The weights stay the source's, to float precision.
     weight_decay=0.0,
+    ema_decay=0.5,  # What the run exports, its average, starts at the source's weights too.
   )
   train.train_and_evaluate(config, model_dir)
   record = run_record.read_run_record(model_dir)
