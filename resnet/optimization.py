@@ -132,7 +132,7 @@ def create_optimizer(
 
 def is_soft(labels):
   """Whether `labels` are soft targets float [B, C] (MixUp, CutMix), not classes int [B]."""
-  return labels.shape.rank == 2
+  return len(labels.shape) == 2  # tf.TensorShape or a numpy shape.
 
 
 def cross_entropy(labels, logits, num_classes, label_smoothing=0.0):

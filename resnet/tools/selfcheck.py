@@ -168,7 +168,7 @@ def check_speed(strategy, model="resnet20", steps=10, per_replica_batch=128):
   step_rate = steps * config.batch_size / (time.perf_counter() - start)
   pipeline_rate = benchmark.run_pipeline_benchmark(
     config.batch_size, batches=max(20, 5 * steps), repeats=1
-  )["images_per_second"]["median"]
+  )["augmentations"]["none"]["images_per_second"]["median"]
   speed = Verdict(
     "speed",
     "INFO",
