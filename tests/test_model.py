@@ -44,6 +44,13 @@ def test_every_registered_model_has_a_pinned_count_and_a_one_line_description():
   assert all(len(line) <= 76 and line.split(None, 1)[1] for line in lines)
 
 
+# One model per class and block kind round-trips a .keras file; the deeper He et al. and
+# wide ones are the same classes (and would add a minute to the suite).
+ROUND_TRIPPED = (
+  "resnet20", "resnet9_half", "airbench", "resnet18", "resnet50", "preact_resnet18", "wrn10_1"
+)  # fmt: skip
+
+
 @pytest.mark.parametrize("name", list(models.MODELS))
 def test_each_model_counts_as_its_source_and_round_trips_checkpoints_and_keras_files(
   name, tmp_path
@@ -56,6 +63,8 @@ def test_each_model_counts_as_its_source_and_round_trips_checkpoints_and_keras_f
   checkpoint = tf.train.Checkpoint(model=model)
   checkpointed = {id(node) for node in tf.train.TrackableView(checkpoint).descendants()}
   assert all(id(variable) in checkpointed for variable in model.variables)
+  if name not in ROUND_TRIPPED:
+    return
   images = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
   for variable in model.variables:  # Not the initial values, so a missed one shows.
     variable.assign(variable + tf.random.normal(variable.shape, stddev=0.01) + 0.01)
