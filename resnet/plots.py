@@ -10,6 +10,8 @@ from matplotlib.figure import Figure  # No pyplot: no global state, no display b
 
 from data import visualize
 
+MAX_ANNOTATED_CLASSES = 20
+
 
 def confusion_matrix_png(confusion_matrix, class_names, title="Confusion matrix"):
   """A labelled heat map of a confusion matrix (rows true, columns predicted), with counts.
@@ -19,13 +21,17 @@ def confusion_matrix_png(confusion_matrix, class_names, title="Confusion matrix"
   """
   confusion_matrix = np.asarray(confusion_matrix)
   size = len(class_names)
-  figure = Figure(figsize=(1.0 + 0.6 * size, 0.8 + 0.55 * size))
+  # Counts in the cells up to MAX_ANNOTATED_CLASSES classes; beyond (CIFAR-100), colour only,
+  # in a figure of at most ~14 inches a side (100 annotated classes would be 60).
+  annotated = size <= MAX_ANNOTATED_CLASSES
+  side = min(size, MAX_ANNOTATED_CLASSES)
+  figure = Figure(figsize=(1.0 + 0.6 * side, 0.8 + 0.55 * side))
   axis = figure.subplots()
   row_totals = np.maximum(confusion_matrix.sum(axis=1, keepdims=True), 1)
   normalized = confusion_matrix / row_totals  # Colour by recall so rare classes stay visible.
   image = axis.imshow(normalized, cmap="Blues", vmin=0.0, vmax=1.0)
   figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of true class")
-  for row in range(size):
+  for row in range(size if annotated else 0):
     for column in range(size):
       axis.text(  # The count, and under it the fraction of the true class (row).
         column,
@@ -36,8 +42,15 @@ def confusion_matrix_png(confusion_matrix, class_names, title="Confusion matrix"
         fontsize=6,
         color="white" if normalized[row, column] > 0.5 else "black",
       )
-  axis.set_xticks(range(size), class_names, rotation=45, ha="right", fontsize=8)
-  axis.set_yticks(range(size), class_names, fontsize=8)
+  tick_size = 8 if annotated else 4
+  axis.set_xticks(
+    range(size),
+    class_names,
+    rotation=45 if annotated else 90,
+    ha="right" if annotated else "center",
+    fontsize=tick_size,
+  )
+  axis.set_yticks(range(size), class_names, fontsize=tick_size)
   axis.set_xlabel("predicted")
   axis.set_ylabel("true")
   accuracy = np.trace(confusion_matrix) / max(confusion_matrix.sum(), 1)
