@@ -136,16 +136,8 @@ BAD_COMMAND_LINES = {
     ["train.py", "--no_such_flag=1", "--model_dir={tmp}/run"],
     "Unknown command line flag",
   ),
-  "negative-batch": (
-    ["train.py", "--batch_size=-8", "--model_dir={tmp}/run"],
-    "--batch_size must be positive",
-  ),
   "model-dir-is-a-file": (["train.py", "--model_dir={tmp}/a_file"], "is a file, not a directory"),
   "eval-without-run": (["eval.py", "--model_dir={tmp}"], "has no run.json"),
-  "corrupt-checkpoint": (
-    ["eval.py", "--model_dir={run}", "--checkpoint={tmp}/garbage"],
-    "Cannot restore",
-  ),
 }
 BAD_TRAIN_FLAGS = {
   "malformed-flagfile": (
@@ -232,9 +224,13 @@ def test_bad_train_flags_give_one_clear_message(tmp_path, case):
   assert snapshot(tmp_path) == before  # Nothing written or touched.
 
 
-def test_eval_of_a_missing_checkpoint_is_one_clear_error(model_dir, tmp_path):
+@pytest.mark.parametrize("checkpoint", ["missing", "garbage"])
+def test_eval_of_a_missing_or_corrupt_checkpoint_is_one_clear_error(
+  model_dir, tmp_path, checkpoint
+):
+  make_broken_inputs(str(tmp_path))  # garbage.index and garbage.data-00000-of-00001.
   with pytest.raises(checkpointing.CheckpointError, match="Cannot restore"):
-    eval_main.evaluate_model_dir(model_dir, "test", checkpoint_path=str(tmp_path / "missing"))
+    eval_main.evaluate_model_dir(model_dir, "test", checkpoint_path=str(tmp_path / checkpoint))
 
 
 def test_eval_without_a_best_checkpoint_fails_cleanly(tmp_path):
