@@ -120,7 +120,8 @@ def create_training(
   """
   if config.precision == "auto":  # Outside train.py (benchmark, selfcheck, tests): a new run's.
     config = dataclasses.replace(config, precision=precision.choose_for_this_machine(strategy)[0])
-  image_size = 32 if train_images is None else tuple(train_images.shape[1:3])
+  # (height, width) of the run's images; CIFAR's where none are given (benchmark, tests).
+  image_size = datasets.IMAGE_SIZE if train_images is None else tuple(train_images.shape[1:3])
   with strategy.scope():
     model = _create_model(config, num_classes, fused_batch_norm, image_size)
     if config.whitening and train_images is not None:  # --nowhitening skips airbench's.
