@@ -12,7 +12,9 @@ MultiWorkerMirroredStrategy as train.py creates it, one CPU replica per worker.
 Both train ResNet-8 in mixed_float16 with loss scaling. One step on a global
 batch whose last example overflows float16 (so only the last replica's
 gradients do) must be skipped on every replica; then clean steps must train.
-Prints one JSON line of what it saw and exits 0; an assertion fails otherwise.
+Each worker then also counts the collectives of the train steps on the real training
+pipeline (tests/multi_worker_collectives.py). Prints one JSON line of what it saw and
+exits 0; an assertion fails otherwise.
 """
 
 import os
@@ -31,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 
 from data import augment  # noqa: E402
 from resnet import distribute, models, optimization, steps  # noqa: E402
+from tests import multi_worker_collectives  # noqa: E402
 
 GLOBAL_BATCH = 16
 NUM_CLASSES = 3
@@ -103,6 +106,8 @@ def main(kind):
       sum(np.sum(w.numpy(), dtype=np.float64) for w in model.trainable_weights)
     ),
   }
+  if kind == "multi_worker":
+    report["collectives"] = multi_worker_collectives.count_collectives(strategy)
   print(json.dumps(report), flush=True)
   assert new_scale == scale / 2 and untouched, report  # Skipped, scale lowered, no weight moved.
   assert np.isfinite(report["clean_loss_sum"]) and trained, report  # Clean batches train again.

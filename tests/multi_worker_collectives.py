@@ -1,35 +1,26 @@
-"""One worker of a real MultiWorkerMirroredStrategy cluster (TF_CONFIG): prints, as JSON, what
-the train steps on the real training pipeline would launch across workers.
+"""What the train steps on the real training pipeline would launch across the workers of a
+real MultiWorkerMirroredStrategy cluster.
 
-Run by tests/test_distributed.py as two processes. Only traced, never run: the
-collectives are counted in the graph, as the local-devices test counts them,
-but here the strategy is in multi-worker mode, which changes its input
-iterator.
+Called by tests/collective_overflow.py in each of its two worker processes (one
+TensorFlow start-up fewer than a script of its own). Only traced, never run: the
+collectives are counted in the graph, as test_distributed's local-devices test
+counts them, but here the strategy is in multi-worker mode, which changes its
+input iterator.
 """
 
-import os
-import sys
+import keras
+import numpy as np
+import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import resnet  # noqa: E402, F401 - first: TensorFlow's environment.
-
-# isort: split
-import json  # noqa: E402
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from data import pipeline  # noqa: E402
-from resnet import distribute, optimization, steps  # noqa: E402
+from data import pipeline
+from resnet import optimization, steps
 
 COLLECTIVE_OPS = {"CollectiveReduce", "CollectiveReduceV2", "CollectiveReduceV3", "NcclAllReduce"}
 NUM_CLASSES = 3
 
 
-def main():
-  strategy = distribute.create_strategy("multi_worker")
+def count_collectives(strategy):
+  """{workers, per_call, per_step, get_next_as_optional} of `strategy`'s cluster."""
   with strategy.scope():  # The local-devices test's model: two BatchNorm layers.
     layers = keras.layers
     model = keras.Sequential(
@@ -68,8 +59,4 @@ def main():
     # Whether each next() asks every worker whether it still has data (private: no public name).
     "get_next_as_optional": batches._enable_get_next_as_optional,  # noqa: SLF001
   }
-  print("RESULT " + json.dumps(result), flush=True)
-
-
-if __name__ == "__main__":
-  main()
+  return result

@@ -231,32 +231,6 @@ def test_a_call_of_the_steps_runs_few_all_reduces(jit_compile):
   assert len(model.non_trainable_variables) == 4 and all_reduces(average) == (1, 0)
 
 
-def test_two_real_workers_run_no_all_reduce_to_fetch_a_batch(tmp_path):
-  # The test above builds the strategy from local devices, where it is not in multi-worker
-  # mode. Two processes of a real cluster are: there an input of unknown length would make
-  # every next() sum across workers whether any still has data, one more round trip a step.
-  cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-  processes = []
-  for index in range(2):
-    task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-    processes.append(
-      subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "tests", "multi_worker_collectives.py")],
-        env=dict(os.environ, TF_CONFIG=json.dumps(task), TMPDIR=str(tmp_path)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-      )
-    )
-  outputs = [process.communicate(timeout=300)[0] for process in processes]
-  assert [process.returncode for process in processes] == [0, 0], "\n".join(outputs)[-3000:]
-  for output in outputs:
-    result = json.loads(output.split("RESULT ")[1])
-    # Per call, per step: as counted on local devices; and no "has any worker data left?".
-    facts = [result[key] for key in ("workers", "per_call", "per_step", "get_next_as_optional")]
-    assert facts == [2, 1, 2, False]
-
-
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_trains_with_float32_master_weights(precision):
   model, optimizer, first = train_a_few_steps("default", num_steps=1, precision=precision)
@@ -674,6 +648,10 @@ def test_an_overflow_is_skipped_on_every_replica_under_collective_all_reduce():
   # CPU "mirrored": tests/collective_overflow.py runs the overflow test above on
   # MirroredStrategy's default collectives (one process, 2 logical devices) and on two
   # local workers, mixed_float16 both, all three processes at once.
+  # The workers also count what their train steps launch: the test of the all-reduces
+  # above builds the strategy from local devices, where it is not in multi-worker mode.
+  # Two processes of a real cluster are: there an input of unknown length would make
+  # every next() sum across workers whether any still has data, one more round trip a step.
   script = os.path.join(REPO, "tests", "collective_overflow.py")
   cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
   runs = {"mirrored": {}}
@@ -698,6 +676,13 @@ def test_an_overflow_is_skipped_on_every_replica_under_collective_all_reduce():
   for report in reports.values():  # Each asserted the skip and the training after it.
     assert report["all_reduce"] == "RING (collective)" and report["replicas"] == 2
     assert report["scale"] == [32768.0, 16384.0] and report["trained_after"]
+  for name in ("worker0", "worker1"):
+    collectives = reports[name]["collectives"]
+    # Per call, per step: as counted on local devices; and no "has any worker data left?".
+    facts = [
+      collectives[key] for key in ("workers", "per_call", "per_step", "get_next_as_optional")
+    ]
+    assert facts == [2, 1, 2, False], collectives
   checksums = [report["weights_checksum"] for report in reports.values()]
   assert checksums == pytest.approx([checksums[0]] * 3, rel=1e-6)  # Workers stayed in step.
 
