@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from resnet import models
 from resnet.models import airbench, cifar_resnet
+from tests.test_padding import asymmetric_convolutions
 
 # Trainable parameters at 10 classes, each against its source:
 # - He et al. 2016, Table 6 (0.27M ... 1.7M), option-A shortcuts; resnet8 is ours (n = 1).
@@ -58,6 +59,7 @@ def test_each_model_counts_as_its_source_and_round_trips_checkpoints_and_keras_f
   model = models.create_model(name)
   assert model.name == name
   assert models.count_parameters(model) == EXPECTED_PARAMETERS[name]
+  assert asymmetric_convolutions(model) == []  # As the paper's code pads (tests/test_padding.py).
   # Every variable is in the checkpoint's object graph (Keras 3 layers in a plain list
   # would be silently left out).
   checkpoint = tf.train.Checkpoint(model=model)

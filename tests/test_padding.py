@@ -48,21 +48,37 @@ def test_a_symmetric_stride_2_convolution_samples_the_pixels_the_shortcut_keeps(
   assert not np.allclose(legacy.conv1(images).numpy(), shortcut)
 
 
-@pytest.mark.parametrize("name", models.NAMES)
-def test_no_model_pads_a_convolution_asymmetrically(name):
-  # The rule behind the fix, for every model: a convolution pads the same on both sides.
-  # Keras' "same" does so only at stride 1 with an odd kernel; a stride-2 convolution is
-  # "valid" after an explicit symmetric pad (ResNet-9 and airbench downsample by max
-  # pooling, whose 2x2 windows over an even or odd size need no padding).
-  model = models.create_model(name)
+def asymmetric_convolutions(model):
+  """Paths of `model`'s convolutions that pad one side more than the other (none allowed).
+
+  The rule behind the fix, checked for every registered model by test_model's
+  per-model test (which builds each model once): a convolution pads the same on both
+  sides. Keras' "same" does so only at stride 1 with an odd kernel; a stride-2
+  convolution is "valid" after an explicit symmetric pad (ResNet-9 and airbench
+  downsample by max pooling, whose 2x2 windows over an even or odd size need no padding).
+  """
   convolutions = [
     layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Conv2D)
   ]
   assert convolutions
-  for layer in convolutions:
-    odd_kernel = all(size % 2 for size in layer.kernel_size)
-    symmetric_same = layer.padding == "same" and layer.strides == (1, 1) and odd_kernel
-    assert layer.padding == "valid" or symmetric_same, (name, layer.path)
+  return [
+    layer.path
+    for layer in convolutions
+    if not (
+      layer.padding == "valid"
+      or (
+        layer.padding == "same"
+        and layer.strides == (1, 1)
+        and all(size % 2 for size in layer.kernel_size)
+      )
+    )
+  ]
+
+
+def test_the_padding_rule_catches_keras_same_at_stride_2():
+  assert asymmetric_convolutions(models.create_model("resnet8")) == []
+  legacy = models.create_model("resnet8", stride2_padding="same")
+  assert len(asymmetric_convolutions(legacy)) == 2  # The two stride-2 convolutions.
 
 
 def test_new_models_pad_symmetrically_and_legacy_keras_configs_mean_same():
