@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from resnet import (
 from resnet.lookahead import Lookahead
 from tests.conftest import write_image_folder
 from tests.test_train import REPO, checkpoint_weights, debug_config, final_weights
+from tools.preemption_latency import free_ports
 
 NUM_CLASSES = 3
 
@@ -503,16 +503,6 @@ def test_a_signal_saves_whatever_platform_the_preemption_handler_detects(
 
 
 # --- Several worker processes on this machine ---------------------------------------------
-
-
-def free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for sock in sockets:
-    sock.bind(("127.0.0.1", 0))
-  ports = [sock.getsockname()[1] for sock in sockets]
-  for sock in sockets:
-    sock.close()
-  return ports
 
 
 def start_workers(config, model_dir, work_dir, num_workers=2, signal_at_step=None):
