@@ -31,8 +31,8 @@ def confusion_matrix_png(confusion_matrix, class_names, title="Confusion matrix"
   normalized = confusion_matrix / row_totals  # Colour by recall so rare classes stay visible.
   image = axis.imshow(normalized, cmap="Blues", vmin=0.0, vmax=1.0)
   figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of true class")
-  for row in range(size if annotated else 0):
-    for column in range(size):
+  if annotated:  # Beyond, the counts would not fit in their cells.
+    for row, column in np.ndindex(size, size):
       axis.text(  # The count, and under it the fraction of the true class (row).
         column,
         row,
