@@ -678,9 +678,9 @@ def test_an_overflow_is_skipped_on_every_replica_under_collective_all_reduce():
 
 
 def test_sigterm_to_one_worker_saves_on_all_within_a_few_steps_and_the_run_resumes_exactly(
-  tmp_path,
+  tmp_path, monkeypatch
 ):
-  # Calls of the train steps run to the next log line or epoch end (32 steps here) unless
+  # Calls of the train steps run to the next log line or epoch end (16 steps here) unless
   # several workers cut them at --preemption_check_steps (2): the handler's check after
   # the call under way learns of the signal; the workers save at the check after it.
   images = write_image_folder(str(tmp_path / "images"), {"train": 200, "test": 7})
@@ -689,8 +689,8 @@ def test_sigterm_to_one_worker_saves_on_all_within_a_few_steps_and_the_run_resum
   config = debug_config(
     images,
     epochs=2,
-    steps_per_epoch=32,
-    log_every_steps=32,
+    steps_per_epoch=16,
+    log_every_steps=16,
     preemption_check_steps=2,
     on_nan="recover",
   )
@@ -706,13 +706,15 @@ def test_sigterm_to_one_worker_saves_on_all_within_a_few_steps_and_the_run_resum
   latest = tf.train.latest_checkpoint(os.path.join(model_dir, checkpointing.LATEST_DIR))
   assert latest.endswith(f"ckpt-{stopped[0]}")
 
-  codes, logs = finish(start_workers(config, model_dir, tmp_path), tmp_path)  # Same command.
-  assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-  assert f"Resumed from {latest} at step {stopped[0]}" in logs[0]
-  assert "Done at step 64" in logs[0] and "Done at step 64" in logs[1]
-  # Exactly where it stopped: as an uninterrupted run on two replicas in one process.
-  single_dir = str(tmp_path / "single")
-  train.train_and_evaluate(dataclasses.replace(config, strategy="mirrored"), single_dir)
+  # Resumed exactly where it stopped, here in one process on two replicas (workers resuming
+  # together is test_two_workers_train_like_two_replicas_in_one_process's): it ends with the
+  # weights of an uninterrupted run on two replicas in one process.
+  mirrored, single_dir = dataclasses.replace(config, strategy="mirrored"), str(tmp_path / "single")
+  logged = []
+  monkeypatch.setattr(checkpointing.logging, "info", lambda text, *args: logged.append(text % args))
+  assert train.train_and_evaluate(mirrored, model_dir)["step"] == 32
+  assert any(line.startswith(f"Resumed from {latest} at step {stopped[0]} ") for line in logged)
+  train.train_and_evaluate(mirrored, single_dir)
   expected, actual = final_weights(single_dir), final_weights(model_dir)
   for name in expected:
     np.testing.assert_allclose(actual[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
