@@ -8,7 +8,8 @@ changes the shape, its shortcut is a 1x1 convolution of that stride and BatchNor
 the paper's option B); stride-2 3x3 convolutions pad 1 pixel on every side. This is
 kuangliu/pytorch-cifar's models/resnet.py (MIT), the source of the published CIFAR-10 figures
 cited in configs/resnet18.cfg; its ResNet-18 and ResNet-50 have 11,173,962 and 23,520,842
-parameters (10 classes), pinned in tests/test_model.py.
+parameters (10 classes), pinned in tests/test_model.py. Initial weights are PyTorch's defaults,
+as kuangliu's (common.kernel_init("torch")).
 """
 
 import keras
@@ -23,6 +24,9 @@ DEPTHS = {
   "resnet50": (True, (3, 4, 6, 3)),
 }
 MIN_IMAGE_SIZE = 8  # Three stride-2 stages: smaller, the last stage would see only padding.
+# kuangliu's models keep PyTorch's default initial weights; its recipe (SGD at 0.1 from the
+# first step, weight decay 5e-4) was tuned with them.
+INIT = "torch"
 
 
 class Block(keras.layers.Layer):
@@ -30,14 +34,14 @@ class Block(keras.layers.Layer):
 
   def __init__(self, filters, strides, in_channels, bottleneck, model_options, **kwargs):
     super().__init__(**kwargs)
-    policy = self.dtype_policy
+    policy, init = self.dtype_policy, common.kernel_init(INIT)
     self.out_channels = filters * (4 if bottleneck else 1)
     if bottleneck:  # The stride on the 3x3 convolution, as torchvision's v1.5 and kuangliu.
       shapes = ((filters, 1, 1), (filters, 3, strides), (self.out_channels, 1, 1))
     else:
       shapes = ((filters, 3, strides), (filters, 3, 1))
     self.convs = [
-      common.conv(width, size, stride, dtype=policy, name=f"conv{i + 1}")
+      common.conv(width, size, stride, dtype=policy, name=f"conv{i + 1}", kernel_init=init)
       for i, (width, size, stride) in enumerate(shapes)
     ]
     self.norms = [common.norm(model_options, policy, f"bn{i + 1}") for i in range(len(self.convs))]
@@ -46,7 +50,9 @@ class Block(keras.layers.Layer):
       setattr(self, f"bn{index + 1}", bn)
     self.projection = None
     if strides != 1 or in_channels != self.out_channels:
-      self.projection = common.conv(self.out_channels, 1, strides, dtype=policy, name="shortcut")
+      self.projection = common.conv(
+        self.out_channels, 1, strides, dtype=policy, name="shortcut", kernel_init=init
+      )
       self.projection_bn = common.norm(model_options, policy, "shortcut_bn")
 
   def call(self, inputs, training=False):
@@ -79,7 +85,9 @@ class CifarStemResNet(common.Network):
       raise ValueError(f"Unknown variant {variant!r}; choose one of {', '.join(DEPTHS)}.")
     bottleneck, blocks_per_stage = DEPTHS[variant]
     policy = self.dtype_policy
-    self.stem_conv = common.conv(64, 3, dtype=policy, name="stem_conv")
+    self.stem_conv = common.conv(
+      64, 3, dtype=policy, name="stem_conv", kernel_init=common.kernel_init(INIT)
+    )
     self.stem_bn = common.norm(options, policy, "stem_bn")
     self.block_names, channels = [], 64
     for stage, (filters, blocks) in enumerate(zip(STAGE_FILTERS, blocks_per_stage, strict=True)):
@@ -91,7 +99,7 @@ class CifarStemResNet(common.Network):
         self.block_names.append(name)
         channels = block.out_channels
     self.pool = keras.layers.GlobalAveragePooling2D(dtype=policy, name="pool")
-    self.classifier = keras.layers.Dense(num_classes, dtype="float32", name="classifier")
+    self.classifier = common.classifier(num_classes, INIT, fan_in=channels)
 
   def call(self, images, training=False):
     x = keras.ops.relu(self.stem_bn(self.stem_conv(images), training=training))

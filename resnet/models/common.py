@@ -27,15 +27,50 @@ class SymmetricConv2D(layers.Conv2D):
     return super().call(padded)
 
 
-def conv(filters, kernel_size, strides=1, dtype=None, name=None, use_bias=False):
-  """A bias-free He-normal convolution that pads like PyTorch's Conv2d(padding=k // 2).
+# A family's initial weights, as its source draws them: "he_normal" (Keras' He-normal, fan in,
+# for convolutions; Keras' Glorot-uniform kernel and zero bias for the classifier) or "torch"
+# (PyTorch's defaults for Conv2d and Linear, for sources that keep them).
+INITS = ("he_normal", "torch")
+
+
+def kernel_init(init):
+  """The convolutions' kernel initializer of `init` (one of INITS).
+
+  "torch" is PyTorch's kaiming_uniform_(a=sqrt(5)): uniform in +-1/sqrt(fan_in), a variance
+  of 1/(3 fan_in), a sixth of He-normal's 2/fan_in.
+  """
+  if init == "torch":
+    return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+  return "he_normal"
+
+
+def classifier(num_classes, init, fan_in):
+  """The float32 dense classifier; with init "torch" as PyTorch's nn.Linear (kernel as
+  kernel_init("torch"), bias uniform in +-1/sqrt(fan_in))."""
+  if init != "torch":
+    return layers.Dense(num_classes, dtype="float32", name="classifier")
+  bound = fan_in**-0.5
+  return layers.Dense(
+    num_classes,
+    kernel_initializer=kernel_init(init),
+    bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+    dtype="float32",
+    name="classifier",
+  )
+
+
+def conv(
+  filters, kernel_size, strides=1, dtype=None, name=None, use_bias=False, kernel_init="he_normal"
+):
+  """A bias-free convolution (He-normal unless `kernel_init` says otherwise) that pads like
+  PyTorch's Conv2d(padding=k // 2).
 
   At stride 1 with an odd kernel, Keras' "same" already pads symmetrically (and costs no
   separate pad op); a 1x1 kernel at stride 2 needs no padding ("valid" samples 2i); a
   larger kernel at stride 2 pads explicitly (SymmetricConv2D).
   """
   arguments = dict(
-    strides=strides, use_bias=use_bias, kernel_initializer="he_normal", dtype=dtype, name=name
+    strides=strides, use_bias=use_bias, kernel_initializer=kernel_init, dtype=dtype, name=name
   )
   if strides == 1:
     return layers.Conv2D(filters, kernel_size, padding="same", **arguments)

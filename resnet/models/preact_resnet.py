@@ -14,8 +14,12 @@ and its PyTorch port xternalz/WideResNet-pytorch): a 3x3 stem of 16 filters, thr
 average pooling, a dense classifier: WRN-16-8 10,961,370 and WRN-28-10 36,479,194 parameters.
 `dropout` (the paper's 0.3, optional) acts after a block's second BN-ReLU, before its second
 convolution, as in the authors' code (xternalz drops the first convolution's output before that
-BN instead). Stride-2 convolutions pad 1 pixel on every side, as all three sources. Initial
-weights are Keras' He-normal (fan in), not the sources' own schemes.
+BN instead). Stride-2 convolutions pad 1 pixel on every side, as all three sources.
+
+Initial weights: PreAct-ResNet-18 keeps kuangliu's, PyTorch's defaults (common.kernel_init
+"torch"): with Keras' He-normal (6x their variance) and no final BN, its logits start large
+and the source's recipe (SGD at 0.1 from the first step) diverged here (loss 143 at step 50).
+The Wide ResNets use He-normal as their authors (fan in here, fan out there).
 """
 
 import keras
@@ -32,15 +36,17 @@ class PreActBlock(keras.layers.Layer):
 
   def __init__(self, filters, strides, in_channels, model_options, dropout=0.0, **kwargs):
     super().__init__(**kwargs)
-    policy = self.dtype_policy
+    policy, init = self.dtype_policy, common.kernel_init(model_options["init"])
     self.bn1 = common.norm(model_options, policy, "bn1")
-    self.conv1 = common.conv(filters, 3, strides, dtype=policy, name="conv1")
+    self.conv1 = common.conv(filters, 3, strides, dtype=policy, name="conv1", kernel_init=init)
     self.dropout = keras.layers.Dropout(dropout, dtype=policy, name="dropout") if dropout else None
     self.bn2 = common.norm(model_options, policy, "bn2")
-    self.conv2 = common.conv(filters, 3, dtype=policy, name="conv2")
+    self.conv2 = common.conv(filters, 3, dtype=policy, name="conv2", kernel_init=init)
     self.projection = None
     if strides != 1 or in_channels != filters:
-      self.projection = common.conv(filters, 1, strides, dtype=policy, name="shortcut")
+      self.projection = common.conv(
+        filters, 1, strides, dtype=policy, name="shortcut", kernel_init=init
+      )
 
   def call(self, inputs, training=False):
     activated = keras.ops.relu(self.bn1(inputs, training=training))
@@ -64,6 +70,7 @@ class PreActResNet(common.Network):
     stem_filters,
     final_activation,
     dropout=0.0,
+    init="he_normal",
     num_classes=10,
     sync_batch_norm=False,
     fused_batch_norm=True,
@@ -75,13 +82,16 @@ class PreActResNet(common.Network):
       stem_filters=stem_filters,
       final_activation=final_activation,
       dropout=dropout,
+      init=init,
       num_classes=num_classes,
       sync_batch_norm=sync_batch_norm,
       fused_batch_norm=fused_batch_norm,
     )
     super().__init__(options, **kwargs)
     policy = self.dtype_policy
-    self.stem_conv = common.conv(stem_filters, 3, dtype=policy, name="stem_conv")
+    self.stem_conv = common.conv(
+      stem_filters, 3, dtype=policy, name="stem_conv", kernel_init=common.kernel_init(init)
+    )
     self.block_names, channels = [], stem_filters
     for stage, filters in enumerate(stage_filters):
       for index in range(blocks_per_stage):
@@ -93,7 +103,7 @@ class PreActResNet(common.Network):
         channels = filters
     self.final_bn = common.norm(options, policy, "final_bn") if final_activation else None
     self.pool = keras.layers.GlobalAveragePooling2D(dtype=policy, name="pool")
-    self.classifier = keras.layers.Dense(num_classes, dtype="float32", name="classifier")
+    self.classifier = common.classifier(num_classes, init, fan_in=stage_filters[-1])
 
   def call(self, images, training=False):
     x = self.stem_conv(images)
@@ -106,7 +116,7 @@ class PreActResNet(common.Network):
 
 def preact_resnet18(**kwargs):
   """kuangliu's PreActResNet18: four stages of two blocks, no final BN-ReLU, no dropout."""
-  return PreActResNet((64, 128, 256, 512), 2, 64, final_activation=False, **kwargs)
+  return PreActResNet((64, 128, 256, 512), 2, 64, final_activation=False, init="torch", **kwargs)
 
 
 def wide_resnet(depth, widen_factor, dropout=0.0, **kwargs):
