@@ -52,3 +52,5 @@ def test_kuangliu_s_families_start_from_pytorch_s_initial_weights_and_wide_resne
     assert kernel.std() * np.sqrt(fan_in) == pytest.approx(scaled_std, rel=0.02), name
     largest_bias = np.abs(model.classifier.bias.numpy()).max()
     assert largest_bias <= bias_bound and largest_bias >= 0.5 * bias_bound, name
+  with pytest.raises(ValueError, match="Unknown initialisation 'glorot'"):
+    common.kernel_init("glorot")

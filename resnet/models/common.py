@@ -39,6 +39,8 @@ def kernel_init(init):
   "torch" is PyTorch's kaiming_uniform_(a=sqrt(5)): uniform in +-1/sqrt(fan_in), a variance
   of 1/(3 fan_in), a sixth of He-normal's 2/fan_in.
   """
+  if init not in INITS:
+    raise ValueError(f"Unknown initialisation {init!r}; choose one of {', '.join(INITS)}.")
   if init == "torch":
     return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
   return "he_normal"
@@ -47,12 +49,13 @@ def kernel_init(init):
 def classifier(num_classes, init, fan_in):
   """The float32 dense classifier; with init "torch" as PyTorch's nn.Linear (kernel as
   kernel_init("torch"), bias uniform in +-1/sqrt(fan_in))."""
+  kernel = kernel_init(init)
   if init != "torch":
     return layers.Dense(num_classes, dtype="float32", name="classifier")
   bound = fan_in**-0.5
   return layers.Dense(
     num_classes,
-    kernel_initializer=kernel_init(init),
+    kernel_initializer=kernel,
     bias_initializer=keras.initializers.RandomUniform(-bound, bound),
     dtype="float32",
     name="classifier",

@@ -16,10 +16,10 @@ average pooling, a dense classifier: WRN-16-8 10,961,370 and WRN-28-10 36,479,19
 convolution, as in the authors' code (xternalz drops the first convolution's output before that
 BN instead). Stride-2 convolutions pad 1 pixel on every side, as all three sources.
 
-Initial weights: PreAct-ResNet-18 keeps kuangliu's, PyTorch's defaults (common.kernel_init
-"torch"): with Keras' He-normal (6x their variance) and no final BN, its logits start large
-and the source's recipe (SGD at 0.1 from the first step) diverged here (loss 143 at step 50).
-The Wide ResNets use He-normal as their authors (fan in here, fan out there).
+Initial weights as each source: PreAct-ResNet-18 PyTorch's defaults (common.kernel_init
+"torch"), which kuangliu keeps and tuned its recipe with (with He-normal, 6x their variance,
+and no final BN its logits start large: docs/how_training_works.md); the Wide ResNets
+He-normal, as their authors (fan in here, fan out there).
 """
 
 import keras
