@@ -49,13 +49,12 @@ def kernel_init(init):
 def classifier(num_classes, init, fan_in):
   """The float32 dense classifier; with init "torch" as PyTorch's nn.Linear (kernel as
   kernel_init("torch"), bias uniform in +-1/sqrt(fan_in))."""
-  kernel = kernel_init(init)
-  if init != "torch":
+  if init == "he_normal":
     return layers.Dense(num_classes, dtype="float32", name="classifier")
   bound = fan_in**-0.5
   return layers.Dense(
     num_classes,
-    kernel_initializer=kernel,
+    kernel_initializer=kernel_init(init),  # Refuses a name not in INITS.
     bias_initializer=keras.initializers.RandomUniform(-bound, bound),
     dtype="float32",
     name="classifier",
