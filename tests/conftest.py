@@ -57,3 +57,13 @@ def mock_cifar10(monkeypatch):
   monkeypatch.setattr(sources, "download_host_reachable", lambda host: True)
   with tfds.testing.mock_data(num_examples=300):
     yield
+
+
+@pytest.hookimpl(tryfirst=True)  # Before pytest-xdist reads the groups (--dist loadgroup).
+def pytest_collection_modifyitems(items):
+  """The tests of a module that use its module-scoped fixtures (a trained run, an export)
+  run on one xdist worker, so that each fixture is built once, not once per worker."""
+  for item in items:
+    definitions = item._fixtureinfo.name2fixturedefs.values()
+    if any(fixture[-1].scope == "module" for fixture in definitions):
+      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
