@@ -2,7 +2,8 @@
 
 import dataclasses
 import glob
-import importlib
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from absl import flags
 import train
 from resnet import config as config_lib
 from resnet import files, machine, models, report, run_record
-from resnet.tools import results
+from resnet.tools import curves, results
 from tests.test_train import REPO, debug_config
 
 eval_main = importlib.import_module("eval")
@@ -115,6 +116,34 @@ def test_seeds_of_one_recipe_collapse_and_unfinished_runs_say_so(two_seeds):
   assert f"| {4.5 * flops:.2e} |" in row
   assert runs[0]["images_per_second"] > 0 and runs[0]["device"] == machine.cpu_label()
   assert runs[0]["seconds"] > 0
+
+
+def test_the_parity_table_sets_the_reference_s_seeds_beside_ours(two_seeds, tmp_path, capsys):
+  # tools/reference_parity.py summarize, on two reference runs (its result.json) and ours.
+  path = os.path.join(REPO, "tools", "reference_parity.py")
+  spec = importlib.util.spec_from_file_location("reference_parity", path)
+  reference_parity = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(reference_parity)
+  for seed, accuracies in enumerate([[0.5, 0.8, 0.7], [0.6, 0.9, 0.9]]):
+    history = [{"epoch": epoch + 1, "validation_accuracy": a} for epoch, a in enumerate(accuracies)]
+    (tmp_path / f"ref_s{seed}").mkdir()
+    (tmp_path / f"ref_s{seed}" / "result.json").write_text(json.dumps({"history": history}))
+  reference_parity.summarize(
+    [f"reference={tmp_path / 'ref_s0'},{tmp_path / 'ref_s1'}", f"ours={two_seeds[0]}"]
+  )
+  header, _, reference_row, ours_row = capsys.readouterr().out.splitlines()
+  assert header.startswith("| runs | seeds (n) | epochs | best val acc % |")
+  # Best 80 and 90, last 70 and 90: mean ± sample standard deviation.
+  assert reference_row == "| reference | 2 | 3 | 85.00 ± 7.07 | +0.00 | 80.00 ± 14.14 | +0.00 |"
+  curve = [row["validation_accuracy"] * 100 for row in curves.read_curve(two_seeds[0])]
+  best, last = max(curve), curve[-1]
+  assert ours_row == (  # One run: no spread to show.
+    f"| ours | 1 | {len(curve)} | {best:.2f} | {best - 85:+.2f} | {last:.2f} | {last - 80:+.2f} |"
+  )
+  (tmp_path / "ref_s2").mkdir()
+  (tmp_path / "ref_s2" / "checkpoint.pt").write_bytes(b"")  # Under way: no result.json yet.
+  with pytest.raises(SystemExit, match="ref_s2 is a reference run not finished yet"):
+    reference_parity.summarize([f"reference={tmp_path / 'ref_s2'}"])
 
 
 def test_wall_time_of_a_paused_run_is_marked(two_seeds):

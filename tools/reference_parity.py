@@ -222,10 +222,20 @@ def validation_curve(run_dir):
   if os.path.exists(result_path):
     with open(result_path) as file:
       return [entry["validation_accuracy"] for entry in json.load(file)["history"]]
+  if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):  # Written each epoch.
+    sys.exit(f"reference_parity.py: error: {run_dir} is a reference run not finished yet")
   sys.path.insert(0, REPO)
   from resnet.tools import curves  # This project's environment only.
 
   return [row["validation_accuracy"] for row in curves.read_curve(run_dir)]
+
+
+def _mean_and_spread(values):
+  """ "82.31 ± 0.17": the mean and sample standard deviation over seeds; the mean alone for
+  one run, whose spread is unknown."""
+  if len(values) < 2:
+    return f"{values.mean():.2f}"
+  return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
 
 
 def summarize(groups):
@@ -242,10 +252,8 @@ def summarize(groups):
     first = first or (best.mean(), last.mean())
     rows.append(
       f"| {label} | {len(run_curves)} | {'/'.join(map(str, epochs))} | "
-      f"{best.mean():.2f} ± {best.std(ddof=1) if len(best) > 1 else 0:.2f} | "
-      f"{best.mean() - first[0]:+.2f} | "
-      f"{last.mean():.2f} ± {last.std(ddof=1) if len(last) > 1 else 0:.2f} | "
-      f"{last.mean() - first[1]:+.2f} |"
+      f"{_mean_and_spread(best)} | {best.mean() - first[0]:+.2f} | "
+      f"{_mean_and_spread(last)} | {last.mean() - first[1]:+.2f} |"
     )
   print(
     "| runs | seeds (n) | epochs | best val acc % | vs first | last epoch's val acc % | vs first |"
