@@ -231,7 +231,7 @@ def validation_curve(run_dir):
 
 
 def _mean_and_spread(values):
-  """ "82.31 ± 0.17": the mean and sample standard deviation over seeds; the mean alone for
+  """The mean and sample standard deviation over seeds ("82.31 ± 0.17"); the mean alone for
   one run, whose spread is unknown."""
   if len(values) < 2:
     return f"{values.mean():.2f}"
