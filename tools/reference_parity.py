@@ -230,30 +230,25 @@ def validation_curve(run_dir):
   return [row["validation_accuracy"] for row in curves.read_curve(run_dir)]
 
 
-def _mean_and_spread(values):
-  """The mean and sample standard deviation over seeds ("82.31 ± 0.17"); the mean alone for
-  one run, whose spread is unknown."""
-  if len(values) < 2:
-    return f"{values.mean():.2f}"
-  return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
-
-
 def summarize(groups):
   """Prints a Markdown table: per group of runs (label=DIR,DIR,...), the best and the last
   epoch's validation accuracy, mean ± std over its runs (seeds), and each against the
   first group's."""
+  sys.path.insert(0, REPO)
+  from resnet.tools import results  # This project's environment only.
+
   rows, first = [], None
   for group in groups:
     label, _, dirs = group.partition("=")
     run_curves = [validation_curve(os.path.expanduser(d)) for d in dirs.split(",")]
-    best = np.array([max(curve) for curve in run_curves]) * 100
-    last = np.array([curve[-1] for curve in run_curves]) * 100
+    best = [max(curve) for curve in run_curves]  # Fractions, as results.mean_std takes.
+    last = [curve[-1] for curve in run_curves]
     epochs = sorted({len(curve) for curve in run_curves})
-    first = first or (best.mean(), last.mean())
+    first = first or (np.mean(best), np.mean(last))
     rows.append(
       f"| {label} | {len(run_curves)} | {'/'.join(map(str, epochs))} | "
-      f"{_mean_and_spread(best)} | {best.mean() - first[0]:+.2f} | "
-      f"{_mean_and_spread(last)} | {last.mean() - first[1]:+.2f} |"
+      f"{results.mean_std(best)} | {100 * (np.mean(best) - first[0]):+.2f} | "
+      f"{results.mean_std(last)} | {100 * (np.mean(last) - first[1]):+.2f} |"
     )
   print(
     "| runs | seeds (n) | epochs | best val acc % | vs first | last epoch's val acc % | vs first |"

@@ -171,7 +171,7 @@ def test_evaluations(model_dir, run_dataset):
   return found
 
 
-def _mean_std(values):
+def mean_std(values):
   """'mean ± std' in percent of the values that exist, or '-'."""
   values = [value for value in values if value is not None]
   if not values:
@@ -232,7 +232,7 @@ def results_table(runs, configs_dir=CONFIGS_DIR):
       f"{f'{np.median(rates):.0f}' if rates else '-'} | "
       f"{'; '.join(sorted({run['device'] for run in group}))} | {config['precision']} | "
       f"{np.mean([run['training_flops'] for run in group]):.2e} | "
-      f"{_mean_std([run['validation_accuracy'] for run in group])} | "
+      f"{mean_std([run['validation_accuracy'] for run in group])} | "
       f"{_validation_tta(group)} | "
       f"{_by_dataset(group, 'test_accuracy')} | {_by_dataset(group, 'test_accuracy_tta')} |"
     )
@@ -245,14 +245,14 @@ def _by_dataset(group, key):
   """'<dataset> mean ± std; <dataset> ...' of the runs' {dataset slug: accuracy} under
   `key`, datasets in the order the runs list them (each run's own first), or '-'."""
   slugs = dict.fromkeys(slug for run in group for slug in run[key])
-  cells = [f"{slug} {_mean_std([run[key].get(slug) for run in group])}" for slug in slugs]
+  cells = [f"{slug} {mean_std([run[key].get(slug) for run in group])}" for slug in slugs]
   return "; ".join(cells) or "-"
 
 
 def _validation_tta(group):
   """'mean ± std (mode)' of the runs' validation accuracy with test-time augmentation."""
   modes = sorted({run["validation_tta"] for run in group if run["validation_tta"]})
-  accuracy = _mean_std([run["validation_accuracy_tta"] for run in group])
+  accuracy = mean_std([run["validation_accuracy_tta"] for run in group])
   return f"{accuracy} ({', '.join(modes)})" if modes else accuracy
 
 
