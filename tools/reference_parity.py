@@ -44,10 +44,17 @@ REFERENCE_MEAN = (0.485, 0.456, 0.406)
 REFERENCE_STD = (0.229, 0.224, 0.225)
 
 
+def project_module(name):
+  """A module of this checkout (e.g. "data.sources"), imported when a project-side command
+  first needs it: the reference's environment (PyTorch, no TensorFlow) never imports one."""
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+  return importlib.import_module(name)
+
+
 def export_split(dataset, validation_size, output):
   """Writes train.py's training and validation arrays of `dataset` to the .npz `output`."""
-  sys.path.insert(0, REPO)
-  from data import sources  # This project's environment only.
+  sources = project_module("data.sources")
 
   train, validation, class_names, _ = sources.load_train_and_validation(dataset, validation_size)
   os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
@@ -224,9 +231,7 @@ def validation_curve(run_dir):
       return [entry["validation_accuracy"] for entry in json.load(file)["history"]]
   if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):  # Written each epoch.
     sys.exit(f"reference_parity.py: error: {run_dir} is a reference run not finished yet")
-  sys.path.insert(0, REPO)
-  from resnet.tools import curves  # This project's environment only.
-
+  curves = project_module("resnet.tools.curves")
   return [row["validation_accuracy"] for row in curves.read_curve(run_dir)]
 
 
@@ -234,9 +239,7 @@ def summarize(groups):
   """Prints a Markdown table: per group of runs (label=DIR,DIR,...), the best and the last
   epoch's validation accuracy, mean ± std over its runs (seeds), and each against the
   first group's."""
-  sys.path.insert(0, REPO)
-  from resnet.tools import results  # This project's environment only.
-
+  results = project_module("resnet.tools.results")
   rows, first = [], None
   for group in groups:
     label, _, dirs = group.partition("=")
